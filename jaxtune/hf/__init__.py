@@ -1,0 +1,139 @@
+"""Hugging Face checkpoints in and out: `load`, `save`, `load_tokenizer`.
+
+`load` reads a local HF directory, a `.gguf` file, or a hub id (downloaded with huggingface_hub
+when online); weights never pass through torch and remote code is never run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxtune.hf import convert
+from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
+from jaxtune.hf.families import family_for_model_type, family_for_module
+from jaxtune.hf.safetensors_io import PickleSource, SafetensorsSource, write_sharded
+
+__all__ = [
+  "CheckpointError", "UnsupportedConfigError", "load", "load_tokenizer", "resolve", "save",
+]
+log = logging.getLogger(__name__)
+TASKS = ("causal_lm", "seq_cls")
+
+
+def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pickle=False) -> Path:
+  """A local directory or .gguf file as it is; anything else is a hub id to download."""
+  path = Path(source).expanduser()
+  if path.exists():
+    return path
+  if str(source).endswith(".gguf") or os.sep in str(source) and not _looks_like_hub_id(source):
+    raise FileNotFoundError(f"{source}: no such file or directory")
+  from huggingface_hub import snapshot_download
+
+  patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+  if allow_pickle:
+    patterns.append("*.bin")
+  try:
+    return Path(snapshot_download(str(source), revision=revision, allow_patterns=patterns))
+  except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: say which and why
+    raise FileNotFoundError(
+      f"{source}: not a local path, and downloading it from the HF hub failed ({e})"
+    ) from e
+
+
+def _looks_like_hub_id(source) -> bool:
+  parts = str(source).split("/")
+  return len(parts) == 2 and all(parts)
+
+
+def _source_for(path: Path, allow_pickle: bool):
+  if list(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists():
+    return SafetensorsSource.from_dir(path)
+  bins = sorted(path.glob("pytorch_model*.bin"))
+  if bins:
+    if not allow_pickle:
+      raise CheckpointError(
+        f"{path}: only pickle checkpoints ({bins[0].name}) found; pickle can run arbitrary code "
+        "when loaded, so pass allow_pickle=True if you trust this checkpoint"
+      )
+    return PickleSource(bins)
+  raise CheckpointError(f"{path}: no *.safetensors weights found")
+
+
+def load(
+  source: str | os.PathLike,
+  *,
+  task: str = "causal_lm",
+  num_labels: int | None = None,
+  param_dtype: str = "float32",
+  compute_dtype: str | None = None,
+  mesh: Mesh | None = None,
+  allow_pickle: bool = False,
+  revision: str | None = None,
+  config_overrides: dict | None = None,
+  seed: int = 0,
+) -> nnx.Module:
+  """Load an HF checkpoint into a jaxtune model placed on `mesh` (one device if None).
+
+  `config_overrides` replaces HF config attributes before conversion (e.g. dropout rates from
+  a run config). A classification head absent from the checkpoint is initialised (logged).
+  """
+  if task not in TASKS:
+    raise ValueError(f"task={task!r}: expected one of {TASKS}")
+  path = resolve(source, revision=revision, allow_pickle=allow_pickle)
+  if path.suffix == ".gguf":
+    from jaxtune.hf import gguf
+
+    hf_config, tensors = gguf.open_gguf(path)
+    where = str(path)
+  else:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+      raise CheckpointError(f"{path}: no config.json")
+    try:
+      hf_config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+    tensors = _source_for(path, allow_pickle)
+    where = str(cfg_file)
+  hf_config.update(config_overrides or {})
+  family = family_for_model_type(hf_config.get("model_type"), where)
+  cfg = family.config_from_hf(hf_config, task=task, num_labels=num_labels, where=where)
+  return convert.load_into(
+    family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
+    compute_dtype=jnp.dtype(compute_dtype) if compute_dtype else None, mesh=mesh,
+    where=where, seed=seed,
+  )
+
+
+def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None,
+         max_shard_bytes: int | None = None) -> Path:
+  """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given)."""
+  family = family_for_module(model)
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  hf_config = family.config_to_hf(model.config, task=model.task)
+  kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+  write_sharded(out, convert.export_tensors(family, model, dtype=dtype), **kwargs)
+  (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(out))
+  return out
+
+
+def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
+  """An HF fast tokenizer from an HF directory, hub id, or a .gguf file's metadata."""
+  path = resolve(source, revision=revision)
+  if path.suffix == ".gguf":
+    from jaxtune.hf import gguf
+
+    return gguf.load_tokenizer(path)
+  from transformers import AutoTokenizer
+
+  return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)

@@ -1,0 +1,218 @@
+"""Strict, table-driven conversion between HF checkpoints and jaxtune parameters.
+
+Each family module gives a `Family`: how to read and write its HF config, how to build the
+model, and a table of `Row`s, one per HF tensor, naming the jaxtune parameter it fills and the
+transform between the two layouts. The loader here consumes every HF tensor, fills every
+parameter, checks every shape, and places each tensor straight into its target sharding one at
+a time; the exporter walks the same table backwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxtune import sharding
+from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
+from jaxtune.hf.safetensors_io import TensorSource
+
+log = logging.getLogger(__name__)
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def transpose(x: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(x.T)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One HF tensor <-> one jaxtune parameter."""
+
+  hf: str
+  param: str  # '/'-joined nnx path, e.g. 'layers/0/self_attn/q_proj/kernel'
+  to_jax: Callable[[np.ndarray], np.ndarray] = _identity
+  to_hf: Callable[[np.ndarray], np.ndarray] = _identity
+  # A task head that a base checkpoint lacks: initialised N(0, init_std) (bias: zeros), logged.
+  init_if_missing: bool = False
+  init_std: float = 0.02
+
+
+class Family:
+  """What the generic loader needs to know about one model family."""
+
+  name: str = ""
+  model_types: tuple[str, ...] = ()
+  # HF tensors that are buffers, not weights (rotary inv_freq, position_ids, ...).
+  ignored: tuple[str, ...] = ()
+
+  def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
+    raise NotImplementedError
+
+  def config_to_hf(self, cfg, *, task: str) -> dict:
+    raise NotImplementedError
+
+  def build(self, cfg, *, task: str, param_dtype, compute_dtype, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError
+
+  def table(self, cfg, *, task: str) -> list[Row]:
+    raise NotImplementedError
+
+  def normalize_key(self, key: str, *, task: str) -> str | None:
+    """Map a checkpoint key onto the table's names; None drops it (e.g. an LM head for seq_cls)."""
+    return key
+
+
+def check_config_keys(hf: dict, *, used: set[str], harmless: set[str], where: str) -> None:
+  """Refuse config attributes we neither implement nor know to be harmless."""
+  unknown = sorted(set(hf) - used - harmless - GENERIC_HARMLESS)
+  if unknown:
+    raise UnsupportedConfigError(
+      f"{where}: unsupported config attribute(s) {unknown}; jaxtune does not implement them "
+      "and will not silently ignore them"
+    )
+
+
+# Attributes of transformers' PretrainedConfig that never change the computation.
+GENERIC_HARMLESS = {
+  "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+  "id2label", "label2id", "num_labels", "problem_type", "bos_token_id", "eos_token_id",
+  "pad_token_id", "sep_token_id", "decoder_start_token_id", "use_cache", "return_dict",
+  "output_hidden_states", "output_attentions", "torchscript", "tie_encoder_decoder",
+  "is_encoder_decoder", "is_decoder", "add_cross_attention", "chunk_size_feed_forward",
+  "pruned_heads", "tokenizer_class", "prefix", "task_specific_params", "finetuning_task",
+  "cross_attention_hidden_size", "tf_legacy_loss", "use_bfloat16", "_attn_implementation",
+  "_attn_implementation_autoset", "attn_implementation", "gradient_checkpointing",
+  "quantization_config_absent", "initializer_range", "max_position_embeddings",
+  "classifier_dropout", "output_scores", "return_dict_in_generate", "keys_to_ignore_at_inference",
+  "_commit_hash", "transformers.js_config", "base_model_tp_plan", "base_model_pp_plan",
+}
+
+
+def param_paths(state) -> dict[str, nnx.Variable]:
+  """Flat {'a/b/0/kernel': Variable} view of an nnx State."""
+  return {"/".join(str(p) for p in path): v for path, v in nnx.to_flat_state(state)}
+
+
+def _place(arr: np.ndarray, target, mesh: Mesh | None) -> jax.Array:
+  if mesh is None:
+    return jax.device_put(arr)
+  shard = sharding.variable_sharding(target, mesh)
+  # Each device (or host, across processes) takes only its own slice of the host tensor.
+  return jax.make_array_from_callback(arr.shape, shard, lambda idx: arr[idx])
+
+
+def load_into(
+  family: Family,
+  cfg,
+  *,
+  task: str,
+  source: TensorSource,
+  param_dtype,
+  compute_dtype,
+  mesh: Mesh | None,
+  where: str,
+  seed: int = 0,
+) -> nnx.Module:
+  """Build `family`'s model abstractly, then fill it tensor by tensor from `source`."""
+  abstract = nnx.eval_shape(
+    lambda: family.build(
+      cfg, task=task, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(seed)
+    )
+  )
+  graphdef, state = nnx.split(abstract)
+  params = param_paths(state)
+  rows = family.table(cfg, task=task)
+  by_param = {r.param: r for r in rows}
+  for path in params:
+    if path not in by_param:
+      raise CheckpointError(f"{family.name}: parameter {path!r} has no row in the HF key map")
+
+  available: dict[str, str] = {}
+  for key in sorted(source.names()):
+    if any(re.fullmatch(p, key) for p in family.ignored):
+      continue
+    name = family.normalize_key(key, task=task)
+    if name is None:
+      log.info("%s: not used for task %s: %s", where, task, key)
+      continue
+    if name in available:
+      raise CheckpointError(f"{where}: tensors {available[name]!r} and {key!r} both map to {name!r}")
+    available[name] = key
+  expected = {r.hf for r in rows}
+  unexpected = sorted(set(available) - expected)
+  if unexpected:
+    files = sorted({source.file_of(available[k]) for k in unexpected})
+    raise CheckpointError(
+      f"{where}: unexpected tensor(s) in {', '.join(files)}: {unexpected[:10]}"
+      f"{' ...' if len(unexpected) > 10 else ''} (not part of a {family.name} model with this config)"
+    )
+  missing = [r for r in rows if r.hf not in available]
+  hard_missing = [r.hf for r in missing if not r.init_if_missing]
+  if hard_missing:
+    raise CheckpointError(
+      f"{where}: missing tensor(s) {hard_missing[:10]}{' ...' if len(hard_missing) > 10 else ''}"
+    )
+
+  key = jax.random.key(seed)
+  for i, row in enumerate(rows):
+    target = params[row.param]
+    want = tuple(target.value.shape)
+    if row.hf in available:
+      src = available[row.hf]
+      raw = source.get(src)
+      if not np.issubdtype(raw.dtype, np.floating) and raw.dtype.kind != "V":
+        raise CheckpointError(
+          f"{source.file_of(src)}: tensor {src!r} has dtype {raw.dtype}, expected floating point"
+        )
+      arr = row.to_jax(np.asarray(raw))
+      if tuple(arr.shape) != want:
+        raise CheckpointError(
+          f"{source.file_of(src)}: tensor {src!r} has shape {tuple(raw.shape)}, expected "
+          f"{tuple(row.to_hf(np.zeros(want, np.float32)).shape)} for {family.name} parameter "
+          f"{row.param!r}"
+        )
+    else:
+      log.warning("%s: %s absent from the checkpoint; initialised fresh", where, row.hf)
+      if len(want) == 1:
+        arr = np.zeros(want, np.float32)
+      else:
+        arr = np.asarray(row.init_std * jax.random.normal(jax.random.fold_in(key, i), want))
+    target.value = _place(arr.astype(target.value.dtype), target, mesh)
+  return nnx.merge(graphdef, state)
+
+
+def export_tensors(family: Family, model: nnx.Module, *, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
+  """(HF name, host array) for every row, in table order; one parameter on the host at a time."""
+  params = param_paths(nnx.state(model, nnx.Param))
+  for row in family.table(model.config, task=model.task):
+    value = params[row.param].value
+    if not value.is_fully_addressable:
+      # Multi-process: gather the full tensor on every host (fine for export-sized models).
+      from jax.experimental import multihost_utils
+
+      value = multihost_utils.process_allgather(value, tiled=True)
+    arr = np.asarray(jax.device_get(value))
+    if dtype is not None:
+      arr = arr.astype(jnp.dtype(dtype))
+    yield row.hf, row.to_hf(arr)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def require(cond: bool, where: str, attr: str, value, why: str) -> None:
+  """Raise UnsupportedConfigError naming the attribute when `cond` is false."""
+  if not cond:
+    raise UnsupportedConfigError(f"{where}: config attribute {attr}={value!r} is not supported: {why}")

@@ -1,0 +1,308 @@
+"""Blocks shared by every model family: linear, embedding, norms, rotary, attention, dropout.
+
+Shape legend for einsum strings and suffixes: B batch, T query time, S key time, D model width,
+N query heads, K kv heads, G query heads per kv head (N = K * G), H head dim, F ffn width, V vocab.
+
+Every parameter carries logical axis names (`out_sharding` metadata); `jaxtune.sharding` maps
+them onto mesh axes with one rules table. Parameters are stored in `param_dtype` and cast to
+`compute_dtype` where they are used, so float32 master weights can run bfloat16 math.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtune import sharding
+
+Dtype = jnp.dtype | str
+
+
+def _param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
+  # Eager sharding is off: the model is built abstractly and placed by jaxtune.sharding.
+  return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
+
+
+def normal_init(std: float) -> Callable[[jax.Array, tuple[int, ...], Dtype], jax.Array]:
+  def init(key, shape, dtype):
+    return (std * jax.random.normal(key, shape)).astype(dtype)
+
+  return init
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel + bias, kernel stored [in, out] (the transpose of torch's nn.Linear)."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: tuple[str | None, str | None],
+    use_bias: bool = False,
+    init_std: float = 0.02,
+    param_dtype: Dtype = jnp.float32,
+    compute_dtype: Dtype | None = None,
+    rngs: nnx.Rngs,
+  ):
+    self.kernel = _param(
+      normal_init(init_std)(rngs.params(), (in_features, out_features), param_dtype), axes
+    )
+    self.bias = (
+      _param(jnp.zeros((out_features,), param_dtype), (axes[1],)) if use_bias else None
+    )
+    self.compute_dtype = compute_dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = self.compute_dtype or x.dtype
+    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token (or position) embedding table [V, D]; `attend` reuses it as a tied output head."""
+
+  def __init__(
+    self,
+    num_embeddings: int,
+    features: int,
+    *,
+    axes: tuple[str | None, str | None] = ("vocab", "embed"),
+    init_std: float = 0.02,
+    param_dtype: Dtype = jnp.float32,
+    compute_dtype: Dtype | None = None,
+    rngs: nnx.Rngs,
+  ):
+    self.embedding = _param(
+      normal_init(init_std)(rngs.params(), (num_embeddings, features), param_dtype), axes
+    )
+    self.compute_dtype = compute_dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    table = self.embedding[...]
+    return jnp.take(table, ids, axis=0).astype(self.compute_dtype or table.dtype)
+
+  def attend(self, x_BTD: jax.Array) -> jax.Array:
+    dtype = self.compute_dtype or x_BTD.dtype
+    return jnp.einsum("...d,vd->...v", x_BTD.astype(dtype), self.embedding[...].astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm computed in float32; Gemma scales by (1 + w) instead of w."""
+
+  def __init__(
+    self,
+    dim: int,
+    *,
+    eps: float = 1e-6,
+    plus_one: bool = False,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
+    del rngs
+    init = jnp.zeros if plus_one else jnp.ones
+    self.scale = _param(init((dim,), param_dtype), ("norm",))
+    self.eps = eps
+    self.plus_one = plus_one
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    w = self.scale[...].astype(jnp.float32)
+    if self.plus_one:
+      # Gemma multiplies in float32 before casting back (HF GemmaRMSNorm).
+      return (x32 * (1.0 + w)).astype(dtype)
+    # Llama casts the normalised activations to the input dtype before the weight (HF order).
+    return w.astype(dtype) * x32.astype(dtype) if dtype != jnp.float32 else w * x32
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with scale and bias, statistics in float32."""
+
+  def __init__(
+    self,
+    dim: int,
+    *,
+    eps: float = 1e-5,
+    use_bias: bool = True,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+  ):
+    del rngs
+    self.scale = _param(jnp.ones((dim,), param_dtype), ("norm",))
+    self.bias = _param(jnp.zeros((dim,), param_dtype), ("norm",)) if use_bias else None
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(dtype)
+
+
+class Dropout(nnx.Module):
+  """Dropout that takes its key at call time, so a pure train step can fold in the step.
+
+  Deterministic by default; `model.train()` switches it on (NNX sets `deterministic=False`).
+  """
+
+  def __init__(self, rate: float):
+    self.rate = float(rate)
+    self.deterministic = True
+
+  def __call__(self, x: jax.Array, rng: jax.Array | None) -> jax.Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    if rng is None:
+      raise ValueError("the model is in training mode with dropout but got no dropout rng")
+    keep = jax.random.bernoulli(rng, 1.0 - self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+class RngSplitter:
+  """Hands out a fresh dropout key per call site from one key (None stays None)."""
+
+  def __init__(self, rng: jax.Array | None):
+    self._rng = rng
+    self._n = 0
+
+  def __call__(self) -> jax.Array | None:
+    if self._rng is None:
+      return None
+    self._n += 1
+    return jax.random.fold_in(self._rng, self._n)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+  "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+# ------------------------------------------------------------------------------------ rotary
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> jax.Array:
+  """Inverse frequencies [H/2], with the rope scalings we support ('linear', 'llama3')."""
+  inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  kind = (scaling or {}).get("rope_type", "default")
+  if kind == "default":
+    return inv
+  if kind == "linear":
+    return inv / scaling["factor"]
+  if kind == "llama3":
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv / factor + smooth * inv
+    out = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    mid = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return jnp.where(mid, smoothed, out)
+  raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate halves (the HF `rotate_half` layout), angles in float32."""
+  angles = positions_BT[..., None].astype(jnp.float32) * inv_freq  # B T H/2
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+  x32 = x_BTNH.astype(jnp.float32)
+  half = x32.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+# --------------------------------------------------------------------------------- attention
+
+
+def attention_mask(
+  attention_mask_BS: jax.Array | None,
+  segment_ids_BT: jax.Array | None,
+  *,
+  batch: int,
+  q_len: int,
+  kv_len: int,
+  causal: bool,
+  sliding_window: int | None = None,
+  q_offset: jax.Array | int = 0,
+) -> jax.Array:
+  """Boolean mask [B, 1, T, S], True where a query may attend a key.
+
+  Padding masks keys; segment ids keep packed documents apart; causal and sliding-window
+  limits compare token indices (`q_offset` shifts queries for a KV cache).
+  """
+  mask = jnp.ones((batch, 1, q_len, kv_len), dtype=bool)
+  if attention_mask_BS is not None:
+    mask &= attention_mask_BS.astype(bool)[:, None, None, :]
+  if segment_ids_BT is not None:
+    mask &= (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
+  if causal or sliding_window:
+    q_idx = jnp.arange(q_len)[:, None] + q_offset
+    k_idx = jnp.arange(kv_len)[None, :]
+    if causal:
+      mask &= (k_idx <= q_idx)[None, None]
+    if sliding_window:
+      mask &= (q_idx - k_idx < sliding_window)[None, None]
+  return mask
+
+
+def dot_product_attention(
+  q_BTNH: jax.Array,
+  k_BSKH: jax.Array,
+  v_BSKH: jax.Array,
+  mask_B1TS: jax.Array,
+  *,
+  scale: float,
+  dropout: Dropout | None = None,
+  dropout_rng: jax.Array | None = None,
+  softcap: float | None = None,
+) -> jax.Array:
+  """Grouped-query attention in plain XLA; scores and softmax in float32.
+
+  Masked scores get the dtype's most negative value rather than -inf, so a row with no
+  visible key (a padding query) gives a finite uniform average instead of NaN, as in HF.
+  """
+  B, T, N, H = q_BTNH.shape
+  K = k_BSKH.shape[2]
+  q = q_BTNH.reshape(B, T, K, N // K, H)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH, preferred_element_type=jnp.float32)
+  scores = scores * scale
+  if softcap:
+    scores = jnp.tanh(scores / softcap) * softcap
+  mask = mask_B1TS[:, :, None]  # B 1 1 T S
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs, dropout_rng)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v_BSKH.dtype), v_BSKH)
+  return out.reshape(B, T, N, H)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Pin an activation's sharding at a block boundary by logical names (no-op without a mesh)."""
+  return sharding.constrain(x, names)

@@ -1,0 +1,133 @@
+"""The device mesh, the one logical-axis rules table, and placing parameters on the mesh.
+
+Model code names axes logically ('embed', 'heads', ...); only this module knows mesh axes
+('data', 'fsdp', 'tensor'). A dimension whose size a mesh axis does not divide is replicated
+instead of failing, so tiny test models still run on any mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axes it is split over (None: replicated). Batch goes over data and fsdp
+# (fsdp shards parameters and also takes a share of the batch, as in ZeRO-3).
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("norm", None),
+  ("positions", None),
+  ("labels", None),
+  ("lora_rank", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+)
+
+_active: list[tuple[Mesh, tuple]] = []
+
+
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 for 'the rest of the devices'."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  unknown = [k for k, v in sizes.items() if v == -1]
+  if len(unknown) > 1:
+    raise ValueError(f"mesh: only one axis may be -1, got {sizes}")
+  known = math.prod(v for v in sizes.values() if v != -1)
+  if any(v == 0 or v < -1 for v in sizes.values()):
+    raise ValueError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+  if unknown:
+    if len(devices) % known:
+      raise ValueError(f"mesh: {len(devices)} devices do not divide into {sizes}")
+    sizes[unknown[0]] = len(devices) // known
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f"mesh: {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
+  try:
+    grid = mesh_utils.create_device_mesh(
+      tuple(sizes[a] for a in MESH_AXES), devices=devices
+    )
+  except Exception:  # noqa: BLE001 - fake CPU devices have no topology; plain order is fine
+    grid = np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES))
+  return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(
+  names: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None,
+  rules=RULES,
+) -> PartitionSpec:
+  """PartitionSpec for logical `names`; with `shape` and `mesh`, undividable dims replicate."""
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(names):
+    axes = table.get(name) if name is not None else None
+    if axes is None:
+      spec.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape[a] > 1))
+    if shape is not None and mesh is not None:
+      # Keep the longest prefix of axes whose product divides the dimension.
+      while axes and shape[i] % math.prod(mesh.shape[a] for a in axes):
+        axes = axes[:-1]
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*spec)
+
+
+def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def variable_sharding(variable, mesh: Mesh) -> NamedSharding:
+  """The sharding of an nnx Variable (abstract or concrete) from its logical names."""
+  names = variable.get_metadata().get("out_sharding") or (None,) * variable.value.ndim
+  return named_sharding(mesh, names, variable.value.shape)
+
+
+def state_shardings(state, mesh: Mesh):
+  """A pytree of NamedShardings matching an nnx State (abstract or concrete)."""
+  from flax import nnx
+
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      return x.replace(variable_sharding(x, mesh))
+    return NamedSharding(mesh, PartitionSpec())
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=RULES) -> Iterator[Mesh]:
+  """Within this block `constrain` pins activations on `mesh` (traces must happen inside)."""
+  _active.append((mesh, rules))
+  try:
+    yield mesh
+  finally:
+    _active.pop()
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  if not _active:
+    return x
+  mesh, rules = _active[-1]
+  spec = logical_to_spec(names, x.shape, mesh, rules)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
