@@ -1,0 +1,1 @@
+"""One module per `jaxtune` subcommand; each defines its own absl flags."""

@@ -1,0 +1,101 @@
+"""The run configuration: every section with a real default, and checks that name the key.
+
+Recipes in configs/ start from `default()` and change what they need. Every field has a typed
+default (absl cannot override a field whose default is None), and the dict is locked so an
+unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxtune import optim
+
+TASKS = ("causal_lm", "seq_cls")
+
+
+def default() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  # An HF directory, .gguf file or hub id; or 'preset:<name>' for random weights (models.presets).
+  c.model.source = "preset:tiny-llama"
+  c.model.task = "causal_lm"
+  c.model.num_labels = 0  # 0: from the data / checkpoint
+  c.model.param_dtype = "float32"
+  c.model.compute_dtype = "bfloat16"
+  c.model.remat = "none"  # none | full | dots
+  c.model.allow_pickle = False
+  # HF config attributes to override, as "name=value,name=value" (e.g. dropout rates).
+  c.model.config_overrides = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = "synthetic"  # synthetic (generated text); later issues add real data kinds
+  c.data.seq_len = 64
+  c.data.train_rows = 2048
+  c.data.eval_rows = 128
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100
+  c.train.epochs = 0.0  # > 0 overrides steps: epochs over the training split
+  c.train.batch_size = 16  # global, across all devices and hosts
+  c.train.micro_batches = 1  # gradient accumulation: batch_size / micro_batches per pass
+  c.train.log_every = 10
+  c.train.eval_every = 50  # 0: only at the end
+  c.train.eval_batch_size = 32
+  c.train.on_nonfinite = "stop"  # stop | skip
+  c.train.progress = True
+
+  c.optim = optim.default_config()
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 50
+  c.checkpoint.every_minutes = 0.0
+  c.checkpoint.keep_last = 2
+  c.checkpoint.keep_best = 1
+  c.checkpoint.best_metric = "eval/loss"
+  c.checkpoint.best_mode = "min"
+  c.checkpoint.async_save = True
+  return c
+
+
+def _check(cond: bool, key: str, value, why: str) -> None:
+  if not cond:
+    raise ValueError(f"config: {key}={value!r}: {why}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Check values that types alone do not catch; errors name the key."""
+  _check(c.model.task in TASKS, "model.task", c.model.task, f"expected one of {TASKS}")
+  _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
+  for k in ("param_dtype", "compute_dtype"):
+    v = c.model[k]
+    _check(v in ("float32", "bfloat16", "float16"), f"model.{k}", v, "float32|bfloat16|float16")
+  _check(c.train.batch_size > 0, "train.batch_size", c.train.batch_size, "must be positive")
+  _check(c.train.micro_batches > 0 and c.train.batch_size % c.train.micro_batches == 0,
+         "train.micro_batches", c.train.micro_batches, f"must divide train.batch_size={c.train.batch_size}")
+  _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
+  _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
+  _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
+  _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
+  _check(c.data.seq_len > 1, "data.seq_len", c.data.seq_len, "must be at least 2")
+
+
+def parse_overrides(text: str, key: str = "model.config_overrides") -> dict:
+  """'a=1,b=0.1,c=gelu' -> {'a': 1, 'b': 0.1, 'c': 'gelu'} (numbers parsed, rest strings)."""
+  out: dict = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    name, sep, value = part.partition("=")
+    _check(bool(sep and name), key, text, f"expected name=value pairs, got {part!r}")
+    for cast in (int, float):
+      try:
+        out[name.strip()] = cast(value)
+        break
+      except ValueError:
+        continue
+    else:
+      out[name.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+  return out

@@ -1,0 +1,37 @@
+"""The `jaxtune` command: `jaxtune <subcommand> [flags]`; each subcommand's --help lists its flags.
+
+Subcommands live in jaxtune/cli/<name>.py and define their absl flags on import, so a
+subcommand's --help shows only its own flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+  "train": "fine-tune a model: jaxtune train --config=configs/<recipe>.py --workdir=DIR",
+}
+
+
+def usage() -> str:
+  lines = ["usage: jaxtune <subcommand> [flags]   (jaxtune <subcommand> --help for its flags)", ""]
+  lines += [f"  {name:10s} {text}" for name, text in SUBCOMMANDS.items()]
+  return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  name = argv[1]
+  if name not in SUBCOMMANDS:
+    print(f"jaxtune: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+    sys.exit(2)
+  module = importlib.import_module(f"jaxtune.cli.{name}")
+  module.run([f"jaxtune {name}", *argv[2:]])
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,77 @@
+"""Named architectures for random-weight models: the tiny test model and real checkpoint shapes.
+
+Presets are HF config dicts, so they go through the same strict family converters as real
+checkpoints; `init` builds the model directly in its target sharding (never unsharded).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtune import sharding
+
+_LLAMA3_ROPE = {
+  "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+}
+
+
+def _llama(**kw) -> dict:
+  base = {
+    "model_type": "llama", "hidden_act": "silu", "rms_norm_eps": 1e-5,
+    "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+    "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+  }
+  base.update(kw)
+  return base
+
+
+PRESETS: dict[str, dict] = {
+  # Byte-level vocabulary (jaxtune.data.synthetic): trains in seconds on a CPU.
+  "tiny-llama": _llama(vocab_size=257, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512),
+  # The shapes of real checkpoints, for benchmarks.
+  "llama-125m": _llama(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+                       num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12),
+  "llama3-1b": _llama(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                      num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=64, tie_word_embeddings=True, rope_parameters=_LLAMA3_ROPE),
+  "llama3-3b": _llama(vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                      num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8,
+                      head_dim=128, tie_word_embeddings=True, rope_parameters=_LLAMA3_ROPE),
+  "llama3-8b": _llama(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=128, rope_parameters=_LLAMA3_ROPE),
+}
+
+
+def init(
+  name: str, *, task: str = "causal_lm", num_labels: int | None = None,
+  param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0,
+) -> nnx.Module:
+  """A randomly initialised model of preset `name`, placed on `mesh` as it is created."""
+  from jaxtune.hf.families import family_for_model_type
+
+  if name not in PRESETS:
+    raise ValueError(f"config: model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
+  hf = dict(PRESETS[name])
+  if task == "seq_cls" and num_labels:
+    hf["num_labels"] = num_labels
+  family = family_for_model_type(hf["model_type"], f"preset {name}")
+  cfg = family.config_from_hf(hf, task=task, num_labels=num_labels, where=f"preset {name}")
+  pd, cd = jnp.dtype(param_dtype), jnp.dtype(compute_dtype) if compute_dtype else None
+
+  def build():
+    return family.build(cfg, task=task, param_dtype=pd, compute_dtype=cd, rngs=nnx.Rngs(seed))
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))
+  if mesh is None:
+    state = jax.jit(lambda: nnx.split(build())[1])()
+  else:
+    shardings = sharding.state_shardings(abstract, mesh)
+    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
+  return nnx.merge(graphdef, state)

@@ -1,0 +1,145 @@
+"""The pure train and eval steps, over plain pytrees, jitted once by the driver.
+
+The train state is a dict: `step`, `params` (a pure dict of arrays, the master weights),
+`opt_state`, `rng`, `avg` (weight averages or None), `skipped` (non-finite steps skipped) and
+`first_bad_step` (-1 while all steps were finite). A non-finite loss or gradient never reaches
+the parameters: the update is dropped inside the step, and the host decides (at its next log
+step, so dispatch stays asynchronous) whether to stop or carry on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxtune import averaging, losses, optim
+
+# Keys of a batch that the model consumes (the rest feed the loss).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the step (hashable: part of the jit cache key)."""
+
+  task: str
+  micro_batches: int
+  skip_nonfinite: bool
+  optim_cfg: object  # a frozen ConfigDict section
+  class_weights: tuple[float, ...] | None = None
+
+
+def model_kwargs(batch: dict) -> dict:
+  kw = {k: batch[k] for k in MODEL_INPUTS if k in batch and k != "input_ids"}
+  return kw
+
+
+def loss_terms(task: str, logits: jax.Array, batch: dict, class_weights) -> tuple[jax.Array, jax.Array]:
+  if task == "causal_lm":
+    return losses.causal_lm_loss(logits, batch)
+  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  return losses.classification_loss(logits, batch, cw)
+
+
+def train_step(
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: StepConfig, state: dict, batch: dict,
+) -> tuple[dict, dict]:
+  step = state["step"]
+  rng = jax.random.fold_in(state["rng"], step)
+  m = cfg.micro_batches
+  micro = jax.tree.map(lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch)
+
+  # The whole batch's weight, so each micro-batch's share adds up to the full-batch mean.
+  if cfg.task == "causal_lm":
+    total = jnp.sum(losses.target_mask(batch))
+  else:
+    cw = None if cfg.class_weights is None else jnp.asarray(cfg.class_weights, jnp.float32)
+    total = jnp.sum(losses.example_weights(batch, cw))
+  total = jnp.maximum(total, 1e-6)
+
+  def loss_fn(params, mb, mb_rng):
+    model = nnx.merge(graphdef, params)
+    logits = model(mb["input_ids"], **model_kwargs(mb), dropout_rng=mb_rng)
+    loss_sum, weight = loss_terms(cfg.task, logits, mb, cfg.class_weights)
+    return loss_sum / total, (loss_sum, weight)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def accumulate(carry, xs):
+    grads, loss_sum, weight = carry
+    mb, i = xs
+    g, (ls, w) = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+    return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+  (grads, loss_sum, weight), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(m)))
+
+  penalty, penalty_grads = jax.value_and_grad(lambda p: optim.penalty(p, cfg.optim_cfg))(state["params"])
+  grads = jax.tree.map(lambda g, pg: g + pg, grads, penalty_grads)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
+
+  loss = loss_sum / jnp.maximum(weight, 1e-6)
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt = tx.update(grads, state["opt_state"], state["params"])
+  new_params = optax.apply_updates(state["params"], updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  params = keep(new_params, state["params"])
+  opt_state = keep(new_opt, state["opt_state"])
+  avg = state["avg"]
+  if avg is not None:
+    avg = keep(averaging.update(avg, params, step, cfg.optim_cfg), avg)
+  new_state = {
+    "step": step + 1,
+    "params": params,
+    "opt_state": opt_state,
+    "rng": state["rng"],
+    "avg": avg,
+    "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+    "first_bad_step": jnp.where((state["first_bad_step"] < 0) & ~finite, step, state["first_bad_step"]),
+  }
+  metrics = {
+    "train/loss": loss,
+    "train/penalty": penalty,
+    "train/grad_norm": grad_norm,
+    "train/tokens": losses.token_counts(batch).astype(jnp.float32),
+    "train/skipped_steps": new_state["skipped"],
+  }
+  return new_state, metrics
+
+
+def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, batch: dict) -> dict:
+  """Sums over one batch: loss and weight, plus predictions for classification."""
+  model = nnx.merge(graphdef, params)
+  logits = model(batch["input_ids"], **model_kwargs(batch))
+  if task == "causal_lm":
+    b = dict(batch)
+    if "valid" in b:
+      b["loss_mask"] = b["loss_mask"] * b["valid"][:, None]
+    loss_sum, weight = losses.causal_lm_loss(logits, b)
+    return {"loss_sum": loss_sum, "weight": weight}
+  loss_sum, weight = losses.classification_loss(logits, batch)
+  return {"loss_sum": loss_sum, "weight": weight, "predictions": jnp.argmax(logits, axis=-1),
+          "logits": logits.astype(jnp.float32)}
+
+
+def init_state(params: dict, tx: optax.GradientTransformation, seed: int, optim_cfg) -> dict:
+  return {
+    "step": jnp.zeros((), jnp.int32),
+    "params": params,
+    "opt_state": tx.init(params),
+    "rng": jax.random.key_data(jax.random.key(seed)),
+    "avg": averaging.init(params, optim_cfg),
+    "skipped": jnp.zeros((), jnp.int32),
+    "first_bad_step": jnp.full((), -1, jnp.int32),
+  }
+
+
+Step = Callable[[dict, dict], tuple[dict, dict]]
