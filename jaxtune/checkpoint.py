@@ -1,0 +1,429 @@
+"""Checkpoints for the training engine: async orbax saves, retention, safe resume, preemption.
+
+Design
+------
+One orbax ``CheckpointManager`` over ``directory``; each step is a directory ``<step>/`` with two
+items: ``state`` (the pytree of sharded jax arrays: params, optimizer state, RNG key, averaged
+weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metrics": <metrics>}``).
+
+* **Retention is ours, not orbax's.** The manager keeps everything (``max_to_keep=None``) and
+  ``_prune`` deletes what is neither among the last ``keep_last`` nor among the best ``keep_best``
+  by ``metrics[best_metric]``; a step can be both. A checkpoint whose metrics lack the best
+  metric, or hold a non-finite value, is never "best". Reasons: orbax's ``BestN`` keeps
+  checkpoints lacking the metric whenever there are few checkpoints, and its preservation
+  policies do not exist in orbax 0.11 (which pyproject allows). One directory keeps the
+  "latest" and "best" views from disagreeing about what exists.
+* **Nothing is deleted until something newer is committed.** Pruning runs only after the previous
+  async save has finished (at the start of the next ``save``, in ``wait`` and ``close``), and
+  counts only complete checkpoints, so a crash mid-save always leaves the newest committed one.
+* **Completeness.** Orbax (0.11 to 0.12) writes into ``<step>.orbax-checkpoint-tmp[-N]`` and
+  renames to ``<step>`` on commit (local/POSIX paths); on GCS it writes in place and adds
+  ``commit_success.txt`` last. Either way ``commit_timestamp_nsecs`` is written into the step's
+  ``_CHECKPOINT_METADATA`` just before the commit (0.12 also writes ``commit_success.txt`` before
+  the rename). Orbax already ignores tmp directories (and deletes them at start-up with
+  ``cleanup_tmp_directories``); on top of that a step counts as complete only if it has
+  ``commit_success.txt`` or a commit timestamp. So a process SIGKILLed during an async save
+  leaves a tmp directory, or on GCS an unmarked one, and both are skipped.
+* **Corrupt but committed** (truncated files, disk trouble): ``restore_latest`` logs a warning
+  naming the directory and falls back to the previous complete step. If *no* checkpoint can be
+  read it raises the newest error instead of returning None, so a config/shape mismatch never
+  silently restarts training from scratch. Steps found unreadable (or incomplete) are replaced
+  when the same step is saved again, and removed once a newer checkpoint is committed.
+* **Multi-process.** Every method must be called by all processes with the same arguments
+  (orbax synchronises hosts inside save/restore/delete). Every decision here is deterministic
+  given the files on disk, except the wall-clock trigger of ``should_save``: there process 0's
+  clock decides and the answer is broadcast, because hosts that disagree about saving deadlock.
+
+``PreemptionGuard`` turns SIGTERM/SIGINT into a flag the driver polls once per step; see its
+docstring for the multi-process story (``reached_preemption_sync_point``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
+
+# On-disk names written by orbax (stable since orbax 0.5.11); read directly because reading them
+# through the manager (`metadata(step)`) also loads every array's metadata.
+_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+_COMMIT_SUCCESS_FILE = "commit_success.txt"
+
+
+def _now() -> float:
+  """Monotonic clock for the minutes trigger; a function so tests can replace it."""
+  return time.monotonic()
+
+
+def _json_default(x: Any) -> Any:
+  # Drivers naturally put numpy/jax scalars into meta (epoch counters, seeds).
+  if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f"meta value {x!r} of type {type(x).__name__} is not JSON serializable")
+
+
+def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
+  """Metrics as JSON-safe floats; NaN/Inf become None so they can never rank as best."""
+  out: dict[str, float | None] = {}
+  for key, value in (metrics or {}).items():
+    value = float(np.asarray(value))
+    out[str(key)] = value if math.isfinite(value) else None
+  return out
+
+
+class Checkpointer:
+  """Saves, retains and restores training checkpoints under ``directory`` (see module doc).
+
+  Args:
+    directory: root directory (local path or any path orbax/etils understand, e.g. ``gs://``).
+    save_every_steps: ``should_save`` is true at steps that are positive multiples of this;
+      0 disables the step trigger.
+    save_every_minutes: ``should_save`` is true once this much wall time has passed since the
+      last save (or since construction); 0 disables the time trigger.
+    keep_last: how many of the newest complete checkpoints to keep (at least 1: resume needs it).
+    keep_best: how many of the best checkpoints by ``metrics[best_metric]`` to keep (0: none).
+    best_metric: metrics key ranking checkpoints, e.g. ``"eval/loss"``.
+    best_mode: ``"min"`` or ``"max"``.
+    async_save: write in background threads; ``save`` returns once arrays are copied to host.
+    time_check_every_steps: multi-process only: the minutes trigger costs a host sync (a
+      broadcast from process 0), so it is evaluated only at steps that are multiples of this.
+  """
+
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    save_every_steps: int,
+    save_every_minutes: float,
+    keep_last: int,
+    keep_best: int,
+    best_metric: str,
+    best_mode: str,
+    async_save: bool = True,
+    time_check_every_steps: int = 1,
+  ):
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    if keep_last < 1:
+      raise ValueError(f"keep_last must be >= 1 (resume needs the newest), got {keep_last}")
+    if keep_best < 0 or save_every_steps < 0 or save_every_minutes < 0:
+      raise ValueError("keep_best, save_every_steps and save_every_minutes must be >= 0")
+    directory = os.fspath(directory)
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self.directory = epath.Path(directory)
+    self.save_every_steps = int(save_every_steps)
+    self.save_every_minutes = float(save_every_minutes)
+    self.keep_last = int(keep_last)
+    self.keep_best = int(keep_best)
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    self.time_check_every_steps = max(1, int(time_check_every_steps))
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=None,  # retention is ours, see module doc
+        create=True,
+        cleanup_tmp_directories=True,  # leftovers of a killed save
+        enable_async_checkpointing=async_save,
+      ),
+    )
+    self._last_save_time = _now()
+    self._complete: set[int] = set()  # steps verified complete (a committed step stays so)
+    self._bad: set[int] = set()  # steps that failed to restore
+    self._warned: set[int] = set()
+    self._scores: dict[int, float | None] = {}
+    self._pending_step: int | None = None  # last save started here; may still be in flight
+
+  # ---------------------------------------------------------------- queries
+
+  def step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
+
+  def _is_complete(self, step: int) -> bool:
+    if step in self._complete:
+      return True
+    path = self.step_dir(step)
+    try:
+      committed = (path / _COMMIT_SUCCESS_FILE).exists()
+      if not committed:
+        step_meta = json.loads((path / _STEP_METADATA_FILE).read_text())
+        committed = step_meta.get("commit_timestamp_nsecs") is not None
+    except (OSError, ValueError):
+      committed = False
+    if committed:
+      self._complete.add(step)
+    return committed
+
+  def _valid_steps(self) -> list[int]:
+    """Complete steps not known to be unreadable, ascending; a save in flight is not listed."""
+    steps = []
+    for step in sorted(self._manager.all_steps()):
+      if step in self._bad:
+        continue
+      if self._is_complete(step):
+        steps.append(step)
+      elif step not in self._warned and step != self._pending_step:
+        self._warned.add(step)
+        log.warning("checkpoint %s has no commit marker; ignoring it", self.step_dir(step))
+    return steps
+
+  def latest_step(self) -> int | None:
+    """Newest complete checkpoint; a save still in flight counts once it has committed."""
+    steps = self._valid_steps()
+    return steps[-1] if steps else None
+
+  def _score(self, step: int) -> float | None:
+    if step not in self._scores:
+      try:
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        record = self._manager.restore(step, args=args)["meta"]
+        value = (record.get("metrics") or {}).get(self.best_metric)
+      except Exception as e:  # noqa: BLE001 - an unreadable record just cannot rank
+        log.warning("cannot read metrics of %s: %s", self.step_dir(step), e)
+        value = None
+      self._scores[step] = value if value is None or math.isfinite(value) else None
+    return self._scores[step]
+
+  def _best(self, steps: list[int]) -> list[int]:
+    """``steps`` that have the metric, best first; ties go to the newer step."""
+    scored = [(s, v) for s in steps if (v := self._score(s)) is not None]
+    sign = 1.0 if self.best_mode == "min" else -1.0
+    return [s for s, _ in sorted(scored, key=lambda sv: (sign * sv[1], -sv[0]))]
+
+  def best_step(self) -> int | None:
+    """Best complete checkpoint by ``best_metric``; None if none has the metric."""
+    best = self._best(self._valid_steps())
+    return best[0] if best else None
+
+  # ---------------------------------------------------------------- saving
+
+  def should_save(self, step: int) -> bool:
+    """Whether the step or wall-clock trigger fires at ``step`` (see class doc)."""
+    by_steps = self.save_every_steps > 0 and step > 0 and step % self.save_every_steps == 0
+    if by_steps or self.save_every_minutes <= 0:
+      return by_steps
+    if jax.process_count() == 1:
+      return _now() - self._last_save_time >= 60.0 * self.save_every_minutes
+    if step % self.time_check_every_steps:
+      return False
+    # Clocks differ between hosts; a save that only some hosts enter deadlocks in orbax's
+    # barriers, so process 0 decides for everyone.
+    due = np.asarray(_now() - self._last_save_time >= 60.0 * self.save_every_minutes)
+    return bool(multihost_utils.broadcast_one_to_all(due))
+
+  def save(
+    self,
+    step: int,
+    state: Any,
+    *,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    force: bool = False,
+  ) -> bool:
+    """Starts saving ``state`` (+ JSON ``meta``, ``metrics``) as ``step``; returns if it did.
+
+    Without ``force`` it saves only when ``should_save(step)``; ``force`` is for the final or
+    preemption save. A step that already has a complete checkpoint is not written twice.
+    Returns once the arrays are copied to host memory, so the caller may donate ``state`` to
+    the next train step; writing continues in the background (``wait`` blocks on it).
+    """
+    if not force and not self.should_save(step):
+      return False
+    # The previous save must be committed before retention looks at the disk; orbax's save
+    # would block on it anyway.
+    self._manager.wait_until_finished()
+    self._prune()
+    if step in self._manager.all_steps():
+      if step not in self._bad and self._is_complete(step):
+        log.info("checkpoint for step %d already exists; not saving it again", step)
+        return False
+      # Unreadable or uncommitted leftover of an abandoned run: replace it.
+      log.warning("replacing incomplete/unreadable checkpoint %s", self.step_dir(step))
+      self._manager.delete(step)
+      self._forget(step)
+    clean = _clean_metrics(metrics)
+    record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean}
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
+      force=True,  # our should_save decided; orbax's interval policy must not veto it
+    )
+    self._scores[step] = clean.get(self.best_metric)
+    self._pending_step = step
+    self._last_save_time = _now()
+    return True
+
+  def _forget(self, step: int) -> None:
+    for cache in (self._complete, self._bad, self._warned):
+      cache.discard(step)
+    self._scores.pop(step, None)
+
+  def _prune(self) -> None:
+    """Deletes committed checkpoints that are neither last-K nor best-K (see module doc)."""
+    valid = self._valid_steps()
+    if not valid:
+      return
+    keep = set(valid[-self.keep_last :]) | set(self._best(valid)[: self.keep_best])
+    newest = valid[-1]
+    for step in list(self._manager.all_steps()):
+      stale = step not in valid and step < newest  # incomplete/unreadable, superseded
+      if (step in valid and step not in keep) or stale:
+        log.info("deleting checkpoint %s", self.step_dir(step))
+        self._manager.delete(step)
+        self._forget(step)
+
+  def wait(self) -> None:
+    """Blocks until the in-flight save is committed, then applies retention."""
+    self._manager.wait_until_finished()
+    self._prune()
+
+  def close(self) -> None:
+    self.wait()
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # ---------------------------------------------------------------- restoring
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores ``step`` into ``abstract_state``'s shapes, dtypes and shardings.
+
+    ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` (e.g.
+    ``jax.eval_shape`` output with the target shardings attached): every array is read
+    straight into its target sharding, never materialised whole on one device.
+    """
+    self._manager.wait_until_finished()
+    if not self._is_complete(step):
+      raise FileNotFoundError(f"no complete checkpoint at {self.step_dir(step)}")
+    out = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return out["state"], out["meta"]["meta"]
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """``(step, state, meta)`` of the newest readable checkpoint, or None if there is none.
+
+    Unreadable checkpoints are skipped with a warning naming their directory; if every one
+    fails, the newest one's error is raised (a shape or structure mismatch is a bug, not a
+    reason to train from scratch).
+    """
+    self._manager.wait_until_finished()
+    first_error: Exception | None = None
+    for step in reversed(self._valid_steps()):
+      try:
+        state, meta = self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001 - any read failure means: try the older one
+        log.warning(
+          "checkpoint %s is unreadable (%s: %s); falling back to the previous one",
+          self.step_dir(step),
+          type(e).__name__,
+          str(e)[:500],
+        )
+        self._bad.add(step)
+        first_error = first_error or e
+        continue
+      return step, state, meta
+    if first_error is not None:
+      raise first_error
+    return None
+
+
+class PreemptionGuard:
+  """Context manager turning SIGTERM/SIGINT into a flag the training loop polls.
+
+  The handler only sets ``requested`` (nothing else is safe inside a signal handler); the
+  driver calls ``should_stop(step)`` every step and, when true, saves a final checkpoint with
+  ``force=True`` and returns normally. The previous handlers are restored on exit. A second
+  SIGINT while a stop is pending raises ``KeyboardInterrupt``, for an impatient user.
+
+  Multi-process: stopping must happen at the same step on every host, or the final save
+  deadlocks in orbax's barriers; a flag set on one host is not enough. ``should_stop`` then
+  asks ``jax.experimental.multihost_utils.reached_preemption_sync_point(step)``, which agrees a
+  common step through the coordination service. That is unusable without a coordinator: with
+  no ``jax.distributed`` client it always returns False, so single-process runs use the flag
+  alone. When ``jax.distributed`` is initialised, JAX's preemption notifier owns SIGTERM through
+  a native handler; replacing it would blind the sync point, so SIGTERM is left to it (any
+  handler installed outside Python is left alone, since it could not be restored). If the
+  preemption service is disabled, or for SIGINT, the local flags are all-gathered every
+  ``sync_every_steps`` steps (one host sync each). ``should_stop`` must be called at every
+  step by every process, as the sync point requires.
+  """
+
+  def __init__(
+    self,
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    *,
+    sync_every_steps: int = 10,
+  ):
+    self.signals = tuple(signals)
+    self.sync_every_steps = max(1, int(sync_every_steps))
+    self.requested = False
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+    self._logged = False
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = True
+    self.signum = signum
+
+  def __enter__(self) -> PreemptionGuard:
+    self.requested, self.signum, self._logged = False, None, False
+    if threading.current_thread() is not threading.main_thread():
+      log.warning("PreemptionGuard outside the main thread: signals are not intercepted")
+      return self
+    for sig in self.signals:
+      previous = signal.getsignal(sig)
+      if previous is None:
+        # A native handler (e.g. JAX's preemption notifier for SIGTERM); see class doc.
+        log.info("signal %s has a non-Python handler; leaving it in place", sig)
+        continue
+      self._previous[sig] = previous
+      signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous.clear()
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and exit after ``step``; the same answer on every process."""
+    stop = self.requested
+    if jax.process_count() > 1:
+      stop = False
+      try:
+        stop = bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # preemption service disabled: fall back to gathering flags
+        pass
+      if not stop and step % self.sync_every_steps == 0:
+        flags = multihost_utils.process_allgather(np.int32(self.requested))
+        stop = bool(np.any(flags))
+      self.requested = self.requested or stop
+    if stop and not self._logged:
+      self._logged = True
+      log.warning("stop requested (signal %s) at step %d: saving and exiting", self.signum, step)
+    return stop

@@ -1,0 +1,477 @@
+"""What a run leaves in its workdir: metrics, TensorBoard events, run/config records, progress.
+
+Workdir layout (written by process 0 only; other processes' writers are no-ops):
+
+  metrics.jsonl  one JSON object per ``MetricWriter.write``: ``{"step": 12, "train/loss": 2.31}``
+  text.jsonl     one JSON object per ``write_text``: ``{"step": 12, "tag": ..., "text": ...}``
+  tb/            TensorBoard event files (tensorboardX), same scalars and texts, plus hparams
+  run.json       versions, devices, mesh, git commit, data fingerprint, start time
+  config.json    the resolved config
+
+Non-finite metric values are written to JSON as ``null`` (NaN, +Inf and -Inf alike: strict JSON
+has no spelling for them, and null keeps the column numeric for readers such as pandas);
+TensorBoard gets the real float. ``metrics.jsonl`` is the crash-proof record (each line reaches
+the OS when written); TensorBoard events are flushed every 10 s and on ``flush``/``close``.
+
+Resume: the driver calls ``truncate_after(restored_step)`` right after constructing the writer.
+It drops the lines of both JSONL files with a step above the restored one (written by the
+crashed run after its last checkpoint, and about to be recomputed), and writes a TensorBoard
+``SessionLog.START`` at ``restored_step + 1`` so TensorBoard purges its orphaned points too. A
+reader of a workdir that was not truncated should keep, for each step, the last line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+import jaxtune
+
+METRICS_FILE = "metrics.jsonl"
+TEXT_FILE = "text.jsonl"
+TB_DIR = "tb"
+
+
+def _now() -> float:
+  """Monotonic clock of the progress bar; a function so tests can replace it."""
+  return time.monotonic()
+
+
+def _finite_or_none(value: Any) -> float | None:
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else None
+
+
+def _write_atomic(path: str, text: str) -> None:
+  # A crash mid-write must leave either the old file or the new one, never half of one.
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _truncate_jsonl(path: str, step: int) -> int:
+  """Keeps lines with ``step <= step``; drops unparsable lines (a torn final write). Returns drops."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        ok = json.loads(line)["step"] <= step
+      except (ValueError, KeyError, TypeError):
+        ok = False
+      if ok:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    _write_atomic(path, "".join(kept))
+  return dropped
+
+
+def _open_append(path: str):
+  """Line-buffered append (each line reaches the OS at once, so a crash loses nothing written).
+
+  A crash mid-line leaves a torn last line; start on a fresh line so that only it is unreadable.
+  """
+  torn = False
+  if os.path.exists(path) and os.path.getsize(path) > 0:
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+  f = open(path, "a", buffering=1)
+  if torn:
+    f.write("\n")
+  return f
+
+
+class MetricWriter:
+  """Appends scalars to ``metrics.jsonl`` and TensorBoard; see module doc for the layout.
+
+  Args:
+    workdir: run directory (created if missing).
+    tensorboard: also write TensorBoard events under ``workdir/tb``.
+    enabled: whether this process writes; default: only process 0.
+  """
+
+  def __init__(
+    self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool | None = None
+  ):
+    self.workdir = os.fspath(workdir)
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._last_step = 0
+    self._tb = None
+    self._jsonl = None
+    self._text = None
+    if not self.enabled:
+      return
+    os.makedirs(self.workdir, exist_ok=True)
+    self._jsonl = _open_append(os.path.join(self.workdir, METRICS_FILE))
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # heavy import (protobuf); only when used
+
+      self._tb = SummaryWriter(logdir=os.path.join(self.workdir, TB_DIR), flush_secs=10)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Writes ``{"step": step, **metrics}`` (namespaced keys like ``train/loss``)."""
+    step = int(step)
+    self._last_step = step
+    if not self.enabled:
+      return
+    values = {str(k): float(np.asarray(v)) for k, v in metrics.items()}
+    record = {"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, v, step)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Writes free text (samples, config dumps) to ``text.jsonl`` and TensorBoard's text tab."""
+    if not self.enabled:
+      return
+    if self._text is None:
+      self._text = _open_append(os.path.join(self.workdir, TEXT_FILE))
+    self._text.write(json.dumps({"step": int(step), "tag": tag, "text": text}) + "\n")
+    if self._tb is not None:
+      self._tb.add_text(tag, text, int(step))
+
+  def write_hparams(
+    self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
+  ) -> None:
+    """Records ``hparams`` for TensorBoard's HPARAMS tab, with ``metrics`` as its columns.
+
+    Written into the main run (not a sub-run as tensorboardX's ``add_hparams`` does), so the
+    dashboard links the hparams to every scalar of this run; ``metrics`` names the scalar tags to
+    show (e.g. ``eval/accuracy``) and their values are also written as scalars at ``step``
+    (default: the last step written). Values that are not bool/int/float/str are stringified.
+    """
+    if not self.enabled or self._tb is None:
+      return
+    from tensorboardX.summary import hparams as hparams_summary
+
+    def plain(v: Any) -> bool | int | float | str:
+      if isinstance(v, (bool, int, float, str)):
+        return v
+      if isinstance(v, np.generic):
+        return v.item()
+      return str(v)
+
+    hp = {str(k): plain(v) for k, v in hparams.items()}
+    values = {str(k): _finite_or_none(v) for k, v in metrics.items()}
+    for summary in hparams_summary(hp, {k: 0.0 for k in values}):
+      self._tb.file_writer.add_summary(summary)
+    step = self._last_step if step is None else int(step)
+    for k, v in values.items():
+      if v is not None:
+        self._tb.add_scalar(k, v, step)
+
+  def truncate_after(self, step: int) -> None:
+    """Forgets everything logged for steps > ``step`` (call on resume; see module doc)."""
+    self._last_step = int(step)
+    if not self.enabled:
+      return
+    # The files are replaced, not edited in place: reopen so later writes reach the new ones.
+    had_text = self._text is not None
+    for f in (self._jsonl, self._text):
+      if f is not None:
+        f.close()
+    for name in (METRICS_FILE, TEXT_FILE):
+      _truncate_jsonl(os.path.join(self.workdir, name), int(step))
+    self._jsonl = _open_append(os.path.join(self.workdir, METRICS_FILE))
+    self._text = _open_append(os.path.join(self.workdir, TEXT_FILE)) if had_text else None
+    if self._tb is not None:
+      from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+      # TensorBoard drops points with step >= this event's step from earlier event files.
+      self._tb.file_writer.add_event(
+        Event(
+          step=int(step) + 1, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)
+        )
+      )
+
+  def flush(self) -> None:
+    for f in (self._jsonl, self._text):
+      if f is not None:
+        f.flush()
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    self.flush()
+    for f in (self._jsonl, self._text):
+      if f is not None:
+        f.close()
+    self._jsonl = self._text = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def __enter__(self) -> MetricWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+# ------------------------------------------------------------------------------ run records
+
+
+def _version(dist: str) -> str | None:
+  try:
+    return importlib.metadata.version(dist)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _git(*args: str) -> str | None:
+  """Output of ``git <args>`` in the jaxtune source tree; None if not a checkout or no git."""
+  try:
+    out = subprocess.run(
+      ["git", *args],
+      cwd=os.path.dirname(os.path.abspath(jaxtune.__file__)),
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=True,
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip()
+
+
+def run_info(
+  *,
+  config_json: str,
+  mesh_shape: Mapping[str, int],
+  data_fingerprint: str,
+  extra: Mapping[str, Any],
+) -> dict[str, Any]:
+  """The record ``write_run_info`` writes; separate so the driver can also log it."""
+  devices = jax.devices()
+  commit = _git("rev-parse", "HEAD") or None
+  status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+  try:
+    config = json.loads(config_json)
+  except ValueError:
+    config = config_json  # keep what we were given rather than fail the run
+  return {
+    "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "versions": {
+      "jaxtune": jaxtune.__version__,
+      "jax": jax.__version__,
+      "jaxlib": _version("jaxlib"),
+      "flax": _version("flax"),
+      "optax": _version("optax"),
+      "orbax-checkpoint": _version("orbax-checkpoint"),
+      "python": platform.python_version(),
+    },
+    "python_executable": sys.executable,
+    "hostname": platform.node(),
+    "platform": devices[0].platform,
+    "device_kind": devices[0].device_kind,
+    "device_count": jax.device_count(),
+    "local_device_count": jax.local_device_count(),
+    "process_count": jax.process_count(),
+    "mesh": {str(k): int(v) for k, v in mesh_shape.items()},
+    "git_commit": commit,
+    "git_dirty": bool(status) if status is not None else None,
+    "data_fingerprint": data_fingerprint,
+    "config": config,
+    "extra": dict(extra),
+  }
+
+
+def write_run_info(
+  workdir: str | os.PathLike,
+  *,
+  config_json: str,
+  mesh_shape: Mapping[str, int],
+  data_fingerprint: str,
+  extra: Mapping[str, Any],
+) -> dict[str, Any]:
+  """Writes ``workdir/run.json`` (process 0 only) and returns the record."""
+  info = run_info(
+    config_json=config_json, mesh_shape=mesh_shape, data_fingerprint=data_fingerprint, extra=extra
+  )
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
+  return info
+
+
+def write_config(workdir: str | os.PathLike, config: Any) -> None:
+  """Writes the resolved ``ml_collections.ConfigDict`` to ``workdir/config.json`` (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------ throughput
+
+# bf16 dense peak FLOP/s per device, matched in order on the lower-cased `device.device_kind`
+# (e.g. "NVIDIA H100 80GB HBM3", "TPU v5 lite"); more specific patterns come first.
+_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+  ("h100 pcie", 756e12),
+  ("h100 nvl", 835e12),
+  ("h100", 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+  ("h200", 989e12),  # also GH200
+  ("a100", 312e12),
+  ("tpu v4", 275e12),
+  ("tpu v5 lite", 197e12),
+  ("tpu v5e", 197e12),
+  ("tpu v5p", 459e12),
+  ("tpu v5", 459e12),  # v5p reports plain "TPU v5"
+  ("tpu v6 lite", 918e12),
+  ("tpu v6e", 918e12),
+)
+
+
+def device_peak_flops(device: Any) -> float | None:
+  """bf16 dense peak FLOP/s of one ``jax.Device``; None for CPUs and unknown kinds."""
+  kind = str(getattr(device, "device_kind", "")).lower()
+  for pattern, flops in _PEAK_FLOPS:
+    if pattern in kind:
+      return flops
+  return None
+
+
+def mfu(flops_per_step: float, step_time_s: float, n_devices: int, peak: float) -> float:
+  """Model FLOPs utilisation: achieved FLOP/s over the devices' combined peak."""
+  if step_time_s <= 0 or n_devices <= 0 or peak <= 0:
+    raise ValueError(
+      f"need positive step time, device count and peak, got {step_time_s}, {n_devices}, {peak}"
+    )
+  return flops_per_step / (step_time_s * n_devices * peak)
+
+
+# ------------------------------------------------------------------------------ console
+
+
+def _fmt_duration(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _fmt_rate(x: float) -> str:
+  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.1f}{unit}"
+  return f"{x:.0f}"
+
+
+class ProgressBar:
+  """One console line: step/total, steps/s, ETA, loss, tokens/s; no tqdm.
+
+  On a TTY the line is redrawn in place with ``\\r`` at most every ``min_interval_s``; otherwise
+  (CI logs, files) a plain line is printed every ``log_interval_s``. The final step is always
+  shown. Rates are measured from the first ``update``, so compilation time is not averaged in.
+
+  Args:
+    total_steps: the step the run ends at.
+    initial_step: the step a resumed run starts from.
+    loss_key / tokens_per_s_key: metrics keys shown, if present in ``update``'s metrics.
+  """
+
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    initial_step: int = 0,
+    loss_key: str = "train/loss",
+    tokens_per_s_key: str = "train/tokens_per_s",
+    min_interval_s: float = 0.2,
+    log_interval_s: float = 30.0,
+    stream: Any = None,
+  ):
+    self.total_steps = int(total_steps)
+    self.loss_key, self.tokens_per_s_key = loss_key, tokens_per_s_key
+    self._stream = stream
+    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self._interval = min_interval_s if self._tty else log_interval_s
+    self._step = int(initial_step)
+    self._metrics: dict[str, Any] = {}
+    self._t0: float | None = None
+    self._step0 = int(initial_step)
+    self._last_draw = -math.inf
+    self._drawn_step: int | None = None
+    self._width = 0
+    self._closed = False
+
+  @property
+  def stream(self) -> Any:
+    # Looked up at use, so redirection (and pytest's capture) after construction still works.
+    return self._stream if self._stream is not None else sys.stderr
+
+  def line(self) -> str:
+    now = _now()
+    parts = [f"step {self._step}/{self.total_steps}"]
+    if self.total_steps > 0:
+      parts[0] += f" ({100.0 * self._step / self.total_steps:.1f}%)"
+    done = self._step - self._step0
+    if self._t0 is not None and done > 0 and now > self._t0:
+      rate = done / (now - self._t0)
+      parts.append(f"{rate:.2f} it/s")
+      parts.append(f"ETA {_fmt_duration(max(0, self.total_steps - self._step) / rate)}")
+    loss = self._metrics.get(self.loss_key)
+    if loss is not None:
+      parts.append(f"loss {float(np.asarray(loss)):.4f}")
+    tps = self._metrics.get(self.tokens_per_s_key)
+    if tps is not None:
+      parts.append(f"{_fmt_rate(float(np.asarray(tps)))} tok/s")
+    return " | ".join(parts)
+
+  def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    """Records progress; redraws only if the throttle interval has passed or at the end."""
+    now = _now()
+    if self._t0 is None:
+      self._t0, self._step0 = now, int(step)
+    self._step = int(step)
+    if metrics:
+      self._metrics.update(metrics)
+    if now - self._last_draw >= self._interval or self._step >= self.total_steps:
+      self._draw(now)
+
+  def _draw(self, now: float) -> None:
+    self._last_draw, self._drawn_step = now, self._step
+    text = self.line()
+    if self._tty:
+      # Pad over the previous, possibly longer, line instead of relying on terminal escapes.
+      self.stream.write("\r" + text.ljust(self._width))
+      self._width = len(text)
+    else:
+      self.stream.write(text + "\n")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    if self._t0 is not None and self._drawn_step != self._step:
+      self._draw(_now())  # the last state must be visible
+    if self._tty and self._drawn_step is not None:
+      self.stream.write("\n")
+      self.stream.flush()
+
+  def __enter__(self) -> ProgressBar:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
