@@ -54,6 +54,8 @@ def make_mesh(
   known = math.prod(v for v in sizes.values() if v != -1)
   if any(v == 0 or v < -1 for v in sizes.values()):
     raise ValueError(f"mesh: axis sizes must be positive or -1, got {sizes}")
+  if not unknown and known < len(devices):
+    devices = devices[:known]  # an explicit smaller mesh (e.g. 1 device for a baseline run)
   if unknown:
     if len(devices) % known:
       raise ValueError(f"mesh: {len(devices)} devices do not divide into {sizes}")
@@ -99,8 +101,9 @@ def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]
 
 def variable_sharding(variable, mesh: Mesh) -> NamedSharding:
   """The sharding of an nnx Variable (abstract or concrete) from its logical names."""
-  names = variable.get_metadata().get("out_sharding") or (None,) * variable.value.ndim
-  return named_sharding(mesh, names, variable.value.shape)
+  value = variable.get_value()
+  names = variable.get_metadata().get("out_sharding") or (None,) * value.ndim
+  return named_sharding(mesh, names, value.shape)
 
 
 def state_shardings(state, mesh: Mesh):

@@ -33,6 +33,8 @@ def maybe_initialize_distributed() -> None:
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # orbax logs every file operation at INFO through absl; keep the console for our own progress.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   maybe_initialize_distributed()
   from jaxtune import train
 
