@@ -48,8 +48,24 @@ def default() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 32
   c.train.on_nonfinite = "stop"  # stop | skip
   c.train.progress = True
+  # Early stopping on checkpoint.best_metric (the same metric picks the best checkpoint).
+  c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+  c.train.early_stopping_min_delta = 0.0
+  c.train.overfit_alarm_evals = 3  # warn when train loss falls and eval loss rises this often; 0 = off
 
   c.optim = optim.default_config()
+
+  # LoRA adapters (jaxtune.lora); rank 0 = full fine-tuning.
+  c.lora = ml_collections.ConfigDict({
+    "rank": 0, "alpha": 16.0, "dropout": 0.0,
+    "targets": r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+    "train_also": r"(^|/)(score|classifier)(/|$)",
+  })
+
+  c.export = ml_collections.ConfigDict()
+  c.export.enabled = False  # write workdir/export (HF format) at the end, from the best weights
+  c.export.merge_lora = True  # False: a PEFT adapter directory instead of merged weights
+  c.export.dtype = ""  # '' = the parameter dtype; e.g. 'bfloat16'
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50

@@ -10,7 +10,6 @@ step, so dispatch stays asynchronous) whether to stop or carry on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +45,14 @@ def loss_terms(task: str, logits: jax.Array, batch: dict, class_weights) -> tupl
   return losses.classification_loss(logits, batch, cw)
 
 
+def merge(graphdef: nnx.GraphDef, params: dict, frozen: dict | None) -> nnx.Module:
+  """The model from trainable `params` and, with LoRA, the `frozen` base weights."""
+  return nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+
+
 def train_step(
-  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: StepConfig, state: dict, batch: dict,
+  graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: StepConfig, state: dict,
+  batch: dict, frozen: dict | None = None,
 ) -> tuple[dict, dict]:
   step = state["step"]
   rng = jax.random.fold_in(state["rng"], step)
@@ -63,7 +68,7 @@ def train_step(
   total = jnp.maximum(total, 1e-6)
 
   def loss_fn(params, mb, mb_rng):
-    model = nnx.merge(graphdef, params)
+    model = merge(graphdef, params, frozen)
     logits = model(mb["input_ids"], **model_kwargs(mb), dropout_rng=mb_rng)
     loss_sum, weight = loss_terms(cfg.task, logits, mb, cfg.class_weights)
     return loss_sum / total, (loss_sum, weight)
@@ -115,9 +120,10 @@ def train_step(
   return new_state, metrics
 
 
-def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, batch: dict) -> dict:
+def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, frozen: dict | None,
+              batch: dict) -> dict:
   """Sums over one batch: loss and weight, plus predictions for classification."""
-  model = nnx.merge(graphdef, params)
+  model = merge(graphdef, params, frozen)
   logits = model(batch["input_ids"], **model_kwargs(batch))
   if task == "causal_lm":
     b = dict(batch)
@@ -141,5 +147,3 @@ def init_state(params: dict, tx: optax.GradientTransformation, seed: int, optim_
     "first_bad_step": jnp.full((), -1, jnp.int32),
   }
 
-
-Step = Callable[[dict, dict], tuple[dict, dict]]

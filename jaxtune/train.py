@@ -8,6 +8,7 @@ shardings and buffer donation.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
@@ -18,7 +19,18 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxtune import averaging, checkpoint, data, metrics, optim, sharding, step, writer
+from jaxtune import (
+  averaging,
+  checkpoint,
+  data,
+  evaluate,
+  metrics,
+  monitor,
+  optim,
+  sharding,
+  step,
+  writer,
+)
 from jaxtune.config import parse_overrides, validate
 from jaxtune.data import pipeline
 from jaxtune.models import presets
@@ -44,17 +56,33 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None):
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
                     config_overrides=parse_overrides(m.config_overrides), seed=config.seed)
   model.remat = m.remat
+  if config.lora.rank > 0:
+    from jaxtune import lora
+
+    model = lora.apply(model, config.lora)
   return model
 
 
-def _num_layers(params: dict) -> int:
-  layers = params.get("layers", {})
-  return len(layers)
+def split_model(model, config) -> tuple[nnx.GraphDef, nnx.GraphDef, dict, dict | None]:
+  """(train graphdef, eval graphdef, trainable params, frozen params or None)."""
+  graphs = []
+  for mode in ("train", "eval"):
+    getattr(model, mode)()
+    if config.lora.rank > 0:
+      from jaxtune import lora
+
+      graphdef, trainable, frozen = lora.split_trainable(model, config.lora)
+      frozen = frozen.to_pure_dict()
+    else:
+      graphdef, trainable = nnx.split(model)
+      frozen = None
+    graphs.append(graphdef)
+  return graphs[0], graphs[1], trainable.to_pure_dict(), frozen
 
 
 def _state_shardings(state, mesh):
-  """Shardings of every state leaf as placed (params from their logical names, the rest by
-  XLA's propagation from them), with scalars replicated."""
+  """Shardings of every state leaf as placed (params from their logical names, optimizer
+  moments by XLA's propagation from them), with scalars replicated."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
@@ -70,43 +98,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   # -------------------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(**config.mesh)
+  data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+  per_pass = config.train.batch_size // config.train.micro_batches
+  if per_pass % data_ways or config.train.batch_size % jax.process_count():
+    raise ValueError(
+      f"config: train.batch_size={config.train.batch_size} / train.micro_batches="
+      f"{config.train.micro_batches} = {per_pass} must divide over the data x fsdp mesh axes "
+      f"({mesh.shape['data']} x {mesh.shape['fsdp']}) and the {jax.process_count()} processes"
+    )
 
   # -------------------------------------------------------------------------------- data
   splits = data.build(config, workdir)
-  train_ds = splits["train"]
-  batcher = pipeline.Batcher(train_ds, config.train.batch_size, config.seed)
+  batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed)
   if config.train.epochs > 0:
     total_steps = max(1, math.ceil(config.train.epochs * batcher.steps_per_epoch))
   else:
     total_steps = config.train.steps
-  if config.train.batch_size % (jax.process_count() * 1) or (
-    config.train.batch_size // config.train.micro_batches
-  ) % math.prod(mesh.shape[a] for a in ("data", "fsdp")):
-    raise ValueError(
-      f"config: train.batch_size={config.train.batch_size} / micro_batches="
-      f"{config.train.micro_batches} must split evenly over the data x fsdp mesh axes "
-      f"({mesh.shape['data']} x {mesh.shape['fsdp']})"
-    )
 
   # ------------------------------------------------------------------------------- model
   model = load_model(config, mesh, splits.num_labels)
-  model.train()
-  train_graphdef, params = nnx.split(model)
-  model.eval()
-  eval_graphdef, _ = nnx.split(model)
-  params = params.to_pure_dict()
+  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
+  num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
   del model
 
   # --------------------------------------------------------------------------- optimizer
-  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, _num_layers(params))
+  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
 
   # ---------------------------------------------------------------- state and shardings
   with sharding.use_mesh(mesh):
     state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
                                       optim_cfg=config.optim))(params)
   state_sh = _state_shardings(state, mesh)
-  sample = batcher.host_batch(0)
-  batch_sh = pipeline.batch_shardings(mesh, sample)
+  frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
+  batch_sh = pipeline.batch_shardings(mesh, batcher.host_batch(0))
   step_cfg = step.StepConfig(
     task=config.model.task, micro_batches=config.train.micro_batches,
     skip_nonfinite=config.train.on_nonfinite == "skip", optim_cfg=config.optim,
@@ -114,13 +138,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   )
   traces = {"train": 0}
 
-  def counted_step(state, batch):
+  def counted_step(state, batch, frozen):
     traces["train"] += 1  # runs only while tracing: counts compilations
-    return step.train_step(train_graphdef, tx, step_cfg, state, batch)
+    return step.train_step(train_graphdef, tx, step_cfg, state, batch, frozen)
 
-  train_fn = jax.jit(counted_step, in_shardings=(state_sh, batch_sh),
+  train_fn = jax.jit(counted_step, in_shardings=(state_sh, batch_sh, frozen_sh),
                      out_shardings=(state_sh, None), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task))
+
+  def run_eval(params, split: str) -> tuple[dict, dict]:
+    return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,
+                             mesh=mesh, batch_size=config.train.eval_batch_size,
+                             label_names=splits.label_names)
 
   # ----------------------------------------------------------------------------- restore
   ckpt = checkpoint.Checkpointer(
@@ -129,12 +158,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric,
     best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
   )
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state, state_sh)
+  stopper = monitor.EarlyStopping(config.checkpoint.best_mode, config.train.early_stopping_patience,
+                                  config.train.early_stopping_min_delta)
+  alarm = monitor.OverfitAlarm(config.train.overfit_alarm_evals)
+  start, stopped_early = 0, False
   restored = ckpt.restore_latest(_ckpt_tree(abstract))
-  start = 0
   if restored is not None:
     start, tree, meta = restored
     state = _from_ckpt_tree(tree, state)
+    stopper.load(meta["early_stopping"])
+    alarm.load(meta["overfit_alarm"])
+    stopped_early = meta.get("stopped_early", False)
     log.info("resumed from step %d (data position %s)", start, meta.get("data_position"))
   mw = writer.MetricWriter(workdir) if is_main else None
   if mw is not None:
@@ -142,28 +178,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if start == 0:
       writer.write_run_info(
         workdir, config_json=config.to_json_best_effort(), mesh_shape=dict(mesh.shape),
-        data_fingerprint=train_ds.fingerprint(), extra={"total_steps": total_steps},
+        data_fingerprint=splits["train"].fingerprint(),
+        extra={"total_steps": total_steps, "data_stats": splits.stats},
       )
 
-  def evaluate(params, split: str) -> dict:
-    return _evaluate(eval_fn, params, splits[split], config, mesh, splits.label_names)
-
-  def save(state, s: int, eval_metrics=None, force=False):
-    meta = {"step": s, "data_position": batcher.position(s), "total_steps": total_steps}
-    ckpt.save(s, _ckpt_tree(state), meta=meta, metrics=eval_metrics, force=force)
+  def save(state, s: int, eval_scalars=None, force=False):
+    meta = {"step": s, "data_position": batcher.position(s), "total_steps": total_steps,
+            "early_stopping": stopper.state(), "overfit_alarm": alarm.state(),
+            "stopped_early": stopped_early}
+    ckpt.save(s, _ckpt_tree(state), meta=meta, metrics=eval_scalars, force=force)
 
   # -------------------------------------------------------------------------------- loop
   peak = writer.device_peak_flops(jax.devices()[0])
-  flops_per_token = 6 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  flops_per_token = 6 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves((params, frozen)))
   bar = writer.ProgressBar(total_steps, initial_step=start) if is_main and config.train.progress else None
   pending: list[dict] = []
-  last_eval: dict = {}
+  train_losses: list[float] = []  # logged train losses since the last evaluation
   t_log = time.perf_counter()
   s = start
   with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh):
-    while s < total_steps:
+    while s < total_steps and not stopped_early:
       batch = pipeline.to_device(batcher.host_batch(s), batch_sh)
-      state, m = train_fn(state, batch)
+      state, m = train_fn(state, batch, frozen)
       pending.append(m)
       s += 1
       if s % config.train.log_every == 0 or s == total_steps:
@@ -172,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         now = time.perf_counter()
         elapsed, t_log = now - t_log, now
         row = _log_row(fetched, elapsed, schedule(s - 1), flops_per_token, peak)
+        train_losses.append(row["train/loss"])
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0 and config.train.on_nonfinite == "stop":
           ckpt.wait()
@@ -186,37 +223,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if bar is not None:
           bar.update(s, row)
       if config.train.eval_every and s % config.train.eval_every == 0 and s < total_steps:
-        last_eval = evaluate(_eval_params(state, config), "validation")
+        res, _ = run_eval(_eval_params(state), "validation")
+        scalars = {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
+        stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
+        if train_losses and alarm.update(float(np.mean(train_losses)), res["loss"]):
+          log.warning(alarm.message(s))
+          scalars["alarm/overfitting"] = 1.0
+          if mw is not None:
+            mw.write_text(s, "alarm/overfitting", alarm.message(s))
+        train_losses = []
+        if stopped_early:
+          log.warning("early stopping at step %d: %s did not improve for %d evaluations "
+                      "(best %.5g at step %s)", s, config.checkpoint.best_metric,
+                      stopper.patience, stopper.best, stopper.best_step)
+          scalars["train/stopped_early"] = 1.0
         if mw is not None:
-          mw.write(s, {f"eval/{k}": v for k, v in metrics.scalars(last_eval).items()})
-        save(state, s, {f"eval/{k}": v for k, v in metrics.scalars(last_eval).items()}, force=True)
+          mw.write(s, scalars)
+        save(state, s, scalars, force=True)
       elif ckpt.should_save(s) and s < total_steps:
         save(state, s)
       if guard.requested:
         log.warning("preemption requested: saving step %d and exiting", s)
         save(state, s, force=True)
-        ckpt.wait()
         ckpt.close()
         raise SystemExit(143)
 
   # ------------------------------------------------------------------------------- final
-  final = evaluate(_eval_params(state, config), "validation")
-  final_scalars = {f"eval/{k}": v for k, v in metrics.scalars(final).items()}
-  if mw is not None and start < total_steps:
-    mw.write(total_steps, final_scalars)
-  save(state, total_steps, final_scalars, force=True)
+  with sharding.use_mesh(mesh):
+    res, _ = run_eval(_eval_params(state), "validation")
+  final_scalars = {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
+  if mw is not None and start < s:
+    mw.write(s, final_scalars)
+  save(state, s, final_scalars, force=True)
   ckpt.wait()
+  best_step = ckpt.best_step() or s
+  best_state = state
+  if best_step != s:
+    tree, _ = ckpt.restore(best_step, _ckpt_tree(abstract))
+    best_state = _from_ckpt_tree(tree, state)
+    log.info("restored the best checkpoint (step %d by %s) for the final evaluation", best_step,
+             config.checkpoint.best_metric)
   ckpt.close()
+  best_params = _eval_params(best_state)
+  results: dict = {"best_step": int(best_step)}
+  with sharding.use_mesh(mesh):
+    results["val"], _ = run_eval(best_params, "validation")
+    if "test" in splits:
+      results["test"], details = run_eval(best_params, "test")
+      if details and is_main:
+        n = evaluate.write_errors(workdir / "errors.jsonl", details,
+                                  splits.examples.get("test"), splits.label_names)
+        log.info("%d misclassified test examples written to %s", n, workdir / "errors.jsonl")
+  if is_main:
+    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+  if config.export.enabled:
+    export_model(config, workdir, train_graphdef, best_params, frozen, splits)
   if bar is not None:
     bar.close()
   if mw is not None:
     mw.write_hparams(_flat_hparams(config), final_scalars)
     mw.close()
-  return {"step": total_steps, "eval": final, "compilations": traces["train"],
-          "state": state, "last_eval": last_eval}
+  return {"step": s, "eval": res, "results": results, "compilations": traces["train"],
+          "state": state, "stopped_early": stopped_early}
 
 
-def _eval_params(state: dict, config) -> dict:
+def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:
+  """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
+  from jaxtune import hf
+
+  model = step.merge(graphdef, params, frozen)
+  model.eval()
+  out = workdir / "export"
+  if config.lora.rank > 0 and not config.export.merge_lora:
+    hf.save(model, out, splits.tokenizer, adapter_only=True, base_model_name_or_path=config.model.source)
+  else:
+    hf.save(model, out, splits.tokenizer, dtype=config.export.dtype or None)
+  log.info("exported the model to %s", out)
+  return out
+
+
+def _eval_params(state: dict) -> dict:
   return averaging.params_for_eval(state.get("avg"), state["params"])
 
 
@@ -248,30 +334,6 @@ def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, pe
   return row
 
 
-def _evaluate(eval_fn, params, ds: pipeline.Dataset, config, mesh, label_names) -> dict:
-  sums = {"loss_sum": 0.0, "weight": 0.0}
-  preds, labels = [], []
-  bs = config.train.eval_batch_size
-  shard = None
-  for b in pipeline.eval_batches(ds, bs):
-    if shard is None:
-      shard = pipeline.batch_shardings(mesh, b) if bs % math.prod(
-        mesh.shape[a] for a in ("data", "fsdp")) == 0 else None
-    dev = pipeline.to_device(b, shard) if shard else jax.device_put(b)
-    out = jax.device_get(eval_fn(params, dev))
-    sums["loss_sum"] += float(out["loss_sum"])
-    sums["weight"] += float(out["weight"])
-    if "predictions" in out:
-      preds.append(out["predictions"][b["valid"]])
-      labels.append(b["labels"][b["valid"]])
-  if config.model.task == "causal_lm":
-    return metrics.lm_metrics(sums["loss_sum"], sums["weight"])
-  res = metrics.classification_metrics(np.concatenate(preds), np.concatenate(labels),
-                                       len(label_names), label_names)
-  res["loss"] = sums["loss_sum"] / max(sums["weight"], 1e-9)
-  return res
-
-
 def _flat_hparams(config) -> dict:
   flat = {}
 
@@ -285,4 +347,3 @@ def _flat_hparams(config) -> dict:
 
   walk("", config)
   return flat
-

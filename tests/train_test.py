@@ -156,3 +156,15 @@ def test_bad_config_names_the_key(tmp_path, flag, message):
   done = subprocess.run(cmd, env=env, capture_output=True, text=True)
   assert done.returncode != 0
   assert message in done.stderr + done.stdout
+
+
+def test_early_stopping_restores_best_and_writes_results(tmp_path):
+  # "Higher eval loss is better" turns a healthy run into one that gets worse at every eval:
+  # the second evaluation stops it, and the first (step 10) is the best checkpoint.
+  cfg = tiny_config(**{"mesh.data": 1, "train.eval_every": 10, "train.early_stopping_patience": 1,
+                       "checkpoint.best_mode": "max"})
+  result = train.train_and_evaluate(cfg, tmp_path)
+  assert result["stopped_early"] and result["step"] == 20
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["best_step"] == 10
+  assert saved["val"]["loss"] > result["eval"]["loss"]  # step 10 weights are worse than step 20's

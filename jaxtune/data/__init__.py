@@ -16,6 +16,10 @@ class Splits:
   num_labels: int | None = None
   label_names: tuple[str, ...] = ()
   class_weights: tuple[float, ...] | None = None
+  # split -> the original rows (text, label, origin), indexed by the `example_id` array.
+  examples: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+  stats: dict = dataclasses.field(default_factory=dict)  # rows read, skipped, truncated, ...
+  tokenizer: object = None
 
   def __getitem__(self, name: str) -> Dataset:
     if name not in self.splits:

@@ -1,0 +1,70 @@
+"""Evaluation over a whole split: batched jitted forward passes, metrics on the host.
+
+Used by the driver during and after training, and by `jaxtune eval` on any data file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxtune import metrics
+from jaxtune.data import pipeline
+
+
+def evaluate(eval_fn, params, frozen, ds: pipeline.Dataset, *, task: str, mesh, batch_size: int,
+             label_names=()) -> tuple[dict, dict]:
+  """(metrics, details); details hold per-example predictions for classification."""
+  loss_sum = weight = 0.0
+  preds, labels, ids, probs = [], [], [], []
+  data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+  shard = None
+  for b in pipeline.eval_batches(ds, batch_size):
+    if shard is None and batch_size % data_ways == 0:
+      shard = pipeline.batch_shardings(mesh, b)
+    dev = pipeline.to_device(b, shard) if shard else jax.device_put(b)
+    out = jax.device_get(eval_fn(params, frozen, dev))
+    loss_sum += float(out["loss_sum"])
+    weight += float(out["weight"])
+    if "predictions" in out:
+      valid = b["valid"]
+      preds.append(out["predictions"][valid])
+      labels.append(b["labels"][valid])
+      probs.append(jax.nn.softmax(out["logits"][valid], axis=-1))
+      if "example_id" in b:
+        ids.append(b["example_id"][valid])
+  if task == "causal_lm":
+    return metrics.lm_metrics(loss_sum, weight), {}
+  names = tuple(label_names) or tuple(str(i) for i in range(np.asarray(probs[0]).shape[-1]))
+  preds_a, labels_a = np.concatenate(preds), np.concatenate(labels)
+  res = metrics.classification_metrics(preds_a, labels_a, len(names), names)
+  res["loss"] = loss_sum / max(weight, 1e-9)
+  details = {"predictions": preds_a, "labels": labels_a, "probs": np.concatenate(probs),
+             "example_id": np.concatenate(ids) if ids else None}
+  return res, details
+
+
+def write_errors(path: str | Path, details: dict, examples: list[dict] | None, label_names) -> int:
+  """Misclassified examples, one JSON object per line, most confident mistakes first."""
+  if not details:
+    return 0
+  wrong = np.nonzero(details["predictions"] != details["labels"])[0]
+  conf = details["probs"][wrong, details["predictions"][wrong]]
+  rows = []
+  for i, c in sorted(zip(wrong, conf), key=lambda t: -t[1]):
+    row = {
+      "label": label_names[int(details["labels"][i])],
+      "predicted": label_names[int(details["predictions"][i])],
+      "confidence": round(float(c), 4),
+    }
+    if details["example_id"] is not None and examples:
+      row.update(examples[int(details["example_id"][i])])
+    rows.append(row)
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+  return len(rows)
