@@ -1,0 +1,343 @@
+"""Llama-style decoder-only transformers: Llama, Mistral, Qwen2, Qwen3 and Gemma in one file.
+
+The five differ only in switches on `DecoderConfig` (biases, q/k norms, (1 + w) norms, scaled
+embeddings, sliding window, activation, tied head), so one pre-norm block serves all of them:
+
+  x = x + o_proj(attend(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x))))
+  x = x + down_proj(act(gate_proj(norm(x))) * up_proj(norm(x)))
+
+`CausalLM` ends in a vocabulary head; `SequenceClassifier` scores the last non-pad token like
+HF's `*ForSequenceClassification`. Parameter names mirror HF (`layers/0/self_attn/q_proj/kernel`)
+so `jaxtune.hf.llama` is a plain table, and every parameter has logical axis names.
+
+Shape legend (as in layers.py): B batch, T query time, S key time, D model width, N query heads,
+K kv heads, H head dim, F ffn width, V vocab, L labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtune.models import layers
+
+TASKS = ("causal_lm", "seq_cls")
+REMAT = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderConfig:
+  """Architecture of one checkpoint, read from its HF config by `jaxtune.hf.llama`.
+
+  Frozen and hashable (it is static model metadata under jit): `rope_scaling` is a sorted
+  tuple of (key, value) items, `id2label` a tuple of names, `eos_token_id` an int or tuple.
+  """
+
+  model_type: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None  # None: plain rope
+  rms_norm_eps: float = 1e-6
+  attention_bias: bool = False  # Llama: bias on q, k, v and o
+  qkv_bias: bool = False  # Qwen2: bias on q, k, v only
+  mlp_bias: bool = False
+  qk_norm: bool = False  # Qwen3: RMSNorm over each head's H before rope
+  norm_plus_one: bool = False  # Gemma: norms scale by (1 + w), in float32
+  scale_embeddings: bool = False  # Gemma: embeddings times sqrt(D)
+  activation: str = "silu"
+  tie_embeddings: bool = False
+  attention_dropout: float = 0.0
+  sliding_window: int | None = None  # Mistral: a query sees the last `sliding_window` keys
+  max_position_embeddings: int = 2048
+  initializer_range: float = 0.02
+  pad_token_id: int | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  num_labels: int = 0
+  id2label: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+    if self.id2label and len(self.id2label) != self.num_labels:
+      raise ValueError(f"id2label has {len(self.id2label)} names but num_labels={self.num_labels}")
+
+  @property
+  def rope_scaling_dict(self) -> dict | None:
+    return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+# ------------------------------------------------------------------------------------ blocks
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with rotary positions.
+
+  Split in two so a KV cache fits in later without touching the math: `qkv` returns rotated
+  q [B,T,N,H] and k, v [B,T,K,H] for the new tokens; `attend` takes (q, k, v, mask) over
+  whatever keys it is given. Generation will keep per-layer k/v buffers [B,S_max,K,H], write
+  the new k, v at the cache index (`lax.dynamic_update_slice`), and call `attend` on the
+  buffers with `layers.attention_mask(..., kv_len=S_max, q_offset=index)`.
+  """
+
+  def __init__(self, cfg: DecoderConfig, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
+    D, N, K, H = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, init_std=cfg.initializer_range,
+              rngs=rngs)
+    qkv_bias = cfg.attention_bias or cfg.qkv_bias
+    self.q_proj = layers.Linear(D, N * H, axes=("embed", "heads"), use_bias=qkv_bias, **kw)
+    self.k_proj = layers.Linear(D, K * H, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
+    self.v_proj = layers.Linear(D, K * H, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
+    self.o_proj = layers.Linear(N * H, D, axes=("heads", "embed"), use_bias=cfg.attention_bias, **kw)
+    if cfg.qk_norm:
+      self.q_norm = layers.RMSNorm(H, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+      self.k_norm = layers.RMSNorm(H, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+    else:
+      self.q_norm = self.k_norm = None
+    self.dropout = layers.Dropout(cfg.attention_dropout)
+    self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
+    self.rope_theta = cfg.rope_theta
+    self.rope_scaling = cfg.rope_scaling
+
+  def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+    B, T, _ = x_BTD.shape
+    q = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
+    k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    if self.q_norm is not None:  # Qwen3 normalises each head before rotating it
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = layers.rope_inv_freq(self.head_dim, self.rope_theta, dict(self.rope_scaling or {}))
+    q = layers.apply_rope(q, positions_BT, inv_freq)
+    k = layers.apply_rope(k, positions_BT, inv_freq)
+    names = ("batch", "length", "act_heads", None)
+    return layers.constrain(q, names), layers.constrain(k, names), layers.constrain(v, names)
+
+  def attend(self, q_BTNH, k_BSKH, v_BSKH, mask_B1TS, dropout_rng=None) -> jax.Array:
+    B, T = q_BTNH.shape[:2]
+    out = layers.dot_product_attention(
+      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.head_dim**-0.5,
+      dropout=self.dropout, dropout_rng=dropout_rng,
+    )
+    return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+
+  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None) -> jax.Array:
+    q, k, v = self.qkv(x_BTD, positions_BT)
+    return self.attend(q, k, v, mask_B1TS, dropout_rng)
+
+
+class MLP(nnx.Module):
+  """Gated feed-forward: down(act(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: DecoderConfig, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(use_bias=cfg.mlp_bias, param_dtype=param_dtype, compute_dtype=compute_dtype,
+              init_std=cfg.initializer_range, rngs=rngs)
+    self.gate_proj = layers.Linear(D, F, axes=("embed", "mlp"), **kw)
+    self.up_proj = layers.Linear(D, F, axes=("embed", "mlp"), **kw)
+    self.down_proj = layers.Linear(F, D, axes=("mlp", "embed"), **kw)
+    self.activation = cfg.activation
+
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    h_BTF = layers.activation(self.activation)(self.gate_proj(x_BTD)) * self.up_proj(x_BTD)
+    h_BTF = layers.constrain(h_BTF, ("batch", "length", "act_mlp"))
+    return self.down_proj(h_BTF)
+
+
+class DecoderLayer(nnx.Module):
+  def __init__(self, cfg: DecoderConfig, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
+    norm = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
+    self.input_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+    self.self_attn = Attention(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+    self.mlp = MLP(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+
+  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None) -> jax.Array:
+    x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), positions_BT, mask_B1TS, dropout_rng)
+    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+    return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+
+def _run_layer(layer: DecoderLayer, x, positions, mask, rng):
+  return layer(x, positions, mask, rng)
+
+
+def default_positions(
+  input_ids_BT: jax.Array, attention_mask_BT: jax.Array | None, segment_ids_BT: jax.Array | None
+) -> jax.Array:
+  """Positions when the caller gives none.
+
+  Packed rows restart at 0 where the segment id changes; otherwise count only real tokens
+  (cumsum(mask) - 1, clipped at 0), so a left-padded row starts at 0 as in HF generation.
+  """
+  B, T = input_ids_BT.shape
+  idx = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  if segment_ids_BT is not None:
+    starts = jnp.concatenate(
+      [jnp.ones((B, 1), bool), segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1
+    )
+    return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+  if attention_mask_BT is not None:
+    return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+  return idx
+
+
+# ------------------------------------------------------------------------------------ models
+
+
+class Decoder(nnx.Module):
+  """Embeddings, the layer stack and the final norm; subclasses add the task head."""
+
+  task: str = ""
+
+  def __init__(self, cfg: DecoderConfig, *, param_dtype=jnp.float32, compute_dtype=None,
+               rngs: nnx.Rngs):
+    layers.activation(cfg.activation)  # fail at build time on an unknown name
+    self.config = cfg
+    self.remat = "none"
+    self.compute_dtype = compute_dtype
+    self.embed_tokens = layers.Embed(
+      cfg.vocab_size, cfg.hidden_size, init_std=cfg.initializer_range, param_dtype=param_dtype,
+      compute_dtype=compute_dtype, rngs=rngs,
+    )
+    self.layers = nnx.List([
+      DecoderLayer(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+      for _ in range(cfg.num_layers)
+    ])
+    self.norm = layers.RMSNorm(
+      cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype
+    )
+
+  def hidden_states(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> jax.Array:
+    """Final-norm output [B,T,D] in the compute dtype."""
+    if token_type_ids is not None:
+      raise ValueError(f"{self.config.model_type} has no token types; pass token_type_ids=None")
+    if self.remat not in REMAT:
+      raise ValueError(f"remat={self.remat!r}: expected one of {REMAT}")
+    cfg = self.config
+    B, T = input_ids.shape
+    if positions is None:
+      positions = default_positions(input_ids, attention_mask, segment_ids)
+    mask_B1TS = layers.attention_mask(
+      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=True,
+      sliding_window=cfg.sliding_window,
+    )
+    x_BTD = self.embed_tokens(input_ids)
+    if cfg.scale_embeddings:
+      # HF Gemma rounds sqrt(D) to the activation dtype before multiplying (55.4256 -> 55.5 in bf16).
+      x_BTD = x_BTD * jnp.asarray(math.sqrt(cfg.hidden_size), x_BTD.dtype)
+    x_BTD = layers.constrain(x_BTD, ("batch", "length", "act_embed"))
+    run = _run_layer
+    if self.remat != "none":
+      policy = jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
+      run = nnx.remat(_run_layer, policy=policy)
+    rng = layers.RngSplitter(dropout_rng)
+    for layer in self.layers:
+      x_BTD = run(layer, x_BTD, positions, mask_B1TS, rng())
+    return self.norm(x_BTD)
+
+
+class CausalLM(Decoder):
+  """Next-token logits [B,T,V]; `hidden_states` + `logits_from_hidden` allow chunked losses."""
+
+  task = "causal_lm"
+
+  def __init__(self, cfg: DecoderConfig, *, param_dtype=jnp.float32, compute_dtype=None,
+               rngs: nnx.Rngs):
+    super().__init__(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.lm_head = None if cfg.tie_embeddings else layers.Linear(
+      cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), init_std=cfg.initializer_range,
+      param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs,
+    )
+
+  def logits_from_hidden(self, h_BTD: jax.Array) -> jax.Array:
+    """Logits in the compute dtype (a loss should upcast to float32 per chunk)."""
+    if self.lm_head is None:
+      logits = self.embed_tokens.attend(h_BTD)
+    else:
+      logits = self.lm_head(h_BTD)
+    return layers.constrain(logits, ("batch", "length", "act_vocab"))
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
+               segment_ids=None, dropout_rng=None) -> jax.Array:
+    h_BTD = self.hidden_states(
+      input_ids, attention_mask, token_type_ids, positions=positions, segment_ids=segment_ids,
+      dropout_rng=dropout_rng,
+    )
+    return self.logits_from_hidden(h_BTD)
+
+
+class SequenceClassifier(Decoder):
+  """Label logits [B,L] from the last real token of each row, as HF scores it."""
+
+  task = "seq_cls"
+
+  def __init__(self, cfg: DecoderConfig, *, param_dtype=jnp.float32, compute_dtype=None,
+               rngs: nnx.Rngs):
+    if cfg.num_labels < 1:
+      raise ValueError("a sequence classifier needs num_labels >= 1")
+    super().__init__(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.score = layers.Linear(
+      cfg.hidden_size, cfg.num_labels, axes=("embed", "labels"), init_std=cfg.initializer_range,
+      param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs,
+    )
+
+  def pooled_index(self, input_ids_BT: jax.Array, attention_mask_BT: jax.Array | None) -> jax.Array:
+    """Index [B] of the token that is scored.
+
+    HF (transformers 5) takes the rightmost token != pad_token_id, which handles left and
+    right padding alike (a row of only pads gives 0). Without a pad id HF refuses batches
+    larger than one; we use the rightmost attended token instead, or the last one.
+    """
+    T = input_ids_BT.shape[1]
+    if self.config.pad_token_id is not None:
+      real_BT = input_ids_BT != self.config.pad_token_id
+    elif attention_mask_BT is not None:
+      real_BT = attention_mask_BT.astype(bool)
+    else:
+      return jnp.full((input_ids_BT.shape[0],), T - 1, jnp.int32)
+    return jnp.argmax(jnp.arange(T, dtype=jnp.int32) * real_BT, axis=-1)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
+               segment_ids=None, dropout_rng=None) -> jax.Array:
+    if segment_ids is not None:
+      raise ValueError("sequence classification scores one token per row; packed rows are not supported")
+    h_BTD = self.hidden_states(
+      input_ids, attention_mask, token_type_ids, positions=positions, dropout_rng=dropout_rng
+    )
+    idx_B = self.pooled_index(input_ids, attention_mask)
+    pooled_BD = jnp.take_along_axis(h_BTD, idx_B[:, None, None], axis=1)[:, 0]
+    return self.score(pooled_BD)
+
+
+def build(cfg: DecoderConfig, *, task: str, param_dtype=jnp.float32, compute_dtype=None,
+          rngs: nnx.Rngs) -> Decoder:
+  """The model for `task` ('causal_lm' or 'seq_cls')."""
+  if task == "causal_lm":
+    cls = CausalLM
+  elif task == "seq_cls":
+    cls = SequenceClassifier
+  else:
+    raise ValueError(f"task={task!r}: expected one of {TASKS}")
+  return cls(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
