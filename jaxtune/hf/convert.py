@@ -167,7 +167,8 @@ def load_into(
   key = jax.random.key(seed)
   for i, row in enumerate(rows):
     target = params[row.param]
-    want = tuple(target.value.shape)
+    abstract_value = target.get_value()
+    want = tuple(abstract_value.shape)
     if row.hf in available:
       src = available[row.hf]
       raw = source.get(src)
@@ -188,7 +189,7 @@ def load_into(
         arr = np.zeros(want, np.float32)
       else:
         arr = np.asarray(row.init_std * jax.random.normal(jax.random.fold_in(key, i), want))
-    target.value = _place(arr.astype(target.value.dtype), target, mesh)
+    target.set_value(_place(arr.astype(abstract_value.dtype), target, mesh))
   return nnx.merge(graphdef, state)
 
 
@@ -196,7 +197,7 @@ def export_tensors(family: Family, model: nnx.Module, *, dtype=None) -> Iterator
   """(HF name, host array) for every row, in table order; one parameter on the host at a time."""
   params = param_paths(nnx.state(model, nnx.Param))
   for row in family.table(model.config, task=model.task):
-    value = params[row.param].value
+    value = params[row.param].get_value()
     if not value.is_fully_addressable:
       # Multi-process: gather the full tensor on every host (fine for export-sized models).
       from jax.experimental import multihost_utils
