@@ -24,7 +24,7 @@ __all__ = [
   "CheckpointError", "UnsupportedConfigError", "load", "load_tokenizer", "resolve", "save",
 ]
 log = logging.getLogger(__name__)
-TASKS = ("causal_lm", "seq_cls")
+TASKS = ("causal_lm", "seq_cls", "masked_lm", "encoder")  # masked_lm, encoder: BERT only
 
 
 def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pickle=False) -> Path:

@@ -1,0 +1,193 @@
+"""HF BERT <-> jaxtune Bert: strict config reading and writing, and the tensor table.
+
+Key forms: `BertModel` saves bare keys (`embeddings.word_embeddings.weight`, as the real
+all-MiniLM-L6-v2 does), the head models `bert.`-prefixed ones plus `classifier.*` or `cls.*`.
+`normalize_key` maps either onto the form of the task's HF class (bare for 'encoder', prefixed
+otherwise) and drops what that class would not load either: `cls.*` outside masked_lm, the
+pooler for masked_lm (BertForMaskedLM has none), NSP's `cls.seq_relationship`, and the MLM
+decoder tensors (tied to the word table and `cls.predictions.bias`). TF-era `LayerNorm.gamma` /
+`beta` names are read as `weight` / `bias`, as HF does.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from jaxtune.hf import convert
+from jaxtune.hf.convert import Row, require
+from jaxtune.hf.errors import UnsupportedConfigError
+from jaxtune.models import bert, layers
+
+ARCHITECTURES = {
+  "seq_cls": "BertForSequenceClassification", "masked_lm": "BertForMaskedLM", "encoder": "BertModel",
+}
+
+# HF BertConfig defaults, for attributes a config.json leaves out (transformers 5 writes diffs).
+DEFAULTS = {
+  "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+  "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+  "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+  "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+  "classifier_dropout": None, "is_decoder": False, "add_cross_attention": False,
+  "tie_word_embeddings": True, "position_embedding_type": "absolute",
+}
+BASE = ("embeddings.", "encoder.", "pooler.")
+
+
+def _labels(hf: dict, num_labels: int | None, where: str) -> tuple[str, ...]:
+  """Label names: `num_labels` from the caller wins, else the config's id2label, else an error."""
+  id2label = hf.get("id2label") or {}
+  names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+  if num_labels is None:
+    if not names:
+      raise UnsupportedConfigError(
+        f"{where}: task seq_cls needs num_labels: pass it, or use a config with id2label"
+      )
+    return names
+  if num_labels < 1:
+    raise ValueError(f"num_labels={num_labels}: must be at least 1")
+  return names if len(names) == num_labels else tuple(f"LABEL_{i}" for i in range(num_labels))
+
+
+class BertFamily(convert.Family):
+  name = "bert"
+  model_types = ("bert",)
+  ignored = (
+    r"(bert\.)?embeddings\.(position_ids|token_type_ids)",  # index buffers
+    r"cls\.predictions\.decoder\.(weight|bias)",  # tied to the word table and cls.predictions.bias
+  )
+
+  def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
+    if task not in bert.TASKS:
+      raise UnsupportedConfigError(f"{where}: BERT supports tasks {bert.TASKS}, not {task!r}")
+    used: set[str] = set()
+
+    def get(name):
+      if name in hf:
+        used.add(name)
+        return hf[name]
+      return DEFAULTS[name]
+
+    act = get("hidden_act")
+    require(isinstance(act, str) and act in layers.ACTIVATIONS, where, "hidden_act", act,
+            f"known activations are {sorted(layers.ACTIVATIONS)}")
+    pos = get("position_embedding_type")
+    require(pos == "absolute", where, "position_embedding_type", pos,
+            "only absolute position embeddings are implemented")
+    dec = get("is_decoder")
+    require(not dec, where, "is_decoder", dec, "BERT as a causal decoder is not implemented")
+    xattn = get("add_cross_attention")
+    require(not xattn, where, "add_cross_attention", xattn, "cross-attention is not implemented")
+    tied = get("tie_word_embeddings")
+    require(bool(tied) or task != "masked_lm", where, "tie_word_embeddings", tied,
+            "the masked-LM decoder is tied to the word embeddings")
+    D, N = int(get("hidden_size")), int(get("num_attention_heads"))
+    require(D % N == 0, where, "num_attention_heads", N, f"must divide hidden_size={D}")
+    cdrop = get("classifier_dropout")
+    id2label = _labels(hf, num_labels, where) if task == "seq_cls" else ()
+    cfg = bert.BertConfig(
+      vocab_size=int(get("vocab_size")),
+      hidden_size=D,
+      num_hidden_layers=int(get("num_hidden_layers")),
+      num_attention_heads=N,
+      intermediate_size=int(get("intermediate_size")),
+      hidden_act=act,
+      max_position_embeddings=int(get("max_position_embeddings")),
+      type_vocab_size=int(get("type_vocab_size")),
+      layer_norm_eps=float(get("layer_norm_eps")),
+      hidden_dropout_prob=float(get("hidden_dropout_prob")),
+      attention_probs_dropout_prob=float(get("attention_probs_dropout_prob")),
+      classifier_dropout=None if cdrop is None else float(cdrop),
+      initializer_range=float(get("initializer_range")),
+      num_labels=len(id2label),
+      id2label=id2label,
+      pad_token_id=get("pad_token_id"),
+    )
+    convert.check_config_keys(hf, used=used, harmless=set(), where=where)
+    return cfg
+
+  def config_to_hf(self, cfg: bert.BertConfig, *, task: str) -> dict:
+    hf = {
+      "architectures": [ARCHITECTURES[task]],
+      "model_type": "bert",
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_hidden_layers,
+      "num_attention_heads": cfg.num_attention_heads,
+      "intermediate_size": cfg.intermediate_size,
+      "hidden_act": cfg.hidden_act,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "type_vocab_size": cfg.type_vocab_size,
+      "layer_norm_eps": cfg.layer_norm_eps,
+      "hidden_dropout_prob": cfg.hidden_dropout_prob,
+      "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
+      "classifier_dropout": cfg.classifier_dropout,
+      "initializer_range": cfg.initializer_range,
+      "pad_token_id": cfg.pad_token_id,
+      "tie_word_embeddings": True,
+    }
+    if task == "seq_cls":
+      hf["id2label"] = {str(i): name for i, name in enumerate(cfg.id2label)}
+      hf["label2id"] = {name: i for i, name in enumerate(cfg.id2label)}
+    return hf
+
+  def build(self, cfg, *, task, param_dtype, compute_dtype, rngs: nnx.Rngs) -> bert.Bert:
+    return bert.Bert(cfg, task=task, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+
+  def table(self, cfg: bert.BertConfig, *, task: str) -> list[Row]:
+    b = "" if task == "encoder" else "bert."
+    std = cfg.initializer_range
+
+    def linear(hf: str, param: str, **kw) -> list[Row]:
+      # nn.Linear stores [out, in]; jaxtune kernels are [in, out].
+      return [Row(f"{hf}.weight", f"{param}/kernel", convert.transpose, convert.transpose,
+                  init_std=std, **kw),
+              Row(f"{hf}.bias", f"{param}/bias", **kw)]
+
+    def norm(hf: str, param: str) -> list[Row]:
+      return [Row(f"{hf}.weight", f"{param}/scale"), Row(f"{hf}.bias", f"{param}/bias")]
+
+    e = f"{b}embeddings."
+    rows = [
+      Row(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
+      Row(f"{e}position_embeddings.weight", "embeddings/position_embeddings/embedding"),
+      Row(f"{e}token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
+      *norm(f"{e}LayerNorm", "embeddings/LayerNorm"),
+    ]
+    for i in range(cfg.num_hidden_layers):
+      h, p = f"{b}encoder.layer.{i}.", f"layers/{i}/"
+      for proj in ("query", "key", "value"):
+        rows += linear(f"{h}attention.self.{proj}", f"{p}attention/self/{proj}")
+      rows += linear(f"{h}attention.output.dense", f"{p}attention/output/dense")
+      rows += norm(f"{h}attention.output.LayerNorm", f"{p}attention/output/LayerNorm")
+      rows += linear(f"{h}intermediate.dense", f"{p}intermediate/dense")
+      rows += linear(f"{h}output.dense", f"{p}output/dense")
+      rows += norm(f"{h}output.LayerNorm", f"{p}output/LayerNorm")
+    if task in ("seq_cls", "encoder"):
+      # Some encoder checkpoints were saved without a pooler; HF initialises it then, as do we.
+      rows += linear(f"{b}pooler.dense", "pooler/dense", init_if_missing=True)
+    if task == "seq_cls":
+      rows += linear("classifier", "classifier", init_if_missing=True)
+    if task == "masked_lm":
+      c = "cls.predictions."
+      rows += linear(f"{c}transform.dense", "cls/predictions/transform/dense")
+      rows += norm(f"{c}transform.LayerNorm", "cls/predictions/transform/LayerNorm")
+      rows.append(Row(f"{c}bias", "cls/predictions/bias"))
+    return rows
+
+  def normalize_key(self, key: str, *, task: str) -> str | None:
+    if key.endswith(".gamma") or key.endswith(".beta"):
+      key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
+    bare = key.removeprefix("bert.")
+    if bare.startswith(BASE):
+      if task == "masked_lm" and bare.startswith("pooler."):
+        return None
+      return bare if task == "encoder" else "bert." + bare
+    if bare.startswith("classifier."):
+      return bare if task == "seq_cls" else None
+    if bare.startswith("cls."):
+      return bare if task == "masked_lm" and bare.startswith("cls.predictions.") else None
+    return key  # unknown: the loader reports it as unexpected, naming the file
+
+
+FAMILY = BertFamily()

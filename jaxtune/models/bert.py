@@ -1,0 +1,283 @@
+"""BERT encoder in Flax NNX: embeddings, post-LN blocks, pooler, and three heads.
+
+Matches HF (transformers 5) in float32:
+  task 'seq_cls'   BertForSequenceClassification: tanh pooler on [CLS], dropout, `classifier`.
+  task 'masked_lm' BertForMaskedLM: `cls.predictions` transform, decoder tied to the word table,
+                   plus a vocab bias. No pooler, as HF builds it without one.
+  task 'encoder'   BertModel: returns the last hidden states [B, T, D] (feature extraction,
+                   e.g. sentence embeddings); the pooler is kept so a round trip is lossless.
+`encode(...)` gives the last hidden states for any task.
+
+Shape legend as in layers.py: B batch, T time, D model, N heads, H head dim, F ffn, V vocab,
+L labels. Parameter paths mirror HF (`embeddings/LayerNorm/scale`,
+`layers/0/attention/self/query/kernel`) except that `encoder.layer.N` becomes `layers/N`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtune.models import layers
+
+TASKS = ("seq_cls", "masked_lm", "encoder")
+ACT = ("batch", "length", "act_embed")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BertConfig:
+  model_type: str = "bert"
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  hidden_act: str = "gelu"
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  classifier_dropout: float | None = None  # None: hidden_dropout_prob, as HF
+  initializer_range: float = 0.02
+  num_labels: int = 0
+  id2label: tuple[str, ...] = ()
+  pad_token_id: int | None = 0
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+def remat_call(mode: str):
+  """Apply one layer as `layer(*args)`, rematerialised as `mode` asks ('none', 'full', 'dots')."""
+  call = lambda layer, *args: layer(*args)
+  if mode == "none":
+    return call
+  if mode == "full":
+    return nnx.remat(call)
+  if mode == "dots":
+    # Keep matmul outputs, recompute the cheap elementwise work (norms, gelu, softmax).
+    return nnx.remat(call, policy=jax.checkpoint_policies.checkpoint_dots)
+  raise ValueError(f"remat={mode!r}: expected 'none', 'full' or 'dots'")
+
+
+def _linear(d_in, d_out, axes, cfg: BertConfig, kw: dict) -> layers.Linear:
+  return layers.Linear(d_in, d_out, axes=axes, use_bias=True, init_std=cfg.initializer_range, **kw)
+
+
+def _norm(cfg: BertConfig, param_dtype) -> layers.LayerNorm:
+  return layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+
+
+class BertEmbeddings(nnx.Module):
+  def __init__(self, cfg: BertConfig, *, param_dtype, compute_dtype, rngs):
+    D, std = cfg.hidden_size, cfg.initializer_range
+    kw = dict(init_std=std, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.word_embeddings = layers.Embed(cfg.vocab_size, D, axes=("vocab", "embed"), **kw)
+    self.position_embeddings = layers.Embed(
+      cfg.max_position_embeddings, D, axes=("positions", "embed"), **kw
+    )
+    self.token_type_embeddings = layers.Embed(cfg.type_vocab_size, D, axes=("vocab", "embed"), **kw)
+    self.LayerNorm = _norm(cfg, param_dtype)
+    self.dropout = layers.Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids, token_type_ids, positions, rng: layers.RngSplitter) -> jax.Array:
+    # HF's order of additions: (words + token types) + positions.
+    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    x = x + self.position_embeddings(positions)
+    return self.dropout(self.LayerNorm(x), rng())
+
+
+class BertSelfAttention(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    D = cfg.hidden_size
+    self.query = _linear(D, D, ("embed", "heads"), cfg, kw)
+    self.key = _linear(D, D, ("embed", "heads"), cfg, kw)
+    self.value = _linear(D, D, ("embed", "heads"), cfg, kw)
+    self.dropout = layers.Dropout(cfg.attention_probs_dropout_prob)
+    self.num_heads = cfg.num_attention_heads
+
+  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
+    B, T, D = x_BTD.shape
+    N = self.num_heads
+    heads = ("batch", "length", "act_heads", None)
+    q, k, v = (layers.constrain(p(x_BTD).reshape(B, T, N, D // N), heads)
+               for p in (self.query, self.key, self.value))
+    out = layers.dot_product_attention(
+      q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=self.dropout, dropout_rng=rng()
+    )
+    return out.reshape(B, T, D)
+
+
+class BertSelfOutput(nnx.Module):
+  """dense, dropout, then LayerNorm over the residual sum (post-LN); BertOutput is the same."""
+
+  def __init__(self, cfg: BertConfig, d_in: int, axes, kw: dict):
+    self.dense = _linear(d_in, cfg.hidden_size, axes, cfg, kw)
+    self.LayerNorm = _norm(cfg, kw["param_dtype"])
+    self.dropout = layers.Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, h: jax.Array, residual_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
+    return self.LayerNorm(self.dropout(self.dense(h), rng()) + residual_BTD)
+
+
+class BertAttention(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.self = BertSelfAttention(cfg, kw)
+    self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), kw)
+
+  def __call__(self, x_BTD, mask_B1TS, rng):
+    return self.output(self.self(x_BTD, mask_B1TS, rng), x_BTD, rng)
+
+
+class BertIntermediate(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg, kw)
+    self.act = layers.activation(cfg.hidden_act)
+
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    return layers.constrain(self.act(self.dense(x_BTD)), ("batch", "length", "act_mlp"))
+
+
+class BertLayer(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.attention = BertAttention(cfg, kw)
+    self.intermediate = BertIntermediate(cfg, kw)
+    self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), kw)
+
+  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, key: jax.Array | None) -> jax.Array:
+    rng = layers.RngSplitter(key)
+    x_BTD = self.attention(x_BTD, mask_B1TS, rng)
+    x_BTD = self.output(self.intermediate(x_BTD), x_BTD, rng)
+    return layers.constrain(x_BTD, ACT)
+
+
+class BertPooler(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
+
+  def __call__(self, h_BTD: jax.Array) -> jax.Array:
+    return jnp.tanh(self.dense(h_BTD[:, 0]))
+
+
+class BertPredictionHeadTransform(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
+    self.act = layers.activation(cfg.hidden_act)
+    self.LayerNorm = _norm(cfg, kw["param_dtype"])
+
+  def __call__(self, h_BTD: jax.Array) -> jax.Array:
+    return self.LayerNorm(self.act(self.dense(h_BTD)))
+
+
+class BertLMPredictionHead(nnx.Module):
+  """transform, then the word table as decoder (tied, as HF ties it) plus a vocab bias."""
+
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.transform = BertPredictionHeadTransform(cfg, kw)
+    self.bias = nnx.Param(
+      jnp.zeros((cfg.vocab_size,), kw["param_dtype"]), out_sharding=("vocab",), eager_sharding=False
+    )
+
+
+class BertOnlyMLMHead(nnx.Module):
+  def __init__(self, cfg: BertConfig, kw: dict):
+    self.predictions = BertLMPredictionHead(cfg, kw)
+
+
+class Bert(nnx.Module):
+  """BERT for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D]).
+
+  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer.
+  """
+
+  def __init__(
+    self,
+    config: BertConfig,
+    *,
+    task: str = "seq_cls",
+    param_dtype=jnp.float32,
+    compute_dtype=None,
+    rngs: nnx.Rngs,
+  ):
+    if task not in TASKS:
+      raise ValueError(f"BERT: task={task!r}, expected one of {TASKS}")
+    if task == "seq_cls" and config.num_labels < 1:
+      raise ValueError("BERT seq_cls needs config.num_labels >= 1")
+    self.config = config
+    self.task = task
+    self.remat = "none"
+    cfg = config
+    kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.embeddings = BertEmbeddings(cfg, **kw)
+    self.layers = nnx.List([BertLayer(cfg, kw) for _ in range(cfg.num_hidden_layers)])
+    if task in ("seq_cls", "encoder"):
+      self.pooler = BertPooler(cfg, kw)
+    if task == "seq_cls":
+      rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+      self.dropout = layers.Dropout(rate)
+      self.classifier = _linear(cfg.hidden_size, cfg.num_labels, ("embed", "labels"), cfg, kw)
+    if task == "masked_lm":
+      self.cls = BertOnlyMLMHead(cfg, kw)
+
+  def encode(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> jax.Array:
+    """Last hidden states [B, T, D]. Token types default to 0 and positions to 0..T-1, as HF."""
+    B, T = input_ids.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros((B, T), jnp.int32)
+    rng = layers.RngSplitter(dropout_rng)
+    x = layers.constrain(self.embeddings(input_ids, token_type_ids, positions, rng), ACT)
+    mask = layers.attention_mask(
+      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
+    )
+    call = remat_call(self.remat)
+    for layer in self.layers:
+      x = call(layer, x, mask, rng())
+    return x
+
+  def pooled(self, h_BTD: jax.Array) -> jax.Array:
+    """The pooler's tanh(dense(h[:, 0])) [B, D] (seq_cls and encoder)."""
+    return self.pooler(h_BTD)
+
+  def mlm_logits(self, h_BTD: jax.Array) -> jax.Array:
+    """Masked-LM logits [B, T, V] through the tied word table (masked_lm)."""
+    head = self.cls.predictions
+    t = head.transform(h_BTD)
+    logits = self.embeddings.word_embeddings.attend(t) + head.bias[...].astype(t.dtype)
+    return layers.constrain(logits, ("batch", "length", "act_vocab"))
+
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> jax.Array:
+    rng = layers.RngSplitter(dropout_rng)
+    h = self.encode(
+      input_ids, attention_mask, token_type_ids,
+      positions=positions, segment_ids=segment_ids, dropout_rng=rng(),
+    )
+    if self.task == "encoder":
+      return h
+    if self.task == "masked_lm":
+      return self.mlm_logits(h)
+    return self.classifier(self.dropout(self.pooled(h), rng()))
