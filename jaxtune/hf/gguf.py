@@ -1,0 +1,486 @@
+"""llama.cpp GGUF files as HF checkpoints: a config dict, lazily dequantized tensors, a tokenizer.
+
+A GGUF carries a whole model in one file: the architecture numbers as `llama.*` metadata, the
+tokenizer (vocabulary, merges, special ids, chat template) as `tokenizer.*` metadata, and the
+weights, usually block-quantized. `open_gguf` turns the metadata into the `config.json` dict
+transformers would write and the weights into a `TensorSource` under HF names, so `jaxtune.hf.load`
+treats a GGUF like any HF checkpoint; `load_tokenizer` builds an HF fast tokenizer from the
+metadata with the `tokenizers` library (no torch, unlike transformers' own GGUF path).
+
+The file is memory-mapped by `gguf.GGUFReader`; a tensor is dequantized to float32 only when the
+converter asks for it, so the host holds one dequantized tensor at a time.
+
+llama.cpp's layout differs from HF's in three ways, undone here:
+- names: `blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight` (table `_NAMES`);
+- dims: GGUF lists them fastest-first (`[in, out]`); the reader's numpy arrays are already
+  row-major `[out, in]`, which is HF's order, so only the reported shape is reversed;
+- Q/K rows: llama.cpp rotates adjacent pairs (x0, x1), (x2, x3) of each head, HF rotates halves
+  (x_i, x_{i+H/2}), so convert_hf_to_gguf.py interleaves the two halves of each head's rows of
+  q_proj (over n_head heads) and k_proj (over n_head_kv). `unpermute_rotary` inverts that.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
+from jaxtune.hf.safetensors_io import TensorSource
+
+__all__ = ["GGUFSource", "load_tokenizer", "open_gguf", "permute_rotary", "unpermute_rotary"]
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# llama.cpp tensor name -> HF name (re.fullmatch, then expand).
+_NAMES = (
+  (r"token_embd\.weight", "model.embed_tokens.weight"),
+  (r"output_norm\.weight", "model.norm.weight"),
+  (r"output\.weight", "lm_head.weight"),
+  (r"blk\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+  (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
+  (r"blk\.(\d+)\.attn_q\.(weight|bias)", r"model.layers.\1.self_attn.q_proj.\2"),
+  (r"blk\.(\d+)\.attn_k\.(weight|bias)", r"model.layers.\1.self_attn.k_proj.\2"),
+  (r"blk\.(\d+)\.attn_v\.(weight|bias)", r"model.layers.\1.self_attn.v_proj.\2"),
+  (r"blk\.(\d+)\.attn_output\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
+  (r"blk\.(\d+)\.ffn_gate\.(weight|bias)", r"model.layers.\1.mlp.gate_proj.\2"),
+  (r"blk\.(\d+)\.ffn_up\.(weight|bias)", r"model.layers.\1.mlp.up_proj.\2"),
+  (r"blk\.(\d+)\.ffn_down\.(weight|bias)", r"model.layers.\1.mlp.down_proj.\2"),
+)
+# Tensors we recognise but cannot use, and why (better than "unknown tensor").
+_REFUSED = {
+  "rope_freqs.weight": "it holds Llama-3.1-style rope scaling factors, which the GGUF import does "
+  "not reconstruct",
+}
+
+# `llama.*` metadata: the keys `_config` reads. Any other key is refused by name, as an unknown
+# config.json attribute would be: it may change the computation.
+_ARCH_KEYS = {
+  "context_length", "embedding_length", "block_count", "feed_forward_length", "vocab_size",
+  "attention.head_count", "attention.head_count_kv", "attention.layer_norm_rms_epsilon",
+  "attention.key_length", "attention.value_length", "rope.freq_base", "rope.dimension_count",
+  "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length",
+  "rope.scaling.finetuned", "expert_count", "expert_used_count",
+}
+
+# tokenizer.ggml.pre -> how llama.cpp splits text before BPE (llama-vocab.cpp's regex table).
+_GPT2_SPLIT = "gpt2"
+_DIGITS_THEN_GPT2 = "digits"  # "\p{N}" isolated first, then the GPT-2 regex
+_LLAMA3_SPLIT = (
+  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_PRE_TOKENIZERS = {
+  "gpt2": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT, "mpt": _GPT2_SPLIT, "olmo": _GPT2_SPLIT,
+  "smollm": _DIGITS_THEN_GPT2, "starcoder": _DIGITS_THEN_GPT2, "refact": _DIGITS_THEN_GPT2,
+  "codeshell": _DIGITS_THEN_GPT2,
+  "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
+  "smaug-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
+}
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def _gguf():
+  try:
+    import gguf
+  except ImportError as e:  # an optional dependency: say which extra brings it
+    raise ImportError("reading .gguf files needs the gguf package: pip install 'jaxtune[gguf]'") from e
+  return gguf
+
+
+class _TensorTableError(Exception):
+  """Raised inside GGUFReader when the tensor table cannot be laid over the file."""
+
+
+def _reader_class():
+  gguf = _gguf()
+
+  class Reader(gguf.GGUFReader):
+    """GGUFReader that names the tensor a truncated or corrupt file cuts off.
+
+    GGUFReader maps every tensor at open; on a short file numpy's reshape fails without a
+    tensor name, so on failure we walk the tensor table (already parsed) against the file size.
+    """
+
+    def _build_tensors(self, start_offs, fields):
+      try:
+        super()._build_tensors(start_offs, fields)
+      except (ValueError, KeyError, IndexError) as e:
+        raise _TensorTableError(self._diagnose(start_offs, fields) or str(e)) from e
+
+    def _diagnose(self, start_offs, fields) -> str | None:
+      size, cut = len(self.data), []
+      for field in fields:
+        _, _, _, dims, raw_type, offset = field.parts
+        try:
+          qtype = gguf.GGMLQuantizationType(int(raw_type[0]))
+        except ValueError:
+          return f"tensor {field.name!r} has unknown ggml type id {int(raw_type[0])}"
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        end = int(start_offs) + int(offset[0]) + math.prod(int(d) for d in dims) * type_size // block
+        if end > size:
+          cut.append(field.name)
+      if cut:
+        more = f" and {len(cut) - 5} more" if len(cut) > 5 else ""
+        return f"file is truncated ({size} bytes); tensor(s) cut off: {cut[:5]}{more}"
+      return None
+
+  return Reader
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_reader(path: str, size: int, mtime_ns: int):
+  # GGUFReader parses the metadata in pure Python: ~5 s and ~160 MB of small arrays for a 49k
+  # vocabulary. `load` and `load_tokenizer` on the same file share one parse; only the last
+  # file's is kept (the weights themselves stay memory-mapped, not resident). The key changes
+  # if the file is rewritten.
+  del size, mtime_ns
+  try:
+    return _reader_class()(path)
+  except _TensorTableError as e:
+    raise CheckpointError(f"{path}: {e}") from None
+  except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: not a readable GGUF file (corrupt or truncated header: {e})") from e
+
+
+def _reader(path: str | os.PathLike):
+  path = str(path)
+  st = os.stat(path)
+  return _cached_reader(path, st.st_size, st.st_mtime_ns)
+
+
+def _value(field):
+  """A metadata field as a Python value (str, int, float, bool, or a list of them)."""
+  gguf = _gguf()
+  kinds = field.types
+  if kinds[0] == gguf.GGUFValueType.ARRAY:
+    if kinds[-1] == gguf.GGUFValueType.STRING:
+      return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    return [_scalar(field.parts[i][0]) for i in field.data]
+  if kinds[0] == gguf.GGUFValueType.STRING:
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+  return _scalar(field.parts[field.data[0]][0])
+
+
+def _scalar(x):
+  if isinstance(x, np.floating) and x.dtype == np.float32:
+    # Metadata floats are float32: give the shortest decimal that round-trips (1e-05, not
+    # 9.999999747378752e-06), which is what the original config.json said.
+    return float(str(x))
+  return x.item()
+
+
+def _metadata(reader) -> dict:
+  """Every metadata field except the big tokenizer arrays (read on demand by load_tokenizer)."""
+  big = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+         "tokenizer.ggml.scores"}
+  return {k: _value(f) for k, f in reader.fields.items() if k not in big}
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def _architecture(meta: dict, where: str) -> str:
+  arch = meta.get("general.architecture")
+  if arch not in SUPPORTED_ARCHITECTURES:
+    raise UnsupportedConfigError(
+      f"{where}: general.architecture={arch!r} is not supported; jaxtune imports GGUF files of "
+      f"{list(SUPPORTED_ARCHITECTURES)}"
+    )
+  return arch
+
+
+def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
+  """The config.json transformers would write for this file (LlamaConfig attribute names)."""
+  arch = _architecture(meta, where)
+  unknown = sorted(
+    k for k in meta if k.startswith(f"{arch}.") and k[len(arch) + 1 :] not in _ARCH_KEYS
+  )
+  if unknown:
+    raise UnsupportedConfigError(
+      f"{where}: unsupported GGUF metadata {unknown}; jaxtune does not implement them and will "
+      "not silently ignore them"
+    )
+
+  def get(key, default=KeyError):
+    full = f"{arch}.{key}"
+    if full in meta:
+      return meta[full]
+    if default is KeyError:
+      raise CheckpointError(f"{where}: required GGUF metadata {full!r} is missing")
+    return default
+
+  def require(cond: bool, key: str, why: str):
+    if not cond:
+      raise UnsupportedConfigError(
+        f"{where}: GGUF metadata {arch}.{key}={get(key, None)!r} is not supported: {why}"
+      )
+
+  hidden, n_head = get("embedding_length"), get("attention.head_count")
+  n_kv = get("attention.head_count_kv", n_head)
+  if isinstance(n_kv, list):  # some writers store one count per layer
+    require(len(set(n_kv)) == 1, "attention.head_count_kv", "per-layer KV head counts differ")
+    n_kv = n_kv[0]
+  head_dim = get("attention.key_length", hidden // n_head)
+  require(get("attention.value_length", head_dim) == head_dim, "attention.value_length",
+          "value and key head sizes differ")
+  require(get("rope.dimension_count", head_dim) == head_dim, "rope.dimension_count",
+          f"partial rotary embedding (head_dim is {head_dim})")
+  require(get("expert_count", 0) == 0, "expert_count", "mixture-of-experts layers")
+
+  rope = {"rope_type": "default", "rope_theta": float(get("rope.freq_base", 10000.0))}
+  scaling = get("rope.scaling.type", "none")
+  require(scaling in ("none", "linear"), "rope.scaling.type", "only linear rope scaling is read")
+  if scaling == "linear":
+    rope.update(rope_type="linear", factor=float(get("rope.scaling.factor")))
+
+  hf = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": hidden,
+    "intermediate_size": get("feed_forward_length"),
+    "num_hidden_layers": get("block_count"),
+    "num_attention_heads": n_head,
+    "num_key_value_heads": n_kv,
+    "head_dim": head_dim,
+    "hidden_act": "silu",  # llama.cpp's llama graph hard-codes SiLU
+    "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
+    "rope_parameters": rope,
+    "max_position_embeddings": get("context_length"),
+    # llama.cpp reuses token_embd for the output when `output.weight` is absent.
+    "tie_word_embeddings": "lm_head.weight" not in tensor_names,
+    "attention_bias": any(re.search(r"self_attn\.[qkvo]_proj\.bias$", n) for n in tensor_names),
+    "mlp_bias": any(re.search(r"mlp\.\w+_proj\.bias$", n) for n in tensor_names),
+  }
+  if f"{arch}.vocab_size" in meta:  # older files leave it to the embedding's row count
+    hf["vocab_size"] = meta[f"{arch}.vocab_size"]
+  for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                       ("pad_token_id", "padding_token_id")):
+    if f"tokenizer.ggml.{theirs}" in meta:
+      hf[ours] = meta[f"tokenizer.ggml.{theirs}"]
+  return hf
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+
+def permute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+  """convert_hf_to_gguf.py's `permute`: each head's rows (2 halves, H/2) -> (H/2 pairs, 2)."""
+  return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
+  """The inverse of `permute_rotary`: llama.cpp's interleaved rotary rows back to HF's halves."""
+  return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class GGUFSource(TensorSource):
+  """A GGUF file's tensors under HF names, dequantized to float32 one at a time on `get`."""
+
+  def __init__(self, path: str, reader, *, n_head: int, n_kv_head: int):
+    self.path = path
+    self._tensors = {}
+    self._heads = {}  # HF name -> head count whose rotary permutation `get` undoes
+    for t in reader.tensors:
+      if t.name in _REFUSED:
+        raise UnsupportedConfigError(f"{path}: tensor {t.name!r} is not supported: {_REFUSED[t.name]}")
+      hf = _hf_name(t.name)
+      if hf is None:
+        raise CheckpointError(
+          f"{path}: unknown tensor {t.name!r}: not part of a llama model as jaxtune reads it"
+        )
+      self._tensors[hf] = t
+      if ".self_attn.q_proj." in hf:
+        self._heads[hf] = n_head
+      elif ".self_attn.k_proj." in hf:
+        self._heads[hf] = n_kv_head
+    self._check_types()
+
+  def _check_types(self):
+    # Fail at open, not halfway through a load: dequantize one row of one tensor of each type.
+    gguf = _gguf()
+    seen = set()
+    for hf, t in self._tensors.items():
+      if t.tensor_type in seen:
+        continue
+      seen.add(t.tensor_type)
+      try:
+        gguf.quants.dequantize(t.data[:1] if t.data.ndim > 1 else t.data, t.tensor_type)
+      except NotImplementedError:
+        raise CheckpointError(
+          f"{self.path}: tensor {t.name!r} ({hf}) is stored as {t.tensor_type.name}, which the "
+          "gguf package cannot dequantize; supported: F32, F16, BF16 and the Q*/IQ*/TQ* block types"
+        ) from None
+
+  def names(self) -> set[str]:
+    return set(self._tensors)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    # GGUF lists dims fastest-first; HF lists them row-major.
+    return tuple(int(d) for d in reversed(self._tensors[name].shape))
+
+  def get(self, name: str) -> np.ndarray:
+    t = self._tensors[name]
+    try:
+      arr = _gguf().quants.dequantize(t.data, t.tensor_type)
+    except Exception as e:  # noqa: BLE001 - corrupt blocks, short data: name the tensor
+      raise CheckpointError(f"{self.path}: cannot dequantize tensor {t.name!r} ({name}): {e}") from e
+    if tuple(arr.shape) != self.shape(name):
+      raise CheckpointError(
+        f"{self.path}: tensor {t.name!r} dequantized to shape {tuple(arr.shape)}, but its header "
+        f"says {self.shape(name)}"
+      )
+    if name in self._heads:
+      arr = unpermute_rotary(arr, self._heads[name])
+    return arr
+
+  def file_of(self, name: str) -> str:
+    return self.path
+
+
+def _hf_name(gguf_name: str) -> str | None:
+  for pattern, template in _NAMES:
+    m = re.fullmatch(pattern, gguf_name)
+    if m:
+      return m.expand(template)
+  return None
+
+
+def open_gguf(path: str | os.PathLike) -> tuple[dict, GGUFSource]:
+  """`(hf_config, tensors)` for a GGUF file: a config.json dict and a lazy TensorSource."""
+  path = str(Path(path))
+  reader = _reader(path)
+  meta = _metadata(reader)
+  _architecture(meta, path)  # before reading tensor names of an unknown layout
+  # The config first (it needs only the names), so bad metadata is reported before tensors.
+  hf = _config(meta, {_hf_name(t.name) for t in reader.tensors} - {None}, path)
+  source = GGUFSource(
+    path, reader, n_head=hf["num_attention_heads"], n_kv_head=hf["num_key_value_heads"]
+  )
+  if "vocab_size" not in hf:
+    hf["vocab_size"] = source.shape("model.embed_tokens.weight")[0]
+  return hf, source
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _pre_tokenizer(kind: str | None, where: str):
+  from tokenizers import Regex, pre_tokenizers
+
+  if kind is None:  # files from before llama.cpp recorded it used the GPT-2 split
+    log.warning("%s: no tokenizer.ggml.pre; splitting text the GPT-2 way", where)
+    kind = "gpt2"
+  split = _PRE_TOKENIZERS.get(kind)
+  if split is None:
+    raise UnsupportedConfigError(
+      f"{where}: GGUF metadata tokenizer.ggml.pre={kind!r} is not supported; known: "
+      f"{sorted(_PRE_TOKENIZERS)}"
+    )
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split != _LLAMA3_SPLIT)
+  if split == _GPT2_SPLIT:
+    return byte_level
+  if split == _DIGITS_THEN_GPT2:
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+  return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """An HF `PreTrainedTokenizerFast` rebuilt from a GGUF file's `tokenizer.*` metadata.
+
+  Supports byte-level BPE vocabularies (`tokenizer.ggml.model` 'gpt2': GPT-2, SmolLM, Llama 3,
+  ...). Control tokens become special tokens (kept whole, skipped when decoding with
+  skip_special_tokens), user-defined ones plain added tokens; the chat template is set.
+  """
+  from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+  from transformers import PreTrainedTokenizerFast
+  from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+  path = str(Path(path))
+  reader = _reader(path)
+  fields = reader.fields
+
+  def meta(key, default=None):
+    return _value(fields[key]) if key in fields else default
+
+  model = meta("tokenizer.ggml.model")
+  if model != "gpt2":
+    raise UnsupportedConfigError(
+      f"{path}: GGUF metadata tokenizer.ggml.model={model!r} is not supported; jaxtune builds "
+      "byte-level BPE ('gpt2') tokenizers from GGUF files"
+    )
+  tokens = meta("tokenizer.ggml.tokens")
+  types = meta("tokenizer.ggml.token_type") or [1] * len(tokens)
+  merges = meta("tokenizer.ggml.merges")
+  if not tokens or merges is None:
+    raise CheckpointError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+
+  # Byte-level vocabularies spell every token in GPT-2's printable byte alphabet; a token that
+  # is not (a user-defined one stored as raw text) is respelled so BPE can still produce it.
+  alphabet = bytes_to_unicode()
+  spelled = set(alphabet.values())
+  respell = lambda t: t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8"))
+  vocab = {}
+  for i, t in enumerate(tokens):
+    vocab.setdefault(respell(t), i)
+  if len(vocab) != len(tokens):
+    raise CheckpointError(f"{path}: tokenizer.ggml.tokens has {len(tokens) - len(vocab)} duplicate token(s)")
+  bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
+  tok = Tokenizer(bpe)
+  tok.pre_tokenizer = _pre_tokenizer(meta("tokenizer.ggml.pre"), path)
+  tok.decoder = decoders.ByteLevel()
+  # llama.cpp matches control and user-defined tokens whole in the text; so must we, or
+  # `<|im_start|>` would be cut into `<`, `|`, `im`, ... Only tokens already spelled in the
+  # byte alphabet can be added under their own id.
+  tok.add_special_tokens([
+    AddedToken(t, special=True, normalized=False)
+    for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= spelled
+  ])
+  tok.add_tokens([
+    AddedToken(t, special=False, normalized=False)
+    for t, k in zip(tokens, types) if k == _USER_DEFINED and set(t) <= spelled
+  ])
+  if tok.get_vocab_size() != len(tokens):
+    raise CheckpointError(
+      f"{path}: tokenizer has {tok.get_vocab_size()} ids after adding special tokens, the file {len(tokens)}"
+    )
+
+  def token(key):
+    i = meta(f"tokenizer.ggml.{key}")
+    return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+  bos, eos = token("bos_token_id"), token("eos_token_id")
+  add_bos = bool(meta("tokenizer.ggml.add_bos_token", False))
+  add_eos = bool(meta("tokenizer.ggml.add_eos_token", False))
+  if (add_bos and bos) or (add_eos and eos):
+    pre = [bos] if add_bos and bos else []
+    post = [eos] if add_eos and eos else []
+    tok.post_processor = processors.TemplateProcessing(
+      single=" ".join([*pre, "$A", *post]), pair=" ".join([*pre, "$A", *post, *pre, "$B", *post]),
+      special_tokens=[(t, vocab[t]) for t in dict.fromkeys(pre + post)],
+    )
+  else:
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+  arch = meta("general.architecture")
+  kwargs = dict(
+    tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=token("unknown_token_id"),
+    pad_token=token("padding_token_id"), clean_up_tokenization_spaces=False,
+    chat_template=meta("tokenizer.chat_template"),
+  )
+  ctx = meta(f"{arch}.context_length")
+  if ctx:
+    kwargs["model_max_length"] = ctx
+  return PreTrainedTokenizerFast(**{k: v for k, v in kwargs.items() if v is not None})
