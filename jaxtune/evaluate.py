@@ -24,9 +24,15 @@ def evaluate(eval_fn, params, frozen, ds: pipeline.Dataset, *, task: str, mesh, 
   data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   shard = None
   for b in pipeline.eval_batches(ds, batch_size):
-    if shard is None and batch_size % data_ways == 0:
+    if shard is None and batch_size % (data_ways * jax.process_count()) == 0:
       shard = pipeline.batch_shardings(mesh, b)
-    dev = pipeline.to_device(b, shard) if shard else jax.device_put(b)
+    if shard:
+      # Each process contributes its own rows of the (identical, deterministic) global batch.
+      n, i = jax.process_count(), jax.process_index()
+      per = batch_size // n
+      dev = pipeline.to_device({k: v[i * per:(i + 1) * per] for k, v in b.items()}, shard)
+    else:
+      dev = jax.device_put(b)
     out = jax.device_get(eval_fn(params, frozen, dev))
     loss_sum += float(out["loss_sum"])
     weight += float(out["weight"])

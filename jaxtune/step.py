@@ -87,7 +87,7 @@ def train_step(
 
   penalty, penalty_grads = jax.value_and_grad(lambda p: optim.penalty(p, cfg.optim_cfg))(state["params"])
   grads = jax.tree.map(lambda g, pg: g + pg, grads, penalty_grads)
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
+  # Gradients stay float32 (accumulated in float32) whatever the parameter dtype.
 
   loss = loss_sum / jnp.maximum(weight, 1e-6)
   grad_norm = optax.global_norm(grads)
@@ -95,7 +95,9 @@ def train_step(
   new_params = optax.apply_updates(state["params"], updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  # Casting back to the stored dtype keeps the state's types fixed (bf16 parameters and their
+  # moments would otherwise be promoted by float32 hyperparameters and force a recompile).
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a.astype(b.dtype), b), new, old)
   params = keep(new_params, state["params"])
   opt_state = keep(new_opt, state["opt_state"])
   avg = state["avg"]

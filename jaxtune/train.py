@@ -144,7 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   train_fn = jax.jit(counted_step, in_shardings=(state_sh, batch_sh, frozen_sh),
                      out_shardings=(state_sh, None), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task))
+  # Replicated outputs: every process can read all predictions (multi-host evaluation).
+  eval_fn = jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task),
+                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
   def run_eval(params, split: str) -> tuple[dict, dict]:
     return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,

@@ -168,3 +168,13 @@ def test_early_stopping_restores_best_and_writes_results(tmp_path):
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["best_step"] == 10
   assert saved["val"]["loss"] > result["eval"]["loss"]  # step 10 weights are worse than step 20's
+
+
+def test_bfloat16_parameters_train(tmp_path):
+  cfg = tiny_config(**{"mesh.data": 1, "model.param_dtype": "bfloat16",
+                       "model.compute_dtype": "bfloat16", "train.steps": 30, "train.eval_every": 0,
+                       "optim.warmup_steps": 5})
+  result = train.train_and_evaluate(cfg, tmp_path)
+  rows = [r["train/loss"] for r in read_metrics(tmp_path) if "train/loss" in r]
+  assert rows[-1] < rows[0] - 0.5
+  assert result["state"]["params"]["norm"]["scale"].dtype == np.dtype("bfloat16")
