@@ -113,8 +113,24 @@ def load(
 
 
 def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None,
-         max_shard_bytes: int | None = None) -> Path:
-  """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given)."""
+         max_shard_bytes: int | None = None, adapter_only: bool = False,
+         base_model_name_or_path: str = "") -> Path:
+  """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given).
+
+  A model with LoRA layers is written merged (standard HF weights); with `adapter_only=True`
+  it is written as a PEFT adapter directory for `base_model_name_or_path` instead.
+  """
+  # LoRA (jaxtune.lora): fold the adapters into the kernels, or write only the adapters.
+  from jaxtune import lora
+
+  if adapter_only:
+    out = lora.save_adapter(model, out_dir, base_model_name_or_path=base_model_name_or_path,
+                            dtype=dtype)
+    if tokenizer is not None:
+      tokenizer.save_pretrained(str(out))
+    return out
+  if lora.has_lora(model):
+    model = lora.merge(model)
   family = family_for_module(model)
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

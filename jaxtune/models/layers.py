@@ -57,7 +57,10 @@ class Linear(nnx.Module):
     )
     self.compute_dtype = compute_dtype
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    # `lora_rng` is the dropout key of a LoRA adapter (jaxtune.lora.LoRALinear); a plain Linear
+    # has no randomness and ignores it, so model code can pass it whether or not LoRA is on.
+    del lora_rng
     dtype = self.compute_dtype or x.dtype
     y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
     if self.bias is not None:
