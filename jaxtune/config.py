@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxtune import optim
+from jaxtune import lora, optim
 
 TASKS = ("causal_lm", "seq_cls")
 
@@ -55,12 +55,7 @@ def default() -> ml_collections.ConfigDict:
 
   c.optim = optim.default_config()
 
-  # LoRA adapters (jaxtune.lora); rank 0 = full fine-tuning.
-  c.lora = ml_collections.ConfigDict({
-    "rank": 0, "alpha": 16.0, "dropout": 0.0,
-    "targets": r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
-    "train_also": r"(^|/)(score|classifier)(/|$)",
-  })
+  c.lora = lora.default_config()  # rank 0 = full fine-tuning
 
   c.export = ml_collections.ConfigDict()
   c.export.enabled = False  # write workdir/export (HF format) at the end, from the best weights
