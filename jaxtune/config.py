@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxtune import lora, optim
+from jaxtune.data import config as data_config
 
 TASKS = ("causal_lm", "seq_cls")
 
@@ -30,11 +31,7 @@ def default() -> ml_collections.ConfigDict:
   # HF config attributes to override, as "name=value,name=value" (e.g. dropout rates).
   c.model.config_overrides = ""
 
-  c.data = ml_collections.ConfigDict()
-  c.data.kind = "synthetic"  # synthetic (generated text); later issues add real data kinds
-  c.data.seq_len = 64
-  c.data.train_rows = 2048
-  c.data.eval_rows = 128
+  c.data = data_config.default_data_config()
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
@@ -92,7 +89,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
   _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
-  _check(c.data.seq_len > 1, "data.seq_len", c.data.seq_len, "must be at least 2")
+  data_config.check(c.data)
 
 
 def parse_overrides(text: str, key: str = "model.config_overrides") -> dict:

@@ -11,6 +11,7 @@ import sys
 
 SUBCOMMANDS = {
   "train": "fine-tune a model: jaxtune train --config=configs/<recipe>.py --workdir=DIR",
+  "eval": "evaluate a run's best weights on a data file: jaxtune eval --workdir=DIR --data=FILE",
 }
 
 

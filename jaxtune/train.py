@@ -7,6 +7,7 @@ shardings and buffer donation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -115,20 +116,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   else:
     total_steps = config.train.steps
 
-  # ------------------------------------------------------------------------------- model
-  model = load_model(config, mesh, splits.num_labels)
-  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
-  num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
-  del model
-
-  # --------------------------------------------------------------------------- optimizer
-  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
-
-  # ---------------------------------------------------------------- state and shardings
-  with sharding.use_mesh(mesh):
-    state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
-                                      optim_cfg=config.optim))(params)
-  state_sh = _state_shardings(state, mesh)
+  # ------------------------------------------------------- model, optimizer, state, shardings
+  built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps)
+  train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
+  state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
   batch_sh = pipeline.batch_shardings(mesh, batcher.host_batch(0))
   step_cfg = step.StepConfig(
@@ -145,8 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   train_fn = jax.jit(counted_step, in_shardings=(state_sh, batch_sh, frozen_sh),
                      out_shardings=(state_sh, None), donate_argnums=(0,))
   # Replicated outputs: every process can read all predictions (multi-host evaluation).
-  eval_fn = jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task),
-                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  eval_fn = make_eval_fn(built.eval_graphdef, config, mesh)
 
   def run_eval(params, split: str) -> tuple[dict, dict]:
     return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,
@@ -160,8 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric,
     best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
   )
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state, state_sh)
+  abstract = built.abstract()
   stopper = monitor.EarlyStopping(config.checkpoint.best_mode, config.train.early_stopping_patience,
                                   config.train.early_stopping_min_delta)
   alarm = monitor.OverfitAlarm(config.train.overfit_alarm_evals)
@@ -181,7 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       writer.write_run_info(
         workdir, config_json=config.to_json_best_effort(), mesh_shape=dict(mesh.shape),
         data_fingerprint=splits["train"].fingerprint(),
-        extra={"total_steps": total_steps, "data_stats": splits.stats},
+        extra={"total_steps": total_steps, "data_stats": splits.stats,
+               "label_names": list(splits.label_names)},
       )
 
   def save(state, s: int, eval_scalars=None, force=False):
@@ -287,6 +277,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     mw.close()
   return {"step": s, "eval": res, "results": results, "compilations": traces["train"],
           "state": state, "stopped_early": stopped_early}
+
+
+@dataclasses.dataclass
+class Built:
+  """Everything the loop and `jaxtune eval` need about the model and its training state."""
+
+  train_graphdef: nnx.GraphDef
+  eval_graphdef: nnx.GraphDef
+  frozen: dict | None
+  tx: object
+  schedule: object
+  state: dict
+  state_sh: dict
+
+  def abstract(self) -> dict:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.state, self.state_sh)
+
+
+def build_state(config, mesh, num_labels: int | None, total_steps: int) -> Built:
+  """Load the model, split trainable from frozen, build the optimizer and the initial state."""
+  model = load_model(config, mesh, num_labels)
+  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
+  num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
+  del model
+  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
+  with sharding.use_mesh(mesh):
+    state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
+                                      optim_cfg=config.optim))(params)
+  return Built(train_graphdef, eval_graphdef, frozen, tx, schedule, state,
+               _state_shardings(state, mesh))
+
+
+def make_eval_fn(eval_graphdef, config, mesh):
+  # Replicated outputs: every process can read all predictions (multi-host evaluation).
+  return jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task),
+                 out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:

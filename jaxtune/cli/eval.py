@@ -1,0 +1,81 @@
+"""`jaxtune eval --workdir=DIR --data=FILE [--name=NAME] [--text_column=.. --label_column=..]`.
+
+Evaluates a finished run's best weights (averaged weights when the run kept them) on any data
+file of the run's task and writes `workdir/eval_NAME.json` with the same metric keys as
+results.json (misclassified examples go to `workdir/eval_NAME_errors.jsonl`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished (or interrupted) run's workdir.")
+_DATA = flags.DEFINE_string("data", None, "Data file (.jsonl/.json/.csv/.tsv/.parquet/.txt), builtin or hub name.")
+_NAME = flags.DEFINE_string("name", "", "Name of the result file (default: the data file's stem).")
+_TEXT = flags.DEFINE_string("text_column", "", "Text column, if it differs from the run's.")
+_LABEL = flags.DEFINE_string("label_column", "", "Label column, if it differs from the run's.")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step to evaluate (-1: the best, else the latest).")
+flags.mark_flags_as_required(["workdir", "data"])
+
+
+def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column: str = "",
+                  label_column: str = "", step: int = -1) -> dict:
+  import jax
+  import ml_collections
+
+  from jaxtune import averaging, checkpoint, evaluate, sharding, train
+  from jaxtune import data as data_lib
+
+  workdir = Path(workdir)
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  run = json.loads((workdir / "run.json").read_text())
+  if text_column:
+    config.data.text_column = text_column
+  if label_column:
+    config.data.label_column = label_column
+  # The run's label order, so predictions mean the same classes as in training.
+  config.data.label_names = ",".join(run.get("extra", {}).get("label_names") or [])
+  split = data_lib.build_eval(config, data, workdir)
+  mesh = sharding.make_mesh(**config.mesh)
+  built = train.build_state(config, mesh, config.model.num_labels or split.num_labels, 10**9)
+  ckpt = checkpoint.Checkpointer(
+    workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
+    keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
+  )
+  chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
+  if chosen is None:
+    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+  tree, _ = ckpt.restore(chosen, train._ckpt_tree(built.abstract()))
+  ckpt.close()
+  state = train._from_ckpt_tree(tree, built.state)
+  params = averaging.params_for_eval(state.get("avg"), state["params"])
+  eval_fn = train.make_eval_fn(built.eval_graphdef, config, mesh)
+  with sharding.use_mesh(mesh):
+    res, details = evaluate.evaluate(
+      eval_fn, params, built.frozen, split["eval"], task=config.model.task, mesh=mesh,
+      batch_size=config.train.eval_batch_size, label_names=split.label_names)
+  name = name or Path(data).stem
+  out = {"data": str(data), "step": int(chosen), **res}
+  if jax.process_index() == 0:
+    (workdir / f"eval_{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    if details:
+      evaluate.write_errors(workdir / f"eval_{name}_errors.jsonl", details,
+                            split.examples.get("eval"), split.label_names)
+  return out
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  out = evaluate_file(_WORKDIR.value, _DATA.value, name=_NAME.value, text_column=_TEXT.value,
+                      label_column=_LABEL.value, step=_STEP.value)
+  print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2, default=float))
+
+
+def run(argv):
+  app.run(main, argv=argv)
