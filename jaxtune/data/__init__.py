@@ -1,11 +1,25 @@
-"""Data sets for training: build the train / validation (/ test) splits a config asks for."""
+"""Data sets for training: build the train / validation (/ test) splits a config asks for.
+
+kind='synthetic' generates text (no tokenizer); 'classification' and 'sft' read a file, builtin
+or hub data set (`readers`), split it with a fixed seed, tokenize (`classification`, `sft`,
+`packing`) and report what happened in `Splits.stats`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+import jax
+import ml_collections
+import numpy as np
+
+from jaxtune.data import config as data_config
+from jaxtune.data import readers
 from jaxtune.data.pipeline import Dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -31,12 +45,124 @@ class Splits:
 
 
 def build(config, workdir: str | Path) -> Splits:
-  kind = config.data.kind
-  if kind == "synthetic":
+  """The splits `config.data` asks for; bad rows raise or go to workdir/skipped_rows.jsonl."""
+  d = config.data
+  data_config.check(d)
+  if d.kind == "synthetic":
     from jaxtune.data import synthetic
 
     return Splits({
-      "train": synthetic.text_dataset(config.data.train_rows, config.data.seq_len, config.seed),
-      "validation": synthetic.text_dataset(config.data.eval_rows, config.data.seq_len, config.seed + 10_000),
+      "train": synthetic.text_dataset(d.train_rows, d.seq_len, config.seed),
+      "validation": synthetic.text_dataset(d.eval_rows, d.seq_len, config.seed + 10_000),
     })
-  raise ValueError(f"config: data.kind={kind!r} is not supported (known: 'synthetic')")
+  d = _with_builtin_defaults(d)
+  bad = readers.BadRows(d.on_bad_row)
+  return _tokenize(config, d, read_splits(d, bad), bad, workdir, "skipped_rows.jsonl")
+
+
+def build_eval(config, source: str, workdir: str | Path) -> Splits:
+  """One split, 'eval', of every row of `source`, encoded as the run `config` encodes data.
+
+  For scoring a file after training: the run's tokenizer, seq_len and columns, and its label
+  names when `config.data.label_names` carries them. Skipped rows go to
+  workdir/skipped_rows_eval.jsonl, leaving the training run's list alone.
+  """
+  d = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.check(d)
+  if d.kind == "synthetic":
+    raise ValueError("config: data.kind='synthetic' has no files to score")
+  d.source = source
+  d.class_weights = ""  # training-only; 'balanced' would fail on a file lacking a class
+  bad = readers.BadRows(d.on_bad_row)
+  rows = {"eval": readers.read(source, bad, text_key=d.text_column)}
+  return _tokenize(config, d, rows, bad, workdir, "skipped_rows_eval.jsonl")
+
+
+def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
+  tokenizer = load_tokenizer(d.tokenizer or config.model.source)
+  rows_read = sum(len(r) for r in rows.values())
+  if d.kind == "classification":
+    from jaxtune.data import classification as task
+  else:
+    from jaxtune.data import sft as task
+  splits = task.build(rows, d, tokenizer, bad)
+  if jax.process_index() == 0:
+    bad.write(workdir, skipped_name)
+  per_split = splits.stats.pop("splits")
+  splits.stats = {
+    "source": d.source, "kind": d.kind, **splits.stats, "rows_read": rows_read,
+    "skipped": len(bad), "skipped_by_reason": dict(bad.by_reason),
+    "truncated": sum(s["truncated"] for s in per_split.values()),
+    **({"loss_tokens": sum(s["loss_tokens"] for s in per_split.values())} if d.kind == "sft" else {}),
+    **per_split,
+  }
+  splits.tokenizer = tokenizer
+  log.info("data: %s", {k: v for k, v in splits.stats.items() if k not in per_split})
+  return splits
+
+
+def load_tokenizer(source: str):
+  """An HF fast tokenizer with the file's built-in padding and truncation turned off.
+
+  MiniLM's tokenizer.json pads to 128 and truncates; here lengths are decided by data.seq_len.
+  """
+  if not source or source.startswith("preset:"):
+    raise ValueError(
+      f"config: data.tokenizer is empty and model.source={source!r} has no tokenizer; "
+      "set data.tokenizer to an HF directory, .gguf file or hub id"
+    )
+  from jaxtune import hf
+
+  tok = hf.load_tokenizer(source)
+  backend = getattr(tok, "backend_tokenizer", None)
+  if backend is not None:
+    backend.no_padding()
+    backend.no_truncation()
+  return tok
+
+
+def _with_builtin_defaults(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of the data config with a builtin's implied settings where fields are at default."""
+  from jaxtune.data import builtin
+
+  if d.source not in builtin.DEFAULTS:
+    return d
+  d = ml_collections.ConfigDict(d.to_dict())
+  implied = builtin.DEFAULTS[d.source]
+  if d.kind != implied["kind"]:
+    raise ValueError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
+  defaults = data_config.default_data_config()
+  for key, value in implied.items():
+    if d[key] == defaults[key]:
+      d[key] = value
+  return d
+
+
+def read_splits(d, bad: readers.BadRows) -> dict[str, list[readers.Row]]:
+  """Rows per split: own sources where given, the rest carved from `source` by a seeded shuffle.
+
+  Each split keeps file order (sorted row indices), so examples read like the file.
+  """
+  main = readers.read(d.source, bad, text_key=d.text_column)
+  fractions = data_config.split_fractions(d.split)
+  order = np.random.default_rng(d.split_seed).permutation(len(main))
+  rows, at = {}, 0
+  for name in ("validation", "test"):
+    own = d[f"{name}_source"]
+    if own:
+      rows[name] = readers.read(own, bad, text_key=d.text_column)
+    elif fractions[name] > 0:
+      n = max(1, round(fractions[name] * len(main)))
+      rows[name] = [main[i] for i in sorted(order[at : at + n])]
+      at += n
+  if at >= len(main):
+    raise readers.DataError(
+      f"{d.source}: {len(main)} usable rows are too few for data.split={d.split!r}: nothing left to train on"
+    )
+  rows = {"train": [main[i] for i in sorted(order[at:])], **rows}
+  if d.max_rows:
+    rng = np.random.default_rng([d.split_seed, 1])
+    rows = {k: v if len(v) <= d.max_rows else
+            [v[i] for i in sorted(rng.choice(len(v), d.max_rows, replace=False))]
+            for k, v in rows.items()}
+  return rows

@@ -1,0 +1,211 @@
+"""Text (or text-pair) classification rows -> padded token arrays and integer labels.
+
+Labels in the data may be names or integer ids: a value equal to a name maps to that name's
+index, else an integer 0 <= id < k is taken as the id itself. Without `data.label_names` the
+names are the sorted unique labels of the train split (numerically sorted when all are
+integers), so the mapping is fixed by the data, not by row order.
+
+Rows are padded to one length for every split: the longest example rounded up to a multiple of
+8, capped at `seq_len`, so short data runs fast without giving eval a second shape. Longer
+examples are truncated by the tokenizer (longest-first for pairs) and counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+
+from jaxtune.data import config as data_config
+from jaxtune.data.pipeline import Dataset
+from jaxtune.data.readers import BadRows, DataError, Row
+
+log = logging.getLogger(__name__)
+
+
+class RowError(Exception):
+  """A row-level problem; the caller passes it to BadRows with the row's origin."""
+
+
+def text_field(fields: dict, column: str) -> str:
+  value = fields.get(column)
+  if value is None:
+    raise RowError(f"missing column {column!r} (row has {sorted(fields)})")
+  if not isinstance(value, str):
+    raise RowError(f"column {column!r} is not text (got {type(value).__name__})")
+  if not value.strip():
+    raise RowError(f"empty text in column {column!r}")
+  return value
+
+
+def label_key(value, column: str) -> int | str:
+  """A label as an int id or a name; anything else is a bad row."""
+  if value is None or isinstance(value, str) and not value.strip():
+    raise RowError(f"missing label in column {column!r}")
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)  # parquet / pandas store integer labels with missing values as floats
+  if isinstance(value, str):
+    return value.strip()
+  raise RowError(f"label in column {column!r} is neither a name nor an integer id: {value!r}")
+
+
+def _as_int(key) -> int | None:
+  if isinstance(key, int):
+    return key
+  try:
+    return int(key)
+  except ValueError:
+    return None
+
+
+def infer_label_names(keys: list) -> tuple[str, ...]:
+  unique = {str(k) for k in keys}
+  if all(_as_int(k) is not None for k in unique):
+    return tuple(sorted(unique, key=int))
+  return tuple(sorted(unique))
+
+
+def label_id(key, names: tuple[str, ...], index: dict[str, int]) -> int:
+  if str(key) in index:
+    return index[str(key)]
+  i = _as_int(key)
+  if i is not None and 0 <= i < len(names):
+    return i
+  raise RowError(f"unknown label {key!r} (known: {', '.join(names)}; or an id 0-{len(names) - 1})")
+
+
+def balanced_weights(labels: np.ndarray, names: tuple[str, ...]) -> tuple[float, ...]:
+  """n / (k * count_c): every class carries the same total weight in the train loss."""
+  counts = np.bincount(labels, minlength=len(names))
+  empty = [names[c] for c in np.nonzero(counts == 0)[0]]
+  if empty:
+    raise DataError(
+      f"data.class_weights='balanced': no training examples of label(s) {empty}, so their "
+      "weight is undefined; give explicit weights or drop those labels from data.label_names"
+    )
+  return tuple(float(w) for w in len(labels) / (len(names) * counts))
+
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, seq_len: int) -> tuple[dict, int]:
+  """Token lists per example, truncated to seq_len, and how many needed truncating."""
+  kw = {"padding": False, "verbose": False}
+  enc = dict(tokenizer(texts, pairs, truncation=False, **kw)) if texts else {"input_ids": []}
+  over = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > seq_len]
+  if over:
+    # Re-encode only the long ones: truncating everything up front would hide which were cut.
+    cut = tokenizer([texts[i] for i in over], [pairs[i] for i in over] if pairs else None,
+                    truncation=True, max_length=seq_len, **kw)
+    for key in enc:
+      for j, i in enumerate(over):
+        enc[key][i] = cut[key][j]
+    worst = max(len(ids) for ids in cut["input_ids"])
+    if worst > seq_len:
+      raise DataError(f"data.seq_len={seq_len} is too short for the tokenizer's special tokens")
+  return enc, len(over)
+
+
+def pad(enc: dict, length: int, pad_id: int) -> dict[str, np.ndarray]:
+  n = len(enc["input_ids"])
+  out = {}
+  for key in ("input_ids", "attention_mask", "token_type_ids"):
+    if key not in enc:
+      continue
+    fill = pad_id if key == "input_ids" else 0
+    a = np.full((n, length), fill, np.int32)
+    for i, ids in enumerate(enc[key]):
+      a[i, : len(ids)] = ids
+    out[key] = a
+  if "attention_mask" not in out:
+    out["attention_mask"] = (np.arange(length)[None] < np.array([len(x) for x in enc["input_ids"]])[:, None]).astype(np.int32)
+  return out
+
+
+def pad_token_id(tokenizer) -> int:
+  for tid in (tokenizer.pad_token_id, getattr(tokenizer, "eos_token_id", None)):
+    if tid is not None:
+      return int(tid)
+  return 0  # masked out by attention_mask either way
+
+
+def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
+  """Splits of classification arrays from rows per split (see `jaxtune.data.build`).
+
+  The first split (train, or the only one when scoring a file) sets the inferred label names
+  and the balanced class weights.
+  """
+  from jaxtune.data import Splits
+
+  first = next(iter(rows))
+  # Columns first, per split: label names are inferred from the train rows that survive.
+  parsed: dict[str, list] = {}
+  for split, split_rows in rows.items():
+    parsed[split] = []
+    for r in split_rows:
+      try:
+        text = text_field(r.fields, d.text_column)
+        pair = text_field(r.fields, d.text_pair_column) if d.text_pair_column else None
+        key = label_key(r.fields.get(d.label_column), d.label_column)
+        parsed[split].append((r, text, pair, key))
+        continue
+      except RowError as e:
+        error = str(e)
+      bad(r.file, r.row, error, r.fields)  # outside the except: a DataError chains nothing
+
+  names = data_config.parse_label_names(d.label_names)
+  if not names:
+    names = infer_label_names([p[3] for p in parsed[first]])
+  if len(names) < 2:
+    raise DataError(f"{d.source}: classification needs at least 2 labels, found {list(names)}")
+  index = {n: i for i, n in enumerate(names)}
+
+  encoded, labels, examples, stats = {}, {}, {}, {}
+  for split, items in parsed.items():
+    kept, ids = [], []
+    for r, text, pair, key in items:
+      try:
+        ids.append(label_id(key, names, index))
+        kept.append((r, text, pair))
+        continue
+      except RowError as e:
+        error = str(e)
+      bad(r.file, r.row, error, r.fields)
+    if not kept:
+      raise DataError(f"{d.source}: the {split} split has no usable rows "
+                      f"({len(rows[split])} read, all bad)")
+    texts = [t for _, t, _ in kept]
+    pairs = [p for _, _, p in kept] if d.text_pair_column else None
+    encoded[split], truncated = encode(tokenizer, texts, pairs, d.seq_len)
+    labels[split] = np.asarray(ids, np.int32)
+    examples[split] = [
+      {"text": t, **({"text_pair": p} if p is not None else {}), "label": names[i], **r.origin()}
+      for (r, t, p), i in zip(kept, ids)
+    ]
+    if truncated:
+      log.warning("%s split: truncated %d of %d examples longer than data.seq_len=%d",
+                  split, truncated, len(kept), d.seq_len)
+    counts = collections.Counter(names[i] for i in ids)
+    stats[split] = {"rows": len(rows[split]), "examples": len(kept),
+                    "skipped": len(rows[split]) - len(kept), "truncated": truncated,
+                    "label_counts": {n: counts.get(n, 0) for n in names}}
+
+  longest = max(len(ids) for enc in encoded.values() for ids in enc["input_ids"])
+  length = min(d.seq_len, -(-longest // 8) * 8)
+  pad_id = pad_token_id(tokenizer)
+  splits = {}
+  for split, enc in encoded.items():
+    arrays = pad(enc, length, pad_id)
+    arrays["labels"] = labels[split]
+    arrays["example_id"] = np.arange(len(labels[split]), dtype=np.int32)
+    splits[split] = Dataset(arrays)
+    stats[split]["tokens"] = int(arrays["attention_mask"].sum())
+
+  weights = data_config.parse_class_weights(d.class_weights, len(names))
+  if weights == "balanced":
+    weights = balanced_weights(labels[first], names)
+  return Splits(splits, num_labels=len(names), label_names=tuple(names), class_weights=weights,
+                examples=examples, stats={"row_length": length, "splits": stats})

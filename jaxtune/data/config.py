@@ -1,0 +1,120 @@
+"""The `data` section of the run config: where examples come from and how they become arrays.
+
+Every field has a real default ('' or 0 = off) because absl cannot override a field whose
+default is None. `check` validates the values that types alone do not catch, naming the key;
+the parse helpers turn the comma-separated strings into Python values in one place.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+KINDS = ("synthetic", "classification", "sft")
+SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
+ON_BAD_ROW = ("error", "skip")
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.kind = "synthetic"  # synthetic | classification | sft
+  c.seq_len = 64  # tokens per row; classification rows may be shorter (longest example, /8)
+  # kind='synthetic' only: generated rows for the tiny recipe.
+  c.train_rows = 2048
+  c.eval_rows = 128
+
+  # A local .jsonl/.json/.csv/.tsv/.parquet/.txt file, a builtin ('rotten_tomatoes',
+  # 'chitchat'), or a `datasets` hub name ('name' or 'name:split'; needs the internet).
+  c.source = ""
+  c.validation_source = ""  # '' = carve from source with `split`
+  c.test_source = ""  # '' = carve from source with `split` (a 0 fraction = no test split)
+  # train,validation[,test] fractions of `source`; a split with its own source takes nothing
+  # from `source` (train gets the rest). Seeded, so the same data always splits the same way.
+  c.split = "0.8,0.1,0.1"
+  c.split_seed = 0
+  c.max_rows = 0  # > 0: a seeded subset of at most this many rows per split (quick runs)
+  c.on_bad_row = "error"  # error | skip (skipped rows go to workdir/skipped_rows.jsonl)
+
+  # Column mapping.
+  c.text_column = "text"
+  c.text_pair_column = ""  # classification of sentence pairs (e.g. NLI)
+  c.label_column = "label"
+  c.prompt_column = "prompt"
+  c.completion_column = "completion"
+  c.messages_column = "messages"
+
+  # Classification.
+  c.label_names = ""  # comma-separated; '' = sorted unique labels of the train split
+  c.class_weights = ""  # '' | 'balanced' | comma-separated floats, one per label
+
+  # SFT.
+  c.sft_format = "auto"  # auto | prompt_completion | chat | text
+  c.completion_only = True  # loss only on completions / assistant turns
+  c.pack = False  # several documents per row, kept apart by segment_ids and positions
+  c.system_prompt = ""  # chat: prepended as a system message when a conversation has none
+
+  c.tokenizer = ""  # '' = the model's source
+  return c
+
+
+def _fail(key: str, value, why: str):
+  raise ValueError(f"config: data.{key}={value!r}: {why}")
+
+
+def check(c: ml_collections.ConfigDict) -> None:
+  """Check the data section; errors name the key."""
+  if c.kind not in KINDS:
+    _fail("kind", c.kind, f"expected one of {KINDS}")
+  if c.seq_len < 2:
+    _fail("seq_len", c.seq_len, "must be at least 2")
+  if c.kind == "synthetic":
+    return
+  if not c.source:
+    _fail("source", c.source, f"kind={c.kind!r} needs a file, builtin or hub data set")
+  if c.on_bad_row not in ON_BAD_ROW:
+    _fail("on_bad_row", c.on_bad_row, f"expected one of {ON_BAD_ROW}")
+  if c.sft_format not in SFT_FORMATS:
+    _fail("sft_format", c.sft_format, f"expected one of {SFT_FORMATS}")
+  if c.max_rows < 0:
+    _fail("max_rows", c.max_rows, "must be >= 0 (0 = all rows)")
+  fr = split_fractions(c.split)
+  if fr["validation"] == 0 and not c.validation_source:
+    _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")
+  parse_class_weights(c.class_weights, None)
+
+
+def split_fractions(text: str) -> dict[str, float]:
+  """'0.8,0.1,0.1' -> {'train': 0.8, 'validation': 0.1, 'test': 0.1}; must sum to 1."""
+  try:
+    vals = [float(x) for x in text.split(",")]
+  except ValueError:
+    _fail("split", text, "expected comma-separated fractions train,validation[,test]")
+  if len(vals) not in (2, 3) or any(v < 0 for v in vals) or abs(sum(vals) - 1) > 1e-6:
+    _fail("split", text, "expected 2 or 3 non-negative fractions (train,validation[,test]) summing to 1")
+  vals += [0.0] * (3 - len(vals))
+  return dict(zip(SPLIT_NAMES, vals))
+
+
+def parse_label_names(text: str) -> tuple[str, ...]:
+  names = tuple(n.strip() for n in text.split(",")) if text.strip() else ()
+  if any(not n for n in names) or len(set(names)) != len(names):
+    _fail("label_names", text, "expected distinct, non-empty comma-separated names")
+  return names
+
+
+def parse_class_weights(text: str, num_labels: int | None) -> str | tuple[float, ...] | None:
+  """None (off), 'balanced', or one float per label (checked once `num_labels` is known)."""
+  text = text.strip()
+  if not text:
+    return None
+  if text == "balanced":
+    return text
+  try:
+    weights = tuple(float(x) for x in text.split(","))
+  except ValueError:
+    _fail("class_weights", text, "expected '', 'balanced' or comma-separated floats")
+  if any(w < 0 for w in weights):
+    _fail("class_weights", text, "weights must be non-negative")
+  if num_labels is not None and len(weights) != num_labels:
+    _fail("class_weights", text, f"{len(weights)} weights for {num_labels} labels")
+  return weights
