@@ -43,6 +43,7 @@ def default() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 50  # 0: only at the end
   c.train.eval_batch_size = 32
+  c.train.eval_at_start = False  # also evaluate the starting weights (a baseline in metrics.jsonl)
   c.train.on_nonfinite = "stop"  # stop | skip
   c.train.progress = True
   # Early stopping on checkpoint.best_metric (the same metric picks the best checkpoint).

@@ -188,6 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   train_losses: list[float] = []  # logged train losses since the last evaluation
   t_log = time.perf_counter()
   s = start
+  if config.train.eval_at_start and start == 0:
+    with sharding.use_mesh(mesh):
+      res, _ = run_eval(_eval_params(state), "validation")
+    if mw is not None:
+      mw.write(0, {f"eval/{k}": v for k, v in metrics.scalars(res).items()})
+    log.info("validation before training: %s", {k: v for k, v in metrics.scalars(res).items()})
   with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh):
     while s < total_steps and not stopped_early:
       batch = pipeline.to_device(batcher.host_batch(s), batch_sh)
