@@ -19,7 +19,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from jaxtune import hf, sharding  # noqa: E402
-from jaxtune.hf import convert  # noqa: E402
+from jaxtune.hf import convert, llama  # noqa: E402
 
 VOCAB = 130  # not divisible by the tensor axis (4): the vocab dim must replicate
 PAD = 0
@@ -155,11 +155,11 @@ def test_config_fields(checkpoints):
 def test_old_style_rope_config():
   """Older checkpoints: top-level rope_theta and rope_scaling with 'type' or 'rope_type'."""
   base = dict(BASE, model_type="llama", num_hidden_layers=1)
-  new = hf.llama.FAMILY.config_from_hf(
+  new = llama.FAMILY.config_from_hf(
     dict(base, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1000.0)),
     task="causal_lm", num_labels=None, where="new")
   for scaling in (dict(type="linear", factor=2.0), dict(rope_type="linear", factor=2.0)):
-    old = hf.llama.FAMILY.config_from_hf(
+    old = llama.FAMILY.config_from_hf(
       dict(base, rope_theta=1000.0, rope_scaling=scaling), task="causal_lm", num_labels=None,
       where="old")
     assert old == new
