@@ -8,6 +8,7 @@ torch base model must then give the same logits as jaxtune.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
@@ -390,3 +391,91 @@ def test_gpt2_peft_parity(checkpoint, tmp_path):
   assert config["fan_in_fan_out"] and config["target_modules"] == ["c_attn", "c_fc", "c_proj"]
   want, _ = _peft_logits(path, out, "causal_lm", ids, mask)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------- LoRA dropout inside models
+
+
+def _tiny(family: str, task: str):
+  """A tiny random model; its own dropout is off, so only LoRA dropout is random."""
+  from jaxtune.models import bert, decoder, gpt2
+
+  n = 3 if task == "seq_cls" else 0
+  rngs = nnx.Rngs(0)
+  if family == "llama":
+    cfg = decoder.DecoderConfig(model_type="llama", vocab_size=VOCAB, hidden_size=16,
+                                intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                head_dim=8, pad_token_id=PAD, num_labels=n)
+    return decoder.build(cfg, task=task, rngs=rngs)
+  if family == "gpt2":
+    cfg = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                          n_inner=32, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+                          pad_token_id=PAD, num_labels=n)
+    return gpt2.GPT2(cfg, task=task, rngs=rngs)
+  cfg = bert.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=n)
+  return bert.Bert(cfg, task=task, rngs=rngs)
+
+
+@pytest.mark.parametrize("family,task", [
+  ("llama", "causal_lm"), ("llama", "seq_cls"), ("gpt2", "seq_cls"), ("bert", "seq_cls"),
+  ("bert", "masked_lm"),
+])
+def test_lora_dropout_in_models(family, task, monkeypatch):
+  """Every adapted linear (heads included) gets its own key from the model's dropout_rng."""
+  # Each LoRA layer's key, as the traced program sees it (returned beside the output).
+  call = lora.LoRALinear.__call__
+  seen = []
+
+  def record(self, x, *, lora_rng=None):
+    seen.append(None if lora_rng is None else jax.random.key_data(lora_rng))
+    return call(self, x, lora_rng=lora_rng)
+
+  monkeypatch.setattr(lora.LoRALinear, "__call__", record)
+
+  @functools.partial(jax.jit, static_argnums=(0, 5))  # its own cache: traces see the patch
+  def forward(graphdef, state, ids, mask, key, with_keys):
+    seen.clear()
+    out = nnx.merge(graphdef, state)(ids, mask, dropout_rng=key)
+    # Inside remat the keys are the remat trace's own values: only return them without it.
+    return out, (list(seen) if with_keys else [])
+
+  def run(key):
+    graphdef, state = nnx.split(model)
+    out, keys = forward(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), key,
+                        model.remat == "none")
+    return np.asarray(out), keys
+
+  ids, mask = _batch(T=6)
+  model = nnx.jit(lambda: _tiny(family, task))()  # eager init is slow on shared CPUs
+  model = lora.apply(model, _cfg(targets=r".", dropout=0.5, train_also=""))
+  _randomize(model)
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  eval_out, _ = run(None)
+  np.testing.assert_array_equal(run(k1)[0], eval_out)  # eval: deterministic
+  model.train()
+  (a, keys), (a2, _), (b, _) = run(k1), run(k1), run(k2)
+  np.testing.assert_array_equal(a, a2)
+  assert np.max(np.abs(a - b)) > 1e-3 and np.max(np.abs(a - eval_out)) > 1e-3
+  distinct = {tuple(np.asarray(k).ravel()) for k in keys}
+  assert len(keys) == len(distinct) == len(lora.lora_modules(model))
+  model.remat = "full"  # keys travel into rematerialised layers as array arguments
+  np.testing.assert_allclose(run(k1)[0], a, atol=1e-6, rtol=0)
+  model.remat = "none"
+  with pytest.raises(ValueError, match="lora_rng"):
+    run(None)
+  model.eval()
+  np.testing.assert_array_equal(run(k2)[0], eval_out)
+
+
+def test_lora_keys_leave_dropout_keys_unchanged():
+  key = jax.random.key(0)
+  plain, mixed = layers.RngSplitter(key), layers.RngSplitter(key)
+  want = [plain(), plain()]
+  got = [mixed(), mixed.lora(), mixed(), mixed.lora()]
+  data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel())
+  assert [data(k) for k in (got[0], got[2])] == [data(k) for k in want]
+  assert len({data(k) for k in got}) == 4
+  none = layers.RngSplitter(None)
+  assert none() is None and none.lora() is None

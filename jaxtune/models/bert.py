@@ -105,7 +105,7 @@ class BertSelfAttention(nnx.Module):
     B, T, D = x_BTD.shape
     N = self.num_heads
     heads = ("batch", "length", "act_heads", None)
-    q, k, v = (layers.constrain(p(x_BTD).reshape(B, T, N, D // N), heads)
+    q, k, v = (layers.constrain(p(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, D // N), heads)
                for p in (self.query, self.key, self.value))
     out = layers.dot_product_attention(
       q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=self.dropout, dropout_rng=rng()
@@ -122,7 +122,7 @@ class BertSelfOutput(nnx.Module):
     self.dropout = layers.Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, h: jax.Array, residual_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
-    return self.LayerNorm(self.dropout(self.dense(h), rng()) + residual_BTD)
+    return self.LayerNorm(self.dropout(self.dense(h, lora_rng=rng.lora()), rng()) + residual_BTD)
 
 
 class BertAttention(nnx.Module):
@@ -139,8 +139,9 @@ class BertIntermediate(nnx.Module):
     self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg, kw)
     self.act = layers.activation(cfg.hidden_act)
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    return layers.constrain(self.act(self.dense(x_BTD)), ("batch", "length", "act_mlp"))
+  def __call__(self, x_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
+    h = self.act(self.dense(x_BTD, lora_rng=rng.lora()))
+    return layers.constrain(h, ("batch", "length", "act_mlp"))
 
 
 class BertLayer(nnx.Module):
@@ -152,7 +153,7 @@ class BertLayer(nnx.Module):
   def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, key: jax.Array | None) -> jax.Array:
     rng = layers.RngSplitter(key)
     x_BTD = self.attention(x_BTD, mask_B1TS, rng)
-    x_BTD = self.output(self.intermediate(x_BTD), x_BTD, rng)
+    x_BTD = self.output(self.intermediate(x_BTD, rng), x_BTD, rng)
     return layers.constrain(x_BTD, ACT)
 
 
@@ -160,8 +161,8 @@ class BertPooler(nnx.Module):
   def __init__(self, cfg: BertConfig, kw: dict):
     self.dense = _linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
 
-  def __call__(self, h_BTD: jax.Array) -> jax.Array:
-    return jnp.tanh(self.dense(h_BTD[:, 0]))
+  def __call__(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    return jnp.tanh(self.dense(h_BTD[:, 0], lora_rng=lora_rng))
 
 
 class BertPredictionHeadTransform(nnx.Module):
@@ -170,8 +171,8 @@ class BertPredictionHeadTransform(nnx.Module):
     self.act = layers.activation(cfg.hidden_act)
     self.LayerNorm = _norm(cfg, kw["param_dtype"])
 
-  def __call__(self, h_BTD: jax.Array) -> jax.Array:
-    return self.LayerNorm(self.act(self.dense(h_BTD)))
+  def __call__(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    return self.LayerNorm(self.act(self.dense(h_BTD, lora_rng=lora_rng)))
 
 
 class BertLMPredictionHead(nnx.Module):
@@ -250,14 +251,17 @@ class Bert(nnx.Module):
       x = call(layer, x, mask, rng())
     return x
 
-  def pooled(self, h_BTD: jax.Array) -> jax.Array:
-    """The pooler's tanh(dense(h[:, 0])) [B, D] (seq_cls and encoder)."""
-    return self.pooler(h_BTD)
+  def pooled(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    """The pooler's tanh(dense(h[:, 0])) [B, D] (seq_cls and encoder).
 
-  def mlm_logits(self, h_BTD: jax.Array) -> jax.Array:
+    `lora_rng` is the LoRA dropout key of an adapted pooler (unused otherwise); so in `mlm_logits`.
+    """
+    return self.pooler(h_BTD, lora_rng=lora_rng)
+
+  def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     """Masked-LM logits [B, T, V] through the tied word table (masked_lm)."""
     head = self.cls.predictions
-    t = head.transform(h_BTD)
+    t = head.transform(h_BTD, lora_rng=lora_rng)
     logits = self.embeddings.word_embeddings.attend(t) + head.bias[...].astype(t.dtype)
     return layers.constrain(logits, ("batch", "length", "act_vocab"))
 
@@ -278,6 +282,8 @@ class Bert(nnx.Module):
     )
     if self.task == "encoder":
       return h
+    # Heads take LoRA keys from the splitter's LoRA stream, so the dropout keys stay as they were.
     if self.task == "masked_lm":
-      return self.mlm_logits(h)
-    return self.classifier(self.dropout(self.pooled(h), rng()))
+      return self.mlm_logits(h, lora_rng=rng.lora())
+    pooled = self.dropout(self.pooled(h, lora_rng=rng.lora()), rng())
+    return self.classifier(pooled, lora_rng=rng.lora())

@@ -112,11 +112,13 @@ class Attention(nnx.Module):
     self.rope_theta = cfg.rope_theta
     self.rope_scaling = cfg.rope_scaling
 
-  def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+  def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, rng: layers.RngSplitter | None = None):
+    """`rng` hands the projections their LoRA dropout keys (`rng.lora()`); None: no keys."""
+    rng = rng or layers.RngSplitter(None)
     B, T, _ = x_BTD.shape
-    q = self.q_proj(x_BTD).reshape(B, T, self.num_heads, self.head_dim)
-    k = self.k_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x_BTD).reshape(B, T, self.num_kv_heads, self.head_dim)
+    q = self.q_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_heads, self.head_dim)
+    k = self.k_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_kv_heads, self.head_dim)
     if self.q_norm is not None:  # Qwen3 normalises each head before rotating it
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = layers.rope_inv_freq(self.head_dim, self.rope_theta, dict(self.rope_scaling or {}))
@@ -125,17 +127,21 @@ class Attention(nnx.Module):
     names = ("batch", "length", "act_heads", None)
     return layers.constrain(q, names), layers.constrain(k, names), layers.constrain(v, names)
 
-  def attend(self, q_BTNH, k_BSKH, v_BSKH, mask_B1TS, dropout_rng=None) -> jax.Array:
+  def attend(self, q_BTNH, k_BSKH, v_BSKH, mask_B1TS, dropout_rng=None,
+             rng: layers.RngSplitter | None = None) -> jax.Array:
+    rng = rng or layers.RngSplitter(None)
     B, T = q_BTNH.shape[:2]
     out = layers.dot_product_attention(
       q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.head_dim**-0.5,
       dropout=self.dropout, dropout_rng=dropout_rng,
     )
-    return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+    return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), lora_rng=rng.lora())
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None) -> jax.Array:
-    q, k, v = self.qkv(x_BTD, positions_BT)
-    return self.attend(q, k, v, mask_B1TS, dropout_rng)
+  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None,
+               rng: layers.RngSplitter | None = None) -> jax.Array:
+    """`dropout_rng` is the attention-dropout key; `rng` gives the LoRA keys (see `qkv`)."""
+    q, k, v = self.qkv(x_BTD, positions_BT, rng)
+    return self.attend(q, k, v, mask_B1TS, dropout_rng, rng)
 
 
 class MLP(nnx.Module):
@@ -150,10 +156,13 @@ class MLP(nnx.Module):
     self.down_proj = layers.Linear(F, D, axes=("mlp", "embed"), **kw)
     self.activation = cfg.activation
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    h_BTF = layers.activation(self.activation)(self.gate_proj(x_BTD)) * self.up_proj(x_BTD)
+  def __call__(self, x_BTD: jax.Array, rng: layers.RngSplitter | None = None) -> jax.Array:
+    """`rng` hands the projections their LoRA dropout keys (`rng.lora()`); None: no keys."""
+    rng = rng or layers.RngSplitter(None)
+    gate_BTF = self.gate_proj(x_BTD, lora_rng=rng.lora())
+    h_BTF = layers.activation(self.activation)(gate_BTF) * self.up_proj(x_BTD, lora_rng=rng.lora())
     h_BTF = layers.constrain(h_BTF, ("batch", "length", "act_mlp"))
-    return self.down_proj(h_BTF)
+    return self.down_proj(h_BTF, lora_rng=rng.lora())
 
 
 class DecoderLayer(nnx.Module):
@@ -165,8 +174,12 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
 
   def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None) -> jax.Array:
-    x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), positions_BT, mask_B1TS, dropout_rng)
-    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+    # Attention dropout takes `dropout_rng` itself (as before LoRA); the LoRA keys come from
+    # the splitter's separate stream, so they leave that mask unchanged.
+    rng = layers.RngSplitter(dropout_rng)
+    h_BTD = self.input_layernorm(x_BTD)
+    x_BTD = x_BTD + self.self_attn(h_BTD, positions_BT, mask_B1TS, dropout_rng, rng)
+    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD), rng)
     return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
 
 
@@ -271,12 +284,15 @@ class CausalLM(Decoder):
       param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs,
     )
 
-  def logits_from_hidden(self, h_BTD: jax.Array) -> jax.Array:
-    """Logits in the compute dtype (a loss should upcast to float32 per chunk)."""
+  def logits_from_hidden(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    """Logits in the compute dtype (a loss should upcast to float32 per chunk).
+
+    `lora_rng` is the LoRA dropout key of an adapted `lm_head` (unused otherwise).
+    """
     if self.lm_head is None:
       logits = self.embed_tokens.attend(h_BTD)
     else:
-      logits = self.lm_head(h_BTD)
+      logits = self.lm_head(h_BTD, lora_rng=lora_rng)
     return layers.constrain(logits, ("batch", "length", "act_vocab"))
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
@@ -285,7 +301,8 @@ class CausalLM(Decoder):
       input_ids, attention_mask, token_type_ids, positions=positions, segment_ids=segment_ids,
       dropout_rng=dropout_rng,
     )
-    return self.logits_from_hidden(h_BTD)
+    # The head's LoRA key: the splitter's LoRA stream, apart from the layer keys.
+    return self.logits_from_hidden(h_BTD, lora_rng=layers.RngSplitter(dropout_rng).lora())
 
 
 class SequenceClassifier(Decoder):
@@ -328,7 +345,8 @@ class SequenceClassifier(Decoder):
     )
     idx_B = self.pooled_index(input_ids, attention_mask)
     pooled_BD = jnp.take_along_axis(h_BTD, idx_B[:, None, None], axis=1)[:, 0]
-    return self.score(pooled_BD)
+    # The head's LoRA key: the splitter's LoRA stream, apart from the layer keys.
+    return self.score(pooled_BD, lora_rng=layers.RngSplitter(dropout_rng).lora())
 
 
 def build(cfg: DecoderConfig, *, task: str, param_dtype=jnp.float32, compute_dtype=None,

@@ -87,12 +87,13 @@ class GPT2Attention(nnx.Module):
   def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
     B, T, D = x_BTD.shape
     N = self.num_heads
-    qkv = self.c_attn(x_BTD).reshape(B, T, N, 3, D // N)  # head-major, see the module docstring
+    # Head-major, see the module docstring.
+    qkv = self.c_attn(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, 3, D // N)
     q, k, v = (layers.constrain(qkv[:, :, :, i], ("batch", "length", "act_heads", None)) for i in range(3))
     out = layers.dot_product_attention(
       q, k, v, mask_B1TS, scale=self.scale, dropout=self.attn_dropout, dropout_rng=rng()
     )
-    return self.resid_dropout(self.c_proj(out.reshape(B, T, D)), rng())
+    return self.resid_dropout(self.c_proj(out.reshape(B, T, D), lora_rng=rng.lora()), rng())
 
 
 class GPT2MLP(nnx.Module):
@@ -107,8 +108,9 @@ class GPT2MLP(nnx.Module):
     self.dropout = layers.Dropout(cfg.resid_pdrop)
 
   def __call__(self, x_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
-    h = layers.constrain(self.act(self.c_fc(x_BTD)), ("batch", "length", "act_mlp"))
-    return self.dropout(self.c_proj(h), rng())
+    h = self.act(self.c_fc(x_BTD, lora_rng=rng.lora()))
+    h = layers.constrain(h, ("batch", "length", "act_mlp"))
+    return self.dropout(self.c_proj(h, lora_rng=rng.lora()), rng())
 
 
 class GPT2Block(nnx.Module):
@@ -232,4 +234,6 @@ class GPT2(nnx.Module):
       return self.logits_from_hidden(h)
     last = self.last_token_index(input_ids)
     # Scoring the gathered rows equals HF's score-then-gather row for row, at 1/T the cost.
-    return self.score(h[jnp.arange(h.shape[0]), last])
+    # The head's LoRA key: the splitter's LoRA stream, apart from the block keys.
+    lora_rng = layers.RngSplitter(dropout_rng).lora()
+    return self.score(h[jnp.arange(h.shape[0]), last], lora_rng=lora_rng)

@@ -174,17 +174,30 @@ class Dropout(nnx.Module):
 
 
 class RngSplitter:
-  """Hands out a fresh dropout key per call site from one key (None stays None)."""
+  """Hands out a fresh dropout key per call site from one key (None stays None).
+
+  Dropout sites take `rng()`: fold_in(key, 1), fold_in(key, 2), ... LoRA adapters take
+  `rng.lora()` (passed as `proj(x, lora_rng=rng.lora())`), a second stream over
+  fold_in(key, 0), a key no dropout site gets. Keeping the streams apart means the LoRA keys
+  moved no existing dropout mask; with no dropout (or no LoRA dropout) they are dead code.
+  """
 
   def __init__(self, rng: jax.Array | None):
     self._rng = rng
     self._n = 0
+    self._lora: RngSplitter | None = None
 
   def __call__(self) -> jax.Array | None:
     if self._rng is None:
       return None
     self._n += 1
     return jax.random.fold_in(self._rng, self._n)
+
+  def lora(self) -> jax.Array | None:
+    """A fresh key for one LoRA linear's dropout (see `jaxtune.lora.LoRALinear`)."""
+    if self._lora is None:
+      self._lora = RngSplitter(None if self._rng is None else jax.random.fold_in(self._rng, 0))
+    return self._lora()
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
