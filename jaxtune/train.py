@@ -43,8 +43,12 @@ class NonFiniteError(RuntimeError):
   """A loss or gradient became NaN/Inf and the config says to stop."""
 
 
-def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None):
-  """The model, placed on the mesh: HF weights, or random ones from a preset."""
+def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
+               label_names: tuple[str, ...] = ()):
+  """The model, placed on the mesh: HF weights, or random ones from a preset.
+
+  Label names from the data become the model's id2label, so an export knows its classes.
+  """
   m = config.model
   compute = None if m.compute_dtype == m.param_dtype else m.compute_dtype
   if m.source.startswith("preset:"):
@@ -53,9 +57,13 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None):
   else:
     from jaxtune import hf
 
+    overrides = parse_overrides(m.config_overrides)
+    if m.task == "seq_cls" and label_names:
+      overrides["id2label"] = {str(i): name for i, name in enumerate(label_names)}
+      overrides["label2id"] = {name: i for i, name in enumerate(label_names)}
     model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
-                    config_overrides=parse_overrides(m.config_overrides), seed=config.seed)
+                    config_overrides=overrides, seed=config.seed)
   model.remat = m.remat
   if config.lora.rank > 0:
     from jaxtune import lora
@@ -117,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     total_steps = config.train.steps
 
   # ------------------------------------------------------- model, optimizer, state, shardings
-  built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps)
+  built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,
+                      splits.label_names)
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
@@ -302,9 +311,10 @@ class Built:
                         self.state, self.state_sh)
 
 
-def build_state(config, mesh, num_labels: int | None, total_steps: int) -> Built:
+def build_state(config, mesh, num_labels: int | None, total_steps: int,
+                label_names: tuple[str, ...] = ()) -> Built:
   """Load the model, split trainable from frozen, build the optimizer and the initial state."""
-  model = load_model(config, mesh, num_labels)
+  model = load_model(config, mesh, num_labels, label_names)
   train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
   num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
   del model
