@@ -127,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # ------------------------------------------------------- model, optimizer, state, shardings
   built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,
                       splits.label_names)
+  check_vocab(built.model_config, splits, config)
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
@@ -305,6 +306,7 @@ class Built:
   schedule: object
   state: dict
   state_sh: dict
+  model_config: object = None
 
   def abstract(self) -> dict:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -315,6 +317,7 @@ def build_state(config, mesh, num_labels: int | None, total_steps: int,
                 label_names: tuple[str, ...] = ()) -> Built:
   """Load the model, split trainable from frozen, build the optimizer and the initial state."""
   model = load_model(config, mesh, num_labels, label_names)
+  model_config = model.config
   train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
   num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
   del model
@@ -323,7 +326,20 @@ def build_state(config, mesh, num_labels: int | None, total_steps: int,
     state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
                                       optim_cfg=config.optim))(params)
   return Built(train_graphdef, eval_graphdef, frozen, tx, schedule, state,
-               _state_shardings(state, mesh))
+               _state_shardings(state, mesh), model_config)
+
+
+def check_vocab(model_config, splits, config) -> None:
+  """Token ids past the embedding table would be clamped silently inside XLA: refuse them."""
+  vocab = getattr(model_config, "vocab_size", None)
+  for name, ds in splits.splits.items():
+    top = int(ds.arrays["input_ids"].max(initial=0))
+    if vocab is not None and top >= vocab:
+      raise ValueError(
+        f"data: the {name} split has token id {top}, but the model's vocabulary has {vocab} "
+        f"entries: data.tokenizer={config.data.tokenizer or config.model.source!r} does not "
+        f"match model.source={config.model.source!r}"
+      )
 
 
 def make_eval_fn(eval_graphdef, config, mesh):
