@@ -4,8 +4,9 @@ Key forms: `BertModel` saves bare keys (`embeddings.word_embeddings.weight`, as 
 all-MiniLM-L6-v2 does), the head models `bert.`-prefixed ones plus `classifier.*` or `cls.*`.
 `normalize_key` maps either onto the form of the task's HF class (bare for 'encoder', prefixed
 otherwise) and drops what that class would not load either: `cls.*` outside masked_lm, the
-pooler for masked_lm (BertForMaskedLM has none), NSP's `cls.seq_relationship`, and the MLM
-decoder tensors (tied to the word table and `cls.predictions.bias`). TF-era `LayerNorm.gamma` /
+pooler for masked_lm (BertForMaskedLM has none) and NSP's `cls.seq_relationship`. The MLM
+decoder tensors are tied to the word table and `cls.predictions.bias` (`tied_keys`): a stored
+copy is skipped when it equals them, as transformers does. TF-era `LayerNorm.gamma` /
 `beta` names are read as `weight` / `bias`, as HF does.
 """
 
@@ -52,10 +53,7 @@ def _labels(hf: dict, num_labels: int | None, where: str) -> tuple[str, ...]:
 class BertFamily(convert.Family):
   name = "bert"
   model_types = ("bert",)
-  ignored = (
-    r"(bert\.)?embeddings\.(position_ids|token_type_ids)",  # index buffers
-    r"cls\.predictions\.decoder\.(weight|bias)",  # tied to the word table and cls.predictions.bias
-  )
+  ignored = (r"(bert\.)?embeddings\.(position_ids|token_type_ids)",)  # index buffers
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in bert.TASKS:
@@ -174,6 +172,12 @@ class BertFamily(convert.Family):
       rows += norm(f"{c}transform.LayerNorm", "cls/predictions/transform/LayerNorm")
       rows.append(Row(f"{c}bias", "cls/predictions/bias"))
     return rows
+
+  def tied_keys(self, cfg: bert.BertConfig, *, task: str) -> dict[str, str]:
+    if task != "masked_lm":
+      return {}  # normalize_key drops cls.* for the other tasks
+    return {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias"}
 
   def normalize_key(self, key: str, *, task: str) -> str | None:
     if key.endswith(".gamma") or key.endswith(".beta"):

@@ -72,6 +72,14 @@ class Family:
     """Map a checkpoint key onto the table's names; None drops it (e.g. an LM head for seq_cls)."""
     return key
 
+  def tied_keys(self, cfg, *, task: str) -> dict[str, str]:
+    """{duplicate: tensor it is tied to}, both as normalized names, as HF's `_tied_weights_keys`.
+
+    A checkpoint may store both sides of a tied pair (a tied LM head saved as `lm_head.weight`
+    too; torch `.bin` files always do); `load_into` then applies transformers' rule.
+    """
+    return {}
+
 
 def check_config_keys(hf: dict, *, used: set[str], harmless: set[str], where: str) -> None:
   """Refuse config attributes we neither implement nor know to be harmless."""
@@ -149,6 +157,7 @@ def load_into(
     if name in available:
       raise CheckpointError(f"{where}: tensors {available[name]!r} and {key!r} both map to {name!r}")
     available[name] = key
+  _resolve_tied(available, family.tied_keys(cfg, task=task), source, where)
   expected = {r.hf for r in rows}
   unexpected = sorted(set(available) - expected)
   if unexpected:
@@ -191,6 +200,41 @@ def load_into(
         arr = np.asarray(row.init_std * jax.random.normal(jax.random.fold_in(key, i), want))
     target.set_value(_place(arr.astype(abstract_value.dtype), target, mesh))
   return nnx.merge(graphdef, state)
+
+
+def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
+  """Exact equality (torch.equal, as transformers checks), a block of rows at a time."""
+  if a.shape != b.shape or a.dtype != b.dtype:
+    return False
+  if a.ndim == 0:
+    return bool(np.array_equal(a, b))
+  rows = max(1, (1 << 24) // max(1, a[0].size))  # ~16M elements per comparison
+  return all(np.array_equal(a[i : i + rows], b[i : i + rows]) for i in range(0, len(a), rows))
+
+
+def _resolve_tied(available: dict[str, str], tied: dict[str, str], source: TensorSource,
+                  where: str) -> None:
+  """Apply transformers' rule to tied pairs in `available` ({normalized name: source key}).
+
+  Both stored and equal: the duplicate is dropped. Only the duplicate stored: it fills the
+  tensor it is tied to. Both stored but different: transformers unties them and uses both, a
+  network a tied config does not describe, so this refuses rather than drop one.
+  """
+  for dup, canon in tied.items():
+    if dup not in available:
+      continue
+    dup_key = available.pop(dup)
+    if canon not in available:
+      available[canon] = dup_key
+      continue
+    canon_key = available[canon]
+    if not _same_tensor(np.asarray(source.get(dup_key)), np.asarray(source.get(canon_key))):
+      raise CheckpointError(
+        f"{where}: tensors {dup_key!r} ({source.file_of(dup_key)}) and {canon_key!r} "
+        f"({source.file_of(canon_key)}) are tied by the config but differ; transformers would "
+        "untie them and use both. For an untied head, load with "
+        "config_overrides={'tie_word_embeddings': False} (where the family supports it)"
+      )
 
 
 def export_tensors(family: Family, model: nnx.Module, *, dtype=None) -> Iterator[tuple[str, np.ndarray]]:

@@ -2,7 +2,8 @@
 
 HF's Conv1D already stores [in, out], so kernels need no transpose; only `c_attn` is permuted
 into the head-major layout jaxtune.models.gpt2 shards by (see that module's docstring). The LM
-head is tied to `wte`, so a stored `lm_head.weight` is a duplicate and is skipped. Checkpoints
+head is tied to `wte`, so a stored `lm_head.weight` is a duplicate: skipped when it equals `wte`
+(`tied_keys`, checked by `convert.load_into` as transformers checks it). Checkpoints
 saved from `GPT2Model` have bare keys (`h.0.attn...`), from the head models `transformer.`-prefixed
 ones; both load, and export writes the prefixed form that `GPT2LMHeadModel` and
 `GPT2ForSequenceClassification` save.
@@ -75,10 +76,8 @@ def _labels(hf: dict, num_labels: int | None, where: str) -> tuple[str, ...]:
 class GPT2Family(convert.Family):
   name = "gpt2"
   model_types = ("gpt2",)
-  ignored = (
-    r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",  # causal-mask buffers of old checkpoints
-    r"lm_head\.weight",  # tied to wte (tie_word_embeddings is required)
-  )
+  # Causal-mask buffers of old checkpoints.
+  ignored = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in gpt2.TASKS:
@@ -193,9 +192,15 @@ class GPT2Family(convert.Family):
                       init_if_missing=True, init_std=cfg.initializer_range))
     return rows
 
+  def tied_keys(self, cfg: gpt2.GPT2Config, *, task: str) -> dict[str, str]:
+    # tie_word_embeddings is required, so a stored head is always a duplicate of wte.
+    return {"lm_head.weight": "transformer.wte.weight"} if task == "causal_lm" else {}
+
   def normalize_key(self, key: str, *, task: str) -> str | None:
     if key.startswith("score."):
       return key if task == "seq_cls" else None
+    if key == "lm_head.weight":
+      return key if task == "causal_lm" else None  # the classifier has no LM head (HF drops it)
     return key if key.startswith("transformer.") else "transformer." + key
 
 

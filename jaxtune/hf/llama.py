@@ -315,6 +315,10 @@ class DecoderFamily(convert.Family):
                       init_std=cfg.initializer_range))
     return rows
 
+  def tied_keys(self, cfg: decoder.DecoderConfig, *, task: str) -> dict[str, str]:
+    # Some tied checkpoints also store the head (and torch .bin files always do).
+    return {"lm_head.weight": "model.embed_tokens.weight"} if cfg.tie_embeddings else {}
+
   def normalize_key(self, key: str, *, task: str) -> str | None:
     if task == "seq_cls" and key == "lm_head.weight":
       return None  # a causal-LM checkpoint fine-tuned for classification: HF drops it too

@@ -6,6 +6,7 @@ torch float32 is the reference.
 
 import json
 import logging
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import hf, sharding
-from jaxtune.hf import UnsupportedConfigError
+from jaxtune.hf import UnsupportedConfigError, safetensors_io
 
 V = 96
 LENGTHS = (10, 7, 3, 9)
@@ -210,3 +211,26 @@ def test_seq_cls_needs_num_labels(base_dir):
   d, _ = base_dir
   with pytest.raises(UnsupportedConfigError, match="num_labels"):
     hf.load(d, task="seq_cls")
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["equal", "different"])
+def test_stored_mlm_decoder(mlm_dir, tmp_path, same):
+  """Stored `cls.predictions.decoder.*` (tied to the word table and the vocab bias) are skipped
+  when equal to what they are tied to; transformers would untie different ones: refused."""
+  d, ref = mlm_dir
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(d, ckpt)
+  f = ckpt / "model.safetensors"
+  src = safetensors_io.SafetensorsFile(f)
+  tensors = {k: np.array(src.get(k)) for k in src.header}
+  del src
+  tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
+  tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"] + (0.0 if same else 1.0)
+  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+  if not same:
+    with pytest.raises(hf.CheckpointError, match=r"decoder\.bias.*cls\.predictions\.bias.*differ"):
+      hf.load(ckpt, task="masked_lm")
+    return
+  batch = _batch()
+  got = _run(hf.load(ckpt, task="masked_lm"), *batch)
+  np.testing.assert_allclose(got, _torch(ref, *batch), atol=ATOL, rtol=0)

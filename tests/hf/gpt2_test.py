@@ -6,6 +6,7 @@ torch float32 is the reference.
 
 import json
 import logging
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import hf, sharding
-from jaxtune.hf import UnsupportedConfigError
+from jaxtune.hf import UnsupportedConfigError, safetensors_io
 from jaxtune.hf.gpt2 import qkv_from_head_major, qkv_to_head_major
 
 V, PAD = 96, 1
@@ -236,3 +237,26 @@ def test_jit_once_under_mesh_gives_bf16_compute(lm_dir):
   assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
   rel = np.abs(_valid(got, mask) - _valid(want, mask)).max() / np.abs(want).max()
   assert rel < 0.05
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["equal", "different"])
+def test_stored_lm_head(lm_dir, tmp_path, same):
+  """A stored `lm_head.weight` (torch .bin files always have one) is skipped when it equals wte;
+  transformers would untie a different one, so that is refused."""
+  d, ref = lm_dir
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(d, ckpt)
+  f = ckpt / "model.safetensors"
+  src = safetensors_io.SafetensorsFile(f)
+  tensors = {k: np.array(src.get(k)) for k in src.header}
+  del src
+  tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + (0.0 if same else 1.0)
+  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+  if not same:
+    with pytest.raises(hf.CheckpointError, match=r"'lm_head\.weight'.*'transformer\.wte\.weight'"):
+      hf.load(ckpt)
+    return
+  ids, mask = _batch()
+  got = np.asarray(_forward(hf.load(ckpt), jnp.asarray(ids), jnp.asarray(mask)))
+  np.testing.assert_allclose(got, _torch(ref, ids, mask), atol=ATOL, rtol=0)
+  assert hf.load(ckpt, task="seq_cls", num_labels=2).score.kernel.shape == (32, 2)  # head dropped

@@ -7,6 +7,8 @@ its saved directory must load back into transformers with no missing or unexpect
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from jaxtune import hf, sharding  # noqa: E402
-from jaxtune.hf import convert, llama  # noqa: E402
+from jaxtune.hf import convert, llama, safetensors_io  # noqa: E402
 
 VOCAB = 130  # not divisible by the tensor axis (4): the vocab dim must replicate
 PAD = 0
@@ -216,3 +218,40 @@ def test_bf16_compute_with_f32_params(checkpoints, name):
   scale = float(np.max(np.abs(want)))
   print(f"{name} bf16: max diff {diff:.3f} (logit scale {scale:.2f})")
   assert diff < 0.05 * scale
+
+
+@pytest.mark.parametrize("stored", ["both", "head_only", "different"])
+def test_tied_checkpoint_storing_lm_head(checkpoints, tmp_path, stored):
+  """Tied checkpoints that also store `lm_head.weight` (some Llama/Qwen/Gemma; every torch .bin).
+
+  transformers ties an equal pair, ties to the head when it alone is stored, and unties a
+  differing pair; jaxtune loads the first two as transformers does and refuses the third.
+  """
+  path, _ = checkpoints("qwen2")  # tie_word_embeddings=True
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(path, ckpt)
+  f = ckpt / "model.safetensors"
+  src = safetensors_io.SafetensorsFile(f)
+  tensors = {k: np.array(src.get(k)) for k in src.header}
+  del src
+  assert "lm_head.weight" not in tensors
+  emb = tensors["model.embed_tokens.weight"]
+  if stored == "head_only":
+    tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+  else:
+    tensors["lm_head.weight"] = emb + (1.0 if stored == "different" else 0.0)
+  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+  ref = transformers.AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager").eval()
+  head = ref.lm_head.weight.detach().numpy()
+  if stored == "different":
+    assert not np.array_equal(head, ref.model.embed_tokens.weight.detach().numpy())  # untied
+    with pytest.raises(hf.CheckpointError,
+                       match=r"'lm_head\.weight'.*'model\.embed_tokens\.weight'.*differ"):
+      hf.load(ckpt)
+    return
+  np.testing.assert_array_equal(head, emb)
+  model = hf.load(ckpt)
+  assert model.lm_head is None
+  np.testing.assert_array_equal(np.asarray(model.embed_tokens.embedding[...]), emb)
+  ids, mask = _batch()
+  assert _max_diff(_jax_logits(model, ids, mask), _torch_logits(ref, ids, mask), mask) < 1e-5
