@@ -35,21 +35,6 @@ DEFAULTS = {
 BASE = ("embeddings.", "encoder.", "pooler.")
 
 
-def _labels(hf: dict, num_labels: int | None, where: str) -> tuple[str, ...]:
-  """Label names: `num_labels` from the caller wins, else the config's id2label, else an error."""
-  id2label = hf.get("id2label") or {}
-  names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-  if num_labels is None:
-    if not names:
-      raise UnsupportedConfigError(
-        f"{where}: task seq_cls needs num_labels: pass it, or use a config with id2label"
-      )
-    return names
-  if num_labels < 1:
-    raise ValueError(f"num_labels={num_labels}: must be at least 1")
-  return names if len(names) == num_labels else tuple(f"LABEL_{i}" for i in range(num_labels))
-
-
 class BertFamily(convert.Family):
   name = "bert"
   model_types = ("bert",)
@@ -58,14 +43,7 @@ class BertFamily(convert.Family):
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in bert.TASKS:
       raise UnsupportedConfigError(f"{where}: BERT supports tasks {bert.TASKS}, not {task!r}")
-    used: set[str] = set()
-
-    def get(name):
-      if name in hf:
-        used.add(name)
-        return hf[name]
-      return DEFAULTS[name]
-
+    get = convert.ConfigReader(hf, DEFAULTS)
     act = get("hidden_act")
     require(isinstance(act, str) and act in layers.ACTIVATIONS, where, "hidden_act", act,
             f"known activations are {sorted(layers.ACTIVATIONS)}")
@@ -82,7 +60,7 @@ class BertFamily(convert.Family):
     D, N = int(get("hidden_size")), int(get("num_attention_heads"))
     require(D % N == 0, where, "num_attention_heads", N, f"must divide hidden_size={D}")
     cdrop = get("classifier_dropout")
-    id2label = _labels(hf, num_labels, where) if task == "seq_cls" else ()
+    id2label = convert.label_names(hf, task=task, num_labels=num_labels, where=where)
     cfg = bert.BertConfig(
       vocab_size=int(get("vocab_size")),
       hidden_size=D,
@@ -101,7 +79,7 @@ class BertFamily(convert.Family):
       id2label=id2label,
       pad_token_id=get("pad_token_id"),
     )
-    convert.check_config_keys(hf, used=used, harmless=set(), where=where)
+    convert.check_config_keys(hf, used=get.used, harmless=set(), where=where)
     return cfg
 
   def config_to_hf(self, cfg: bert.BertConfig, *, task: str) -> dict:
@@ -125,8 +103,7 @@ class BertFamily(convert.Family):
       "tie_word_embeddings": True,
     }
     if task == "seq_cls":
-      hf["id2label"] = {str(i): name for i, name in enumerate(cfg.id2label)}
-      hf["label2id"] = {name: i for i, name in enumerate(cfg.id2label)}
+      hf.update(convert.label_config(cfg.id2label))
     return hf
 
   def build(self, cfg, *, task, param_dtype, compute_dtype, rngs: nnx.Rngs) -> bert.Bert:

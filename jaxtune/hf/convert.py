@@ -81,6 +81,53 @@ class Family:
     return {}
 
 
+class ConfigReader:
+  """`get(name)`: an HF config attribute, else the HF class default; `used` names what was read.
+
+  `aliases` maps a name to the generic one some tools write instead (GPT-2's attribute_map).
+  Pass `used` to `check_config_keys`, so an attribute nobody read is refused by name.
+  """
+
+  def __init__(self, hf: dict, defaults: dict, aliases: dict[str, str] | None = None):
+    self.hf, self.defaults, self.aliases = hf, defaults, aliases or {}
+    self.used: set[str] = set()
+
+  def __call__(self, name: str):
+    for key in (name, self.aliases.get(name)):
+      if key is not None and key in self.hf:
+        self.used.add(key)
+        return self.hf[key]
+    return self.defaults[name]
+
+
+def label_names(hf: dict, *, task: str, num_labels: int | None, where: str) -> tuple[str, ...]:
+  """The classifier's label names (() unless task is 'seq_cls'); their count is num_labels.
+
+  `num_labels` from the caller wins, else the config's id2label, else its num_labels (as HF's
+  PretrainedConfig reads them); names come from id2label when the counts agree, else LABEL_i.
+  """
+  if task != "seq_cls":
+    return ()
+  id2label = hf.get("id2label") or {}
+  names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+  if num_labels is None:
+    num_labels = len(names) or hf.get("num_labels")
+    if not num_labels:
+      raise UnsupportedConfigError(
+        f"{where}: task seq_cls needs num_labels: pass it, or use a config with id2label or "
+        "num_labels"
+      )
+  if num_labels < 1:
+    raise ValueError(f"num_labels={num_labels}: must be at least 1")
+  return names if len(names) == num_labels else tuple(f"LABEL_{i}" for i in range(num_labels))
+
+
+def label_config(names: tuple[str, ...]) -> dict:
+  """The id2label / label2id attributes an HF config.json carries for these label names."""
+  return {"id2label": {str(i): n for i, n in enumerate(names)},
+          "label2id": {n: i for i, n in enumerate(names)}}
+
+
 def check_config_keys(hf: dict, *, used: set[str], harmless: set[str], where: str) -> None:
   """Refuse config attributes we neither implement nor know to be harmless."""
   unknown = sorted(set(hf) - used - harmless - GENERIC_HARMLESS)

@@ -58,21 +58,6 @@ def qkv_from_head_major(x: np.ndarray, n_head: int) -> np.ndarray:
   return np.ascontiguousarray(y.reshape(*lead, d3))
 
 
-def _labels(hf: dict, num_labels: int | None, where: str) -> tuple[str, ...]:
-  """Label names: `num_labels` from the caller wins, else the config's id2label, else an error."""
-  id2label = hf.get("id2label") or {}
-  names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-  if num_labels is None:
-    if not names:
-      raise UnsupportedConfigError(
-        f"{where}: task seq_cls needs num_labels: pass it, or use a config with id2label"
-      )
-    return names
-  if num_labels < 1:
-    raise ValueError(f"num_labels={num_labels}: must be at least 1")
-  return names if len(names) == num_labels else tuple(f"LABEL_{i}" for i in range(num_labels))
-
-
 class GPT2Family(convert.Family):
   name = "gpt2"
   model_types = ("gpt2",)
@@ -82,15 +67,7 @@ class GPT2Family(convert.Family):
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in gpt2.TASKS:
       raise UnsupportedConfigError(f"{where}: GPT-2 supports tasks {gpt2.TASKS}, not {task!r}")
-    used: set[str] = set()
-
-    def get(name):
-      for key in (name, ALIASES.get(name)):
-        if key is not None and key in hf:
-          used.add(key)
-          return hf[key]
-      return DEFAULTS[name]
-
+    get = convert.ConfigReader(hf, DEFAULTS, ALIASES)
     act = get("activation_function")
     require(act in layers.ACTIVATIONS, where, "activation_function", act,
             f"known activations are {sorted(layers.ACTIVATIONS)}")
@@ -107,7 +84,7 @@ class GPT2Family(convert.Family):
     eos = get("eos_token_id")
     require(eos is None or isinstance(eos, int), where, "eos_token_id", eos, "expected one id")
     n_inner = get("n_inner")
-    id2label = _labels(hf, num_labels, where) if task == "seq_cls" else ()
+    id2label = convert.label_names(hf, task=task, num_labels=num_labels, where=where)
     cfg = gpt2.GPT2Config(
       vocab_size=int(get("vocab_size")),
       n_positions=int(get("n_positions")),
@@ -129,7 +106,7 @@ class GPT2Family(convert.Family):
       bos_token_id=get("bos_token_id"),
       eos_token_id=eos,
     )
-    convert.check_config_keys(hf, used=used, harmless=HARMLESS, where=where)
+    convert.check_config_keys(hf, used=get.used, harmless=HARMLESS, where=where)
     return cfg
 
   def config_to_hf(self, cfg: gpt2.GPT2Config, *, task: str) -> dict:
@@ -157,8 +134,7 @@ class GPT2Family(convert.Family):
       "tie_word_embeddings": True,
     }
     if task == "seq_cls":
-      hf["id2label"] = {str(i): name for i, name in enumerate(cfg.id2label)}
-      hf["label2id"] = {name: i for i, name in enumerate(cfg.id2label)}
+      hf.update(convert.label_config(cfg.id2label))
     return hf
 
   def build(self, cfg, *, task, param_dtype, compute_dtype, rngs: nnx.Rngs) -> gpt2.GPT2:

@@ -118,22 +118,6 @@ def _rope(hf: dict, max_pos: int, where: str) -> tuple[float, tuple | None]:
   return theta, tuple(sorted(scaling.items()))
 
 
-def _labels(hf: dict, task: str, num_labels: int | None, where: str) -> tuple[int, tuple[str, ...]]:
-  if task != "seq_cls":
-    return 0, ()
-  id2label = hf.get("id2label") or {}
-  names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
-  if num_labels is None:
-    num_labels = len(names) or hf.get("num_labels")
-    if not num_labels:
-      raise UnsupportedConfigError(
-        f"{where}: task seq_cls needs num_labels (the config has neither id2label nor num_labels)"
-      )
-  if len(names) != num_labels:
-    names = [f"LABEL_{i}" for i in range(num_labels)]
-  return int(num_labels), tuple(str(n) for n in names)
-
-
 class DecoderFamily(convert.Family):
   name = "llama"
   model_types = tuple(ARCH)
@@ -188,7 +172,7 @@ class DecoderFamily(convert.Family):
       require(all(t == "full_attention" for t in types), where, "layer_types", types,
               "only full_attention layers are implemented")
 
-    n_labels, id2label = _labels(hf, task, num_labels, where)
+    id2label = convert.label_names(hf, task=task, num_labels=num_labels, where=where)
     eos = _get(hf, defaults, "eos_token_id")
     return decoder.DecoderConfig(
       model_type=mt,
@@ -217,7 +201,7 @@ class DecoderFamily(convert.Family):
       pad_token_id=_get(hf, defaults, "pad_token_id"),
       bos_token_id=_get(hf, defaults, "bos_token_id"),
       eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-      num_labels=n_labels,
+      num_labels=len(id2label),
       id2label=id2label,
     )
 
@@ -278,8 +262,7 @@ class DecoderFamily(convert.Family):
       out.update(use_sliding_window=False, sliding_window=None,
                  layer_types=["full_attention"] * cfg.num_layers)
     if task == "seq_cls":
-      out["id2label"] = {str(i): n for i, n in enumerate(cfg.id2label)}
-      out["label2id"] = {n: i for i, n in enumerate(cfg.id2label)}
+      out.update(convert.label_config(cfg.id2label))
     return out
 
   # -------------------------------------------------------------------------------- model

@@ -52,19 +52,6 @@ class BertConfig:
     return self.hidden_size // self.num_attention_heads
 
 
-def remat_call(mode: str):
-  """Apply one layer as `layer(*args)`, rematerialised as `mode` asks ('none', 'full', 'dots')."""
-  call = lambda layer, *args: layer(*args)
-  if mode == "none":
-    return call
-  if mode == "full":
-    return nnx.remat(call)
-  if mode == "dots":
-    # Keep matmul outputs, recompute the cheap elementwise work (norms, gelu, softmax).
-    return nnx.remat(call, policy=jax.checkpoint_policies.checkpoint_dots)
-  raise ValueError(f"remat={mode!r}: expected 'none', 'full' or 'dots'")
-
-
 def _linear(d_in, d_out, axes, cfg: BertConfig, kw: dict) -> layers.Linear:
   return layers.Linear(d_in, d_out, axes=axes, use_bias=True, init_std=cfg.initializer_range, **kw)
 
@@ -246,7 +233,7 @@ class Bert(nnx.Module):
     mask = layers.attention_mask(
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
     )
-    call = remat_call(self.remat)
+    call = layers.remat_call(self.remat)
     for layer in self.layers:
       x = call(layer, x, mask, rng())
     return x

@@ -27,7 +27,6 @@ from flax import nnx
 from jaxtune.models import layers
 
 TASKS = ("causal_lm", "seq_cls")
-REMAT = ("none", "full", "dots")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -183,10 +182,6 @@ class DecoderLayer(nnx.Module):
     return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
 
 
-def _run_layer(layer: DecoderLayer, x, positions, mask, rng):
-  return layer(x, positions, mask, rng)
-
-
 def default_positions(
   input_ids_BT: jax.Array, attention_mask_BT: jax.Array | None, segment_ids_BT: jax.Array | None
 ) -> jax.Array:
@@ -211,7 +206,10 @@ def default_positions(
 
 
 class Decoder(nnx.Module):
-  """Embeddings, the layer stack and the final norm; subclasses add the task head."""
+  """Embeddings, the layer stack and the final norm; subclasses add the task head.
+
+  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer.
+  """
 
   task: str = ""
 
@@ -246,8 +244,6 @@ class Decoder(nnx.Module):
     """Final-norm output [B,T,D] in the compute dtype."""
     if token_type_ids is not None:
       raise ValueError(f"{self.config.model_type} has no token types; pass token_type_ids=None")
-    if self.remat not in REMAT:
-      raise ValueError(f"remat={self.remat!r}: expected one of {REMAT}")
     cfg = self.config
     B, T = input_ids.shape
     if positions is None:
@@ -261,13 +257,10 @@ class Decoder(nnx.Module):
       # HF Gemma rounds sqrt(D) to the activation dtype before multiplying (55.4256 -> 55.5 in bf16).
       x_BTD = x_BTD * jnp.asarray(math.sqrt(cfg.hidden_size), x_BTD.dtype)
     x_BTD = layers.constrain(x_BTD, ("batch", "length", "act_embed"))
-    run = _run_layer
-    if self.remat != "none":
-      policy = jax.checkpoint_policies.checkpoint_dots if self.remat == "dots" else None
-      run = nnx.remat(_run_layer, policy=policy)
+    call = layers.remat_call(self.remat)
     rng = layers.RngSplitter(dropout_rng)
     for layer in self.layers:
-      x_BTD = run(layer, x_BTD, positions, mask_B1TS, rng())
+      x_BTD = call(layer, x_BTD, positions, mask_B1TS, rng())
     return self.norm(x_BTD)
 
 

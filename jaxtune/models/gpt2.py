@@ -54,19 +54,6 @@ class GPT2Config:
     return self.n_embd // self.n_head
 
 
-def remat_call(mode: str):
-  """Apply one layer as `layer(*args)`, rematerialised as `mode` asks ('none', 'full', 'dots')."""
-  call = lambda layer, *args: layer(*args)
-  if mode == "none":
-    return call
-  if mode == "full":
-    return nnx.remat(call)
-  if mode == "dots":
-    # Keep matmul outputs, recompute the cheap elementwise work (norms, gelu, softmax).
-    return nnx.remat(call, policy=jax.checkpoint_policies.checkpoint_dots)
-  raise ValueError(f"remat={mode!r}: expected 'none', 'full' or 'dots'")
-
-
 class GPT2Attention(nnx.Module):
   def __init__(self, cfg: GPT2Config, layer_idx: int, *, param_dtype, compute_dtype, rngs):
     D = cfg.n_embd
@@ -190,7 +177,7 @@ class GPT2(nnx.Module):
     mask = layers.attention_mask(
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=True
     )
-    call = remat_call(self.remat)
+    call = layers.remat_call(self.remat)
     for layer in self.layers:
       x = call(layer, x, mask, rng())
     return self.ln_f(x)

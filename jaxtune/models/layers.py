@@ -200,6 +200,26 @@ class RngSplitter:
     return self._lora()
 
 
+REMAT = ("none", "full", "dots")
+
+
+def remat_call(mode: str) -> Callable[..., jax.Array]:
+  """`call(layer, *args)` runs `layer(*args)`, rematerialised as `mode` ('none', 'full', 'dots').
+
+  'full' keeps only each layer's inputs for the backward pass; 'dots' also keeps matmul outputs
+  and recomputes the cheap elementwise work (norms, activations, softmax). The args cross the
+  remat boundary, so they are arrays (dropout keys included) or None, never an RngSplitter.
+  """
+  call = lambda layer, *args: layer(*args)
+  if mode == "none":
+    return call
+  if mode == "full":
+    return nnx.remat(call)
+  if mode == "dots":
+    return nnx.remat(call, policy=jax.checkpoint_policies.checkpoint_dots)
+  raise ValueError(f"remat={mode!r}: expected one of {REMAT}")
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "silu": jax.nn.silu,
   "swish": jax.nn.silu,

@@ -6,7 +6,6 @@ torch float32 is the reference.
 
 import json
 import logging
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +16,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import hf, sharding
-from jaxtune.hf import UnsupportedConfigError, safetensors_io
+from jaxtune.hf import UnsupportedConfigError
 
 V = 96
 LENGTHS = (10, 7, 3, 9)
@@ -214,19 +213,16 @@ def test_seq_cls_needs_num_labels(base_dir):
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["equal", "different"])
-def test_stored_mlm_decoder(mlm_dir, tmp_path, same):
+def test_stored_mlm_decoder(mlm_dir, edited_copy, same):
   """Stored `cls.predictions.decoder.*` (tied to the word table and the vocab bias) are skipped
   when equal to what they are tied to; transformers would untie different ones: refused."""
   d, ref = mlm_dir
-  ckpt = tmp_path / "ckpt"
-  shutil.copytree(d, ckpt)
-  f = ckpt / "model.safetensors"
-  src = safetensors_io.SafetensorsFile(f)
-  tensors = {k: np.array(src.get(k)) for k in src.header}
-  del src
-  tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
-  tensors["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"] + (0.0 if same else 1.0)
-  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+
+  def edit(t):
+    t["cls.predictions.decoder.weight"] = t["bert.embeddings.word_embeddings.weight"]
+    t["cls.predictions.decoder.bias"] = t["cls.predictions.bias"] + (0.0 if same else 1.0)
+
+  ckpt = edited_copy(d, edit)
   if not same:
     with pytest.raises(hf.CheckpointError, match=r"decoder\.bias.*cls\.predictions\.bias.*differ"):
       hf.load(ckpt, task="masked_lm")

@@ -6,7 +6,6 @@ torch float32 is the reference.
 
 import json
 import logging
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import hf, sharding
-from jaxtune.hf import UnsupportedConfigError, safetensors_io
+from jaxtune.hf import UnsupportedConfigError
 from jaxtune.hf.gpt2 import qkv_from_head_major, qkv_to_head_major
 
 V, PAD = 96, 1
@@ -240,18 +239,12 @@ def test_jit_once_under_mesh_gives_bf16_compute(lm_dir):
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["equal", "different"])
-def test_stored_lm_head(lm_dir, tmp_path, same):
+def test_stored_lm_head(lm_dir, edited_copy, same):
   """A stored `lm_head.weight` (torch .bin files always have one) is skipped when it equals wte;
   transformers would untie a different one, so that is refused."""
   d, ref = lm_dir
-  ckpt = tmp_path / "ckpt"
-  shutil.copytree(d, ckpt)
-  f = ckpt / "model.safetensors"
-  src = safetensors_io.SafetensorsFile(f)
-  tensors = {k: np.array(src.get(k)) for k in src.header}
-  del src
-  tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + (0.0 if same else 1.0)
-  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+  ckpt = edited_copy(d, lambda t: t.update(
+    {"lm_head.weight": t["transformer.wte.weight"] + (0.0 if same else 1.0)}))
   if not same:
     with pytest.raises(hf.CheckpointError, match=r"'lm_head\.weight'.*'transformer\.wte\.weight'"):
       hf.load(ckpt)

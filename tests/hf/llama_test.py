@@ -7,8 +7,6 @@ its saved directory must load back into transformers with no missing or unexpect
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -21,7 +19,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from jaxtune import hf, sharding  # noqa: E402
-from jaxtune.hf import convert, llama, safetensors_io  # noqa: E402
+from jaxtune.hf import convert, llama  # noqa: E402
 
 VOCAB = 130  # not divisible by the tensor axis (4): the vocab dim must replicate
 PAD = 0
@@ -221,26 +219,23 @@ def test_bf16_compute_with_f32_params(checkpoints, name):
 
 
 @pytest.mark.parametrize("stored", ["both", "head_only", "different"])
-def test_tied_checkpoint_storing_lm_head(checkpoints, tmp_path, stored):
+def test_tied_checkpoint_storing_lm_head(checkpoints, edited_copy, stored):
   """Tied checkpoints that also store `lm_head.weight` (some Llama/Qwen/Gemma; every torch .bin).
 
   transformers ties an equal pair, ties to the head when it alone is stored, and unties a
   differing pair; jaxtune loads the first two as transformers does and refuses the third.
   """
-  path, _ = checkpoints("qwen2")  # tie_word_embeddings=True
-  ckpt = tmp_path / "ckpt"
-  shutil.copytree(path, ckpt)
-  f = ckpt / "model.safetensors"
-  src = safetensors_io.SafetensorsFile(f)
-  tensors = {k: np.array(src.get(k)) for k in src.header}
-  del src
-  assert "lm_head.weight" not in tensors
-  emb = tensors["model.embed_tokens.weight"]
-  if stored == "head_only":
-    tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
-  else:
-    tensors["lm_head.weight"] = emb + (1.0 if stored == "different" else 0.0)
-  safetensors_io.write_safetensors(f, tensors, metadata={"format": "pt"})
+  path, saved = checkpoints("qwen2")  # tie_word_embeddings=True
+  emb = saved.model.embed_tokens.weight.detach().numpy()
+
+  def edit(tensors):
+    assert "lm_head.weight" not in tensors
+    if stored == "head_only":
+      tensors["lm_head.weight"] = tensors.pop("model.embed_tokens.weight")
+    else:
+      tensors["lm_head.weight"] = emb + (1.0 if stored == "different" else 0.0)
+
+  ckpt = edited_copy(path, edit)
   ref = transformers.AutoModelForCausalLM.from_pretrained(ckpt, attn_implementation="eager").eval()
   head = ref.lm_head.weight.detach().numpy()
   if stored == "different":

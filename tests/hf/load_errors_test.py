@@ -16,6 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxtune import hf  # noqa: E402
 from jaxtune.hf import safetensors_io  # noqa: E402
+from tests.hf.conftest import rewrite_safetensors  # noqa: E402
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 
@@ -41,17 +42,6 @@ def ckpt(base_dir, tmp_path):
   return path
 
 
-def _rewrite(path, edit):
-  """Read model.safetensors, let `edit` change the dict, write it back."""
-  f = path / "model.safetensors"
-  src = safetensors_io.SafetensorsFile(f)
-  tensors = {k: np.array(src.get(k)) for k in src.header}
-  del src
-  edit(tensors)
-  safetensors_io.write_safetensors(f, tensors)
-  return f
-
-
 def _edit_config(path, **changes):
   cfg = json.loads((path / "config.json").read_text())
   cfg.update(changes)
@@ -59,20 +49,20 @@ def _edit_config(path, **changes):
 
 
 def test_missing_tensor(ckpt):
-  _rewrite(ckpt, lambda t: t.pop(Q))
+  rewrite_safetensors(ckpt, lambda t: t.pop(Q))
   with pytest.raises(hf.CheckpointError, match=rf"missing tensor.*{Q}"):
     hf.load(ckpt)
 
 
 def test_unexpected_tensor(ckpt):
   extra = "model.layers.0.self_attn.rel_bias.weight"
-  f = _rewrite(ckpt, lambda t: t.update({extra: np.zeros((4,), np.float32)}))
+  f = rewrite_safetensors(ckpt, lambda t: t.update({extra: np.zeros((4,), np.float32)}))
   with pytest.raises(hf.CheckpointError, match=rf"unexpected tensor.*{f}.*{extra}"):
     hf.load(ckpt)
 
 
 def test_wrong_shape(ckpt):
-  f = _rewrite(ckpt, lambda t: t.update({Q: np.zeros((32, 16), np.float32)}))
+  f = rewrite_safetensors(ckpt, lambda t: t.update({Q: np.zeros((32, 16), np.float32)}))
   with pytest.raises(hf.CheckpointError, match=rf"{f}: tensor '{Q}' has shape \(32, 16\), expected \(32, 32\)"):
     hf.load(ckpt)
 
@@ -164,3 +154,23 @@ def test_seq_cls_from_causal_lm_initialises_head(base_dir, caplog):
   assert float(jnp.std(model.score.kernel[...])) > 0  # random, not zeros
   logits = model(jnp.array([[5, 6, 7, 0, 0]]), jnp.array([[1, 1, 1, 0, 0]]))
   assert logits.shape == (1, 2)
+
+
+def test_label_names_follow_hf_config_rules():
+  """One rule for every family: the caller's num_labels, else id2label, else num_labels."""
+  from jaxtune.hf import convert
+
+  def names(hf_cfg, num_labels=None, task="seq_cls"):
+    return convert.label_names(hf_cfg, task=task, num_labels=num_labels, where="cfg")
+
+  assert names({"id2label": {"1": "pos", "0": "neg"}}) == ("neg", "pos")
+  assert names({"num_labels": 3}) == ("LABEL_0", "LABEL_1", "LABEL_2")  # HF's default names
+  assert names({"id2label": {"0": "a", "1": "b"}}, 3) == ("LABEL_0", "LABEL_1", "LABEL_2")
+  assert names({"id2label": {"0": "a", "1": "b"}}, 2) == ("a", "b")
+  assert names({"num_labels": 3}, task="causal_lm") == ()
+  with pytest.raises(hf.UnsupportedConfigError, match="num_labels"):
+    names({})
+  with pytest.raises(ValueError, match="at least 1"):
+    names({}, 0)
+  assert convert.label_config(("neg", "pos")) == {
+    "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1}}
