@@ -194,3 +194,10 @@ def test_lora_trains_only_adapters_and_checkpoints_only_them(tmp_path):
            for path, _ in jax.tree_util.tree_flatten_with_path(saved["params"])[0]]
   assert paths and all(p.endswith(("lora_a", "lora_b")) for p in paths), paths
   assert json.loads((tmp_path / "export" / "adapter_config.json").read_text())["r"] == 4
+
+
+@pytest.mark.parametrize("sub, flag", [("train", "--workdir"), ("eval", "--data")])
+def test_subcommand_help_lists_its_flags(sub, flag):
+  done = subprocess.run([sys.executable, "-m", "jaxtune.main", sub, "--help"],
+                        capture_output=True, text=True)
+  assert done.returncode == 0 and flag in done.stdout, done.stdout + done.stderr

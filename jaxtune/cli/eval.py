@@ -11,7 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from jaxtune.cli import run_app
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished (or interrupted) run's workdir.")
 _DATA = flags.DEFINE_string("data", None, "Data file (.jsonl/.json/.csv/.tsv/.parquet/.txt), builtin or hub name.")
@@ -78,4 +80,4 @@ def main(argv):
 
 
 def run(argv):
-  app.run(main, argv=argv)
+  run_app(__name__, main, argv)

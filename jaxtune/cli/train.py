@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from jaxtune.cli import run_app
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Recipe file (configs/<recipe>.py[:variant]); override fields with --config.a.b=v.",
@@ -44,4 +46,4 @@ def main(argv):
 
 
 def run(argv):
-  app.run(main, argv=argv)
+  run_app(__name__, main, argv)
