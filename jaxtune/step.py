@@ -10,6 +10,7 @@ step, so dispatch stays asynchronous) whether to stop or carry on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxtune import averaging, losses, optim
+from jaxtune.models import layers
 
 # Keys of a batch that the model consumes (the rest feed the loss).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "positions", "segment_ids")
@@ -31,6 +33,8 @@ class StepConfig:
   skip_nonfinite: bool
   optim_cfg: object  # a frozen ConfigDict section
   class_weights: tuple[float, ...] | None = None
+  # Positions per chunk of the causal-LM loss (losses.chunked_causal_lm_loss); 0: plain loss.
+  lm_loss_chunk: int = 256
 
 
 def model_kwargs(batch: dict) -> dict:
@@ -43,6 +47,48 @@ def loss_terms(task: str, logits: jax.Array, batch: dict, class_weights) -> tupl
     return losses.causal_lm_loss(logits, batch)
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
   return losses.classification_loss(logits, batch, cw)
+
+
+def _dot_head(compute_dtype, kernel_DV, h_ND):
+  dtype = compute_dtype or h_ND.dtype
+  return jnp.dot(h_ND.astype(dtype), kernel_DV.astype(dtype))
+
+
+def _tied_head(compute_dtype, table_VD, h_ND):
+  dtype = compute_dtype or h_ND.dtype
+  return jnp.einsum("nd,vd->nv", h_ND.astype(dtype), table_VD.astype(dtype))
+
+
+def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
+  """(head_fn, weight) computing `model.logits_from_hidden` per chunk, or None if not plain.
+
+  Plain: a causal LM with `hidden_states` whose head is a bias-free `layers.Linear` [D,V]
+  (`lm_head`) or the tied word table [V,D] (`embed_tokens` / `wte`). A LoRA-adapted head
+  (its own dropout key and adapter matrices) keeps the full-logits loss.
+  """
+  if not hasattr(model, "hidden_states") or not hasattr(model, "logits_from_hidden"):
+    return None
+  head = getattr(model, "lm_head", None)
+  if head is not None:
+    if type(head) is not layers.Linear or head.bias is not None:
+      return None
+    return functools.partial(_dot_head, head.compute_dtype), head.kernel[...]
+  table = getattr(model, "embed_tokens", None)
+  if table is None:
+    table = getattr(model, "wte", None)
+  if type(table) is not layers.Embed:
+    return None
+  return functools.partial(_tied_head, table.compute_dtype), table.embedding[...]
+
+
+def causal_lm_terms(model: nnx.Module, batch: dict, dropout_rng, chunk: int):
+  """Loss (sum, weight) of a causal LM on `batch`, chunked when the head allows it."""
+  head = lm_head(model) if chunk > 0 else None
+  if head is None:
+    logits = model(batch["input_ids"], **model_kwargs(batch), dropout_rng=dropout_rng)
+    return losses.causal_lm_loss(logits, batch)
+  h = model.hidden_states(batch["input_ids"], **model_kwargs(batch), dropout_rng=dropout_rng)
+  return losses.chunked_causal_lm_loss(h, *head, batch, chunk=chunk)
 
 
 def merge(graphdef: nnx.GraphDef, params: dict, frozen: dict | None) -> nnx.Module:
@@ -69,8 +115,11 @@ def train_step(
 
   def loss_fn(params, mb, mb_rng):
     model = merge(graphdef, params, frozen)
-    logits = model(mb["input_ids"], **model_kwargs(mb), dropout_rng=mb_rng)
-    loss_sum, weight = loss_terms(cfg.task, logits, mb, cfg.class_weights)
+    if cfg.task == "causal_lm":
+      loss_sum, weight = causal_lm_terms(model, mb, mb_rng, cfg.lm_loss_chunk)
+    else:
+      logits = model(mb["input_ids"], **model_kwargs(mb), dropout_rng=mb_rng)
+      loss_sum, weight = loss_terms(cfg.task, logits, mb, cfg.class_weights)
     return loss_sum / total, (loss_sum, weight)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -123,16 +172,16 @@ def train_step(
 
 
 def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, frozen: dict | None,
-              batch: dict) -> dict:
+              batch: dict, lm_loss_chunk: int = 256) -> dict:
   """Sums over one batch: loss and weight, plus predictions for classification."""
   model = merge(graphdef, params, frozen)
-  logits = model(batch["input_ids"], **model_kwargs(batch))
   if task == "causal_lm":
     b = dict(batch)
     if "valid" in b:
       b["loss_mask"] = b["loss_mask"] * b["valid"][:, None]
-    loss_sum, weight = losses.causal_lm_loss(logits, b)
+    loss_sum, weight = causal_lm_terms(model, b, None, lm_loss_chunk)
     return {"loss_sum": loss_sum, "weight": weight}
+  logits = model(batch["input_ids"], **model_kwargs(batch))
   loss_sum, weight = losses.classification_loss(logits, batch)
   return {"loss_sum": loss_sum, "weight": weight, "predictions": jnp.argmax(logits, axis=-1),
           "logits": logits.astype(jnp.float32)}
