@@ -48,6 +48,7 @@ from jax.sharding import NamedSharding
 
 from jaxtune import sharding
 from jaxtune.models import layers
+from jaxtune.patterns import compile_pattern
 
 INITS = ("kaiming", "gaussian")
 
@@ -92,12 +93,7 @@ class LoRASpec:
 
 
 def _compile(key: str, pattern: str) -> re.Pattern | None:
-  if not pattern:
-    return None
-  try:
-    return re.compile(pattern)
-  except re.error as e:
-    raise ValueError(f"lora.{key}={pattern!r} is not a valid regex: {e}") from e
+  return compile_pattern(f"lora.{key}", pattern)
 
 
 def resolve(cfg: Mapping | None) -> LoRASpec:

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxtune.patterns import compile_pattern
+
 OPTIMIZERS = ("adamw", "sgd", "rmsprop", "adafactor", "lion")
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt", "wsd")
 
@@ -121,12 +123,7 @@ def _path_list(tree: Any) -> list[str]:
 
 
 def _compile(key: str, pattern: str) -> re.Pattern | None:
-  if not pattern:
-    return None
-  try:
-    return re.compile(pattern)
-  except re.error as e:
-    raise ValueError(f"optim.{key}={pattern!r} is not a valid regex: {e}") from e
+  return compile_pattern(f"optim.{key}", pattern)
 
 
 def _parse_multipliers(spec: str) -> list[tuple[re.Pattern, float]]:
