@@ -25,6 +25,9 @@ def get_config(arg=None):
   c.data.pack = True
   c.data.seq_len = 256
   c.data.max_rows = 400
+  # A few conversations open with a first turn longer than a row: skip them, counted and listed
+  # in workdir/skipped_rows.jsonl, rather than stop.
+  c.data.on_bad_row = "skip"
 
   c.lora.rank = 16
   c.lora.alpha = 32.0
