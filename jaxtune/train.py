@@ -193,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # -------------------------------------------------------------------------------- loop
   peak = writer.device_peak_flops(jax.devices()[0])
   flops_per_token = 6 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves((params, frozen)))
-  bar = writer.ProgressBar(total_steps, initial_step=start) if is_main and config.train.progress else None
+  bar = writer.ProgressBar(total_steps, initial_step=start,
+                                                tokens_per_s_key="train/tokens_per_sec") if is_main and config.train.progress else None
   pending: list[dict] = []
   train_losses: list[float] = []  # logged train losses since the last evaluation
   t_log = time.perf_counter()
@@ -202,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with sharding.use_mesh(mesh):
       res, _ = run_eval(_eval_params(state), "validation")
     if mw is not None:
-      mw.write(0, {f"eval/{k}": v for k, v in metrics.scalars(res).items()})
-    log.info("validation before training: %s", {k: v for k, v in metrics.scalars(res).items()})
+      mw.write(0, _eval_scalars(res))
+    log.info("validation before training: %s", metrics.scalars(res))
   with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh):
     while s < total_steps and not stopped_early:
       batch = pipeline.to_device(batcher.host_batch(s), batch_sh)
@@ -232,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           bar.update(s, row)
       if config.train.eval_every and s % config.train.eval_every == 0 and s < total_steps:
         res, _ = run_eval(_eval_params(state), "validation")
-        scalars = {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
+        scalars = _eval_scalars(res)
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
         if train_losses and alarm.update(float(np.mean(train_losses)), res["loss"]):
           log.warning(alarm.message(s))
@@ -259,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # ------------------------------------------------------------------------------- final
   with sharding.use_mesh(mesh):
     res, _ = run_eval(_eval_params(state), "validation")
-  final_scalars = {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
+  final_scalars = _eval_scalars(res)
   if mw is not None and start < s:
     mw.write(s, final_scalars)
   save(state, s, final_scalars, force=True)
@@ -361,6 +362,10 @@ def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Pat
     hf.save(model, out, splits.tokenizer, dtype=config.export.dtype or None)
   log.info("exported the model to %s", out)
   return out
+
+
+def _eval_scalars(res: dict) -> dict[str, float]:
+  return {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
 
 
 def _eval_params(state: dict) -> dict:
