@@ -56,11 +56,11 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
                          param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh, seed=config.seed)
   else:
     from jaxtune import hf
+    from jaxtune.hf import convert
 
     overrides = parse_overrides(m.config_overrides)
     if m.task == "seq_cls" and label_names:
-      overrides["id2label"] = {str(i): name for i, name in enumerate(label_names)}
-      overrides["label2id"] = {name: i for i, name in enumerate(label_names)}
+      overrides.update(convert.label_config(label_names))
     model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
                     config_overrides=overrides, seed=config.seed)
@@ -201,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   s = start
   if config.train.eval_at_start and start == 0:
     with sharding.use_mesh(mesh):
-      res, _ = run_eval(_eval_params(state), "validation")
+      res, _ = run_eval(eval_params(state), "validation")
     if mw is not None:
       mw.write(0, _eval_scalars(res))
     log.info("validation before training: %s", metrics.scalars(res))
@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         if bar is not None:
           bar.update(s, row)
       if config.train.eval_every and s % config.train.eval_every == 0 and s < total_steps:
-        res, _ = run_eval(_eval_params(state), "validation")
+        res, _ = run_eval(eval_params(state), "validation")
         scalars = _eval_scalars(res)
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
         if train_losses and alarm.update(float(np.mean(train_losses)), res["loss"]):
@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   # ------------------------------------------------------------------------------- final
   with sharding.use_mesh(mesh):
-    res, _ = run_eval(_eval_params(state), "validation")
+    res, _ = run_eval(eval_params(state), "validation")
   final_scalars = _eval_scalars(res)
   if mw is not None and start < s:
     mw.write(s, final_scalars)
@@ -268,12 +268,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   best_step = ckpt.best_step() or s
   best_state = state
   if best_step != s:
-    tree, _ = ckpt.restore(best_step, _ckpt_tree(abstract))
-    best_state = _from_ckpt_tree(tree, state)
+    best_state = restore_step(ckpt, best_step, built)
     log.info("restored the best checkpoint (step %d by %s) for the final evaluation", best_step,
              config.checkpoint.best_metric)
   ckpt.close()
-  best_params = _eval_params(best_state)
+  best_params = eval_params(best_state)
   results: dict = {"best_step": int(best_step)}
   with sharding.use_mesh(mesh):
     results["val"], _ = run_eval(best_params, "validation")
@@ -368,7 +367,14 @@ def _eval_scalars(res: dict) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
 
 
-def _eval_params(state: dict) -> dict:
+def restore_step(ckpt: checkpoint.Checkpointer, s: int, built: Built) -> dict:
+  """The train state saved at step `s`, in `built`'s shapes and shardings."""
+  tree, _ = ckpt.restore(s, _ckpt_tree(built.abstract()))
+  return _from_ckpt_tree(tree, built.state)
+
+
+def eval_params(state: dict) -> dict:
+  """The weights to evaluate and export: the averaged ones when averaging is on."""
   return averaging.params_for_eval(state.get("avg"), state["params"])
 
 

@@ -29,7 +29,7 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
   import jax
   import ml_collections
 
-  from jaxtune import averaging, checkpoint, evaluate, sharding, train
+  from jaxtune import checkpoint, evaluate, sharding, train
   from jaxtune import data as data_lib
 
   workdir = Path(workdir)
@@ -51,10 +51,8 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
   chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
   if chosen is None:
     raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
-  tree, _ = ckpt.restore(chosen, train._ckpt_tree(built.abstract()))
+  params = train.eval_params(train.restore_step(ckpt, chosen, built))
   ckpt.close()
-  state = train._from_ckpt_tree(tree, built.state)
-  params = averaging.params_for_eval(state.get("avg"), state["params"])
   eval_fn = train.make_eval_fn(built.eval_graphdef, config, mesh)
   with sharding.use_mesh(mesh):
     res, details = evaluate.evaluate(
