@@ -12,6 +12,10 @@ import sys
 SUBCOMMANDS = {
   "train": "fine-tune a model: jaxtune train --config=configs/<recipe>.py --workdir=DIR",
   "eval": "evaluate a run's best weights on a data file: jaxtune eval --workdir=DIR --data=FILE",
+  "generate": "generate text with a tuned or HF model: jaxtune generate --workdir=DIR --prompt=..",
+  "export": "write a run's model as an HF directory: jaxtune export --workdir=DIR --out=DIR",
+  "data": "audit or clean a data set: jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR",
+  "tune": "hyperparameter search: jaxtune tune --config=.. --search=configs/search/<space>.py",
 }
 
 
