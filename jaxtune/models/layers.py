@@ -169,8 +169,28 @@ class Dropout(nnx.Module):
       return x
     if rng is None:
       raise ValueError("the model is in training mode with dropout but got no dropout rng")
-    keep = jax.random.bernoulli(rng, 1.0 - self.rate, x.shape)
+    keep = keep_mask(rng, 1.0 - self.rate, x.shape)
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+
+
+def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
+  """A Bernoulli(keep_prob) mask from one 32-bit hash per element.
+
+  `jax.random.bernoulli` runs threefry (20 rounds over two words) per element: on a CPU the
+  dropout masks of a 6-layer MiniLM step took about 0.7 s, as long as the matmuls. Dropout does
+  not need a cryptographic stream: one threefry draw seeds the site, and each element's bits
+  are the murmur3 finaliser of (index * golden ratio) xor seed (about 5x faster). The index is
+  the element's position in the global array, so the mask does not depend on the sharding.
+  """
+  seed = jax.random.bits(key, (), jnp.uint32)
+  size = math.prod(shape)
+  x = jax.lax.iota(jnp.uint32, size).reshape(shape) * jnp.uint32(0x9E3779B1) ^ seed
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  x = x ^ (x >> 16)
+  # keep iff x < keep_prob * 2^32 (a float comparison would lose the low bits).
+  threshold = min(int(round(keep_prob * 2.0**32)), 2**32 - 1)
+  return x < jnp.uint32(threshold)
 
 
 class RngSplitter:
