@@ -40,6 +40,9 @@ def default() -> ml_collections.ConfigDict:
   c.train.epochs = 0.0  # > 0 overrides steps: epochs over the training split
   c.train.batch_size = 16  # global, across all devices and hosts
   c.train.micro_batches = 1  # gradient accumulation: batch_size / micro_batches per pass
+  # > 0: batches of similar-length rows, each trimmed to the smallest of this many lengths up to
+  # data.seq_len (one compilation per length); 0: every batch as wide as the longest row.
+  c.train.length_buckets = 0
   c.train.log_every = 10
   c.train.eval_every = 50  # 0: only at the end
   c.train.eval_batch_size = 32
@@ -84,6 +87,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     v = c.model[k]
     _check(v in ("float32", "bfloat16", "float16"), f"model.{k}", v, "float32|bfloat16|float16")
   _check(c.train.batch_size > 0, "train.batch_size", c.train.batch_size, "must be positive")
+  _check(c.train.length_buckets >= 0, "train.length_buckets", c.train.length_buckets,
+         "must be >= 0 (0 = off)")
   _check(c.train.micro_batches > 0 and c.train.batch_size % c.train.micro_batches == 0,
          "train.micro_batches", c.train.micro_batches, f"must divide train.batch_size={c.train.batch_size}")
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")

@@ -17,13 +17,22 @@ from jaxtune.data import pipeline
 
 
 def evaluate(eval_fn, params, frozen, ds: pipeline.Dataset, *, task: str, mesh, batch_size: int,
-             label_names=()) -> tuple[dict, dict]:
-  """(metrics, details); details hold per-example predictions for classification."""
+             label_names=(), length_buckets: int = 0) -> tuple[dict, dict]:
+  """(metrics, details); details hold per-example predictions for classification, in `ds` order.
+
+  `length_buckets` > 0 evaluates rows sorted by length in batches trimmed to bucket lengths
+  (one compilation per bucket); the details are put back in the data set's order.
+  """
+  order, buckets = None, ()
+  if length_buckets:
+    order = pipeline.length_order(ds)
+    buckets = pipeline.bucket_lengths(ds.arrays["input_ids"].shape[1], length_buckets)
+    ds = ds.take(order)
   loss_sum = weight = 0.0
   preds, labels, ids, probs = [], [], [], []
   data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   shard = None
-  for b in pipeline.eval_batches(ds, batch_size):
+  for b in pipeline.eval_batches(ds, batch_size, buckets):
     if shard is None and batch_size % (data_ways * jax.process_count()) == 0:
       shard = pipeline.batch_shardings(mesh, b)
     if shard:
@@ -51,6 +60,9 @@ def evaluate(eval_fn, params, frozen, ds: pipeline.Dataset, *, task: str, mesh, 
   res["loss"] = loss_sum / max(weight, 1e-9)
   details = {"predictions": preds_a, "labels": labels_a, "probs": np.concatenate(probs),
              "example_id": np.concatenate(ids) if ids else None}
+  if order is not None:
+    back = np.argsort(order)
+    details = {k: None if v is None else v[back] for k, v in details.items()}
   return res, details
 
 

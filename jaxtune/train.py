@@ -118,7 +118,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   # -------------------------------------------------------------------------------- data
   splits = data.build(config, workdir)
-  batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed)
+  batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
+                             length_buckets=config.train.length_buckets)
   if config.train.epochs > 0:
     total_steps = max(1, math.ceil(config.train.epochs * batcher.steps_per_epoch))
   else:
@@ -151,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   def run_eval(params, split: str) -> tuple[dict, dict]:
     return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,
                              mesh=mesh, batch_size=config.train.eval_batch_size,
-                             label_names=splits.label_names)
+                             label_names=splits.label_names,
+                             length_buckets=config.train.length_buckets)
 
   # ----------------------------------------------------------------------------- restore
   ckpt = checkpoint.Checkpointer(

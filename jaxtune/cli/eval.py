@@ -57,7 +57,8 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
   with sharding.use_mesh(mesh):
     res, details = evaluate.evaluate(
       eval_fn, params, built.frozen, split["eval"], task=config.model.task, mesh=mesh,
-      batch_size=config.train.eval_batch_size, label_names=split.label_names)
+      batch_size=config.train.eval_batch_size, label_names=split.label_names,
+      length_buckets=config.train.get("length_buckets", 0))  # runs from before the key: off
   name = name or Path(data).stem
   out = {"data": str(data), "step": int(chosen), **res}
   if jax.process_index() == 0:
