@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -135,15 +137,16 @@ class Generator:
     self._compiled: dict = {}
 
   def _program(self, shape, max_new, sampling, stop_ids):
+    """(compiled decode program, seconds spent compiling it now: 0 when it was cached)."""
     key = (shape, max_new, sampling, stop_ids)
-    if key not in self._compiled:
-      fn = functools.partial(_decode, self.graphdef, max_new=max_new, sampling=sampling,
-                             stop_ids=stop_ids, pad_id=self.pad_id)
-      ids = jax.ShapeDtypeStruct(shape, jnp.int32)
-      t0 = time.perf_counter()
-      compiled = jax.jit(fn).lower(self.state, ids, ids, jax.random.key(0)).compile()
-      self._compiled[key] = (compiled, time.perf_counter() - t0)
-    return self._compiled[key]
+    if key in self._compiled:
+      return self._compiled[key], 0.0
+    fn = functools.partial(_decode, self.graphdef, max_new=max_new, sampling=sampling,
+                           stop_ids=stop_ids, pad_id=self.pad_id)
+    ids = jax.ShapeDtypeStruct(shape, jnp.int32)
+    t0 = time.perf_counter()
+    self._compiled[key] = jax.jit(fn).lower(self.state, ids, ids, jax.random.key(0)).compile()
+    return self._compiled[key], time.perf_counter() - t0
 
   def __call__(self, prompts: list[list[int]], *, max_new_tokens: int, sampling: Sampling = Sampling(),
                stop_ids=(), seed: int = 0, batch_size: int = 0) -> Result:
@@ -167,7 +170,6 @@ class Generator:
         ids[r], mask[r] = ids[0], mask[0]
       compiled, c_s = self._program(ids.shape, max_new_tokens, sampling, stop_ids)
       compile_s += c_s
-      self._compiled[(ids.shape, max_new_tokens, sampling, stop_ids)] = (compiled, 0.0)
       t0 = time.perf_counter()
       tokens, counts = jax.device_get(compiled(self.state, ids, mask, jax.random.key(seed + start)))
       seconds += time.perf_counter() - t0
@@ -175,3 +177,99 @@ class Generator:
         out.append([int(x) for x in tokens[r, :counts[r]]])
         total += int(counts[r])
     return Result(out, total, seconds, compile_s)
+
+
+# ------------------------------------------------------------ prompts, tokenizers, sources
+# (used by `jaxtune generate` and by the train driver's text samples)
+
+
+def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
+  out = list(prompts)
+  if prompts_file:
+    path = Path(prompts_file)
+    if not path.exists():
+      raise FileNotFoundError(f"--prompts_file={prompts_file}: no such file")
+    if path.suffix in (".jsonl", ".json"):
+      for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+          continue
+        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+          raise ValueError(f"{path}:{i}: expected a JSON object with a string 'prompt'")
+        out.append(row["prompt"])
+    else:
+      out += [line for line in path.read_text().splitlines() if line.strip()]
+  if not out:
+    raise ValueError("no prompts: pass --prompt=... or --prompts_file=...")
+  return out
+
+
+def encode(tokenizer, prompt: str, *, chat: bool, system: str = "") -> list[int]:
+  """Token ids of one prompt: the chat template with a generation prompt, or BOS + text."""
+  if chat:
+    if not getattr(tokenizer, "chat_template", None):
+      raise ValueError("--chat: the tokenizer has no chat template")
+    messages = ([{"role": "system", "content": system}] if system else [])
+    messages.append({"role": "user", "content": prompt})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+  ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+  if ids and len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:
+    ids.pop()  # a post-processor that appends EOS: the text continues, it does not end
+  return ids
+
+
+def stop_ids(tokenizer, model_config, extra: list[str]) -> set[int]:
+  """EOS of the tokenizer and the model config, plus --stop tokens."""
+  ids = set()
+  for eos in (getattr(tokenizer, "eos_token_id", None), getattr(model_config, "eos_token_id", None)):
+    if isinstance(eos, int):
+      ids.add(eos)
+    elif eos:
+      ids.update(int(e) for e in eos)
+  vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+  for s in extra:
+    if s.lstrip("-").isdigit():
+      ids.add(int(s))
+    elif s in vocab:
+      ids.add(vocab[s])
+    else:
+      raise ValueError(f"--stop={s!r}: not a token of the vocabulary nor an integer id")
+  return ids
+
+
+def load_source(*, workdir: str | None = None, model: str | None = None, tokenizer: str = "",
+                dtype: str = "float32", step: int = -1):
+  """(model with LoRA folded in, tokenizer) from --workdir or --model."""
+  from jaxtune import hf
+
+  if bool(workdir) == bool(model):
+    raise ValueError("pass exactly one of --workdir and --model")
+  if workdir:
+    from jaxtune import export
+
+    run = export.load_run(workdir, step=step)
+    # LoRA layers stay unmerged: decoding pays a rank-r matmul per adapted projection, and an
+    # export (which merges) checked against this output tests the merge independently.
+    m, tok = run.model, run.tokenizer
+    if tokenizer:
+      tok = hf.load_tokenizer(tokenizer)
+    if tok is None:
+      raise ValueError(f"--workdir={workdir}: the run has no tokenizer; pass --tokenizer")
+    return m, tok
+  if model.startswith("preset:"):
+    from jaxtune.models import presets
+
+    m = presets.init(model.removeprefix("preset:"), task="causal_lm", param_dtype=dtype)
+  else:
+    m = hf.load(model, task="causal_lm", param_dtype=dtype)
+  if not tokenizer and model.startswith("preset:"):
+    raise ValueError(f"--model={model}: a preset has no tokenizer; pass --tokenizer")
+  return m, hf.load_tokenizer(tokenizer or model)
+
+
+def pad_id(tokenizer) -> int:
+  for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    if tid is not None:
+      return int(tid)
+  return 0

@@ -350,17 +350,11 @@ def make_eval_fn(eval_graphdef, config, mesh):
 
 def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:
   """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
-  from jaxtune import hf
+  from jaxtune import export
 
   model = step.merge(graphdef, params, frozen)
   model.eval()
-  out = workdir / "export"
-  if config.lora.rank > 0 and not config.export.merge_lora:
-    hf.save(model, out, splits.tokenizer, adapter_only=True, base_model_name_or_path=config.model.source)
-  else:
-    hf.save(model, out, splits.tokenizer, dtype=config.export.dtype or None)
-  log.info("exported the model to %s", out)
-  return out
+  return export.save(model, workdir / "export", splits.tokenizer, config, workdir=workdir)
 
 
 def _eval_scalars(res: dict) -> dict[str, float]:
