@@ -149,8 +149,13 @@ class Generator:
     return self._compiled[key], time.perf_counter() - t0
 
   def __call__(self, prompts: list[list[int]], *, max_new_tokens: int, sampling: Sampling = Sampling(),
-               stop_ids=(), seed: int = 0, batch_size: int = 0) -> Result:
-    """Generate for every prompt, `batch_size` prompts per call (0: all at once)."""
+               stop_ids=(), seed: int = 0, batch_size: int = 0, state=None) -> Result:
+    """Generate for every prompt, `batch_size` prompts per call (0: all at once).
+
+    `state` (an `nnx.split` state of the same model structure, e.g. newer weights during
+    training) replaces the model's weights for this call and reuses the compiled programs.
+    """
+    state = self.state if state is None else state
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     for i, p in enumerate(prompts):
@@ -171,7 +176,7 @@ class Generator:
       compiled, c_s = self._program(ids.shape, max_new_tokens, sampling, stop_ids)
       compile_s += c_s
       t0 = time.perf_counter()
-      tokens, counts = jax.device_get(compiled(self.state, ids, mask, jax.random.key(seed + start)))
+      tokens, counts = jax.device_get(compiled(state, ids, mask, jax.random.key(seed + start)))
       seconds += time.perf_counter() - t0
       for r in range(len(chunk)):
         out.append([int(x) for x in tokens[r, :counts[r]]])
@@ -181,6 +186,27 @@ class Generator:
 
 # ------------------------------------------------------------ prompts, tokenizers, sources
 # (used by `jaxtune generate` and by the train driver's text samples)
+
+
+def prompts_from_split(arrays: dict[str, np.ndarray], n: int, max_len: int = 64) -> list[list[int]]:
+  """Prompts from the first document of the first `n` rows of an encoded causal-LM split.
+
+  A document whose loss starts after its first token (SFT with completion_only) is cut where
+  the loss starts, so the model writes the completion it was trained to write; a document
+  trained on every token is cut in half. At most the last `max_len` prompt tokens are kept.
+  """
+  out = []
+  for r in range(min(n, len(arrays["input_ids"]))):
+    keep = arrays["attention_mask"][r].astype(bool)
+    if "segment_ids" in arrays:
+      keep &= arrays["segment_ids"][r] == arrays["segment_ids"][r][np.argmax(keep)]
+    ids = arrays["input_ids"][r][keep]
+    loss = arrays.get("loss_mask", np.ones_like(arrays["input_ids"]))[r][keep]
+    first = int(np.argmax(loss > 0)) if loss.any() else len(ids)
+    cut = first if first > 0 else len(ids) // 2
+    if cut > 0:
+      out.append([int(t) for t in ids[:cut][-max_len:]])
+  return out
 
 
 def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:

@@ -147,3 +147,45 @@ def test_sampled_generation_depends_on_seed(models):
   a = gen(PROMPTS, max_new_tokens=12, sampling=s, seed=1).tokens
   assert a == gen(PROMPTS, max_new_tokens=12, sampling=s, seed=1).tokens
   assert a != gen(PROMPTS, max_new_tokens=12, sampling=s, seed=2).tokens
+
+
+def _tokenizer():
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+  vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<end>": 3, "hello": 4, "world": 5}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                     special_tokens=[("<s>", 2), ("</s>", 1)])
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                              eos_token="</s>", pad_token="<pad>")
+
+
+def test_prompts_encoding_and_stop_tokens(tmp_path):
+  tok = _tokenizer()
+  # A post-processor that appends EOS: the prompt continues, so the EOS goes.
+  assert generate.encode(tok, "hello world", chat=False) == [2, 4, 5]
+  with pytest.raises(ValueError, match="chat template"):
+    generate.encode(tok, "hello", chat=True)
+  assert generate.stop_ids(tok, None, ["<end>", "7"]) == {1, 3, 7}
+  with pytest.raises(ValueError, match="--stop='nope'"):
+    generate.stop_ids(tok, None, ["nope"])
+  (tmp_path / "p.txt").write_text("first\n\nsecond\n")
+  assert generate.read_prompts(["a"], str(tmp_path / "p.txt")) == ["a", "first", "second"]
+  (tmp_path / "p.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
+  with pytest.raises(ValueError, match=r"p\.jsonl:2"):
+    generate.read_prompts([], str(tmp_path / "p.jsonl"))
+  with pytest.raises(ValueError, match="no prompts"):
+    generate.read_prompts([], "")
+
+
+def test_prompts_from_split_cut_where_the_loss_starts():
+  arrays = {
+    "input_ids": np.array([[7, 8, 9, 10, 11, 0], [5, 6, 7, 8, 3, 4]]),
+    "attention_mask": np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]),
+    "loss_mask": np.array([[0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]),
+    "segment_ids": np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 2, 2]]),
+  }
+  # Row 0: the prompt before the completion; row 1: half of its first packed document.
+  assert generate.prompts_from_split(arrays, 5) == [[7, 8], [5, 6]]
+  assert generate.prompts_from_split(arrays, 1, max_len=1) == [[8]]

@@ -66,6 +66,8 @@ def sft_run(tmp_path_factory):
   c.train.progress = False
   c.optim.learning_rate = 1e-2
   c.optim.warmup_steps = 2
+  c.train.text_samples = 2
+  c.train.text_sample_tokens = 5
   workdir = tmp / "run"
   train.train_and_evaluate(c, workdir)
   return workdir
@@ -106,3 +108,12 @@ def test_export_lora_adapter(sft_run, tmp_path):
   assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
   assert (out / "README.md").read_text().startswith("---\nlibrary_name: peft\n")
   assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+
+
+def test_training_wrote_text_samples(sft_run):
+  """train.text_samples: greedy completions of validation prompts at the final evaluation."""
+  rows = [json.loads(x) for x in (sft_run / "text.jsonl").read_text().splitlines()]
+  samples = [r for r in rows if r["tag"] == "samples/validation"]
+  assert [r["step"] for r in samples] == [6]
+  text = samples[0]["text"]
+  assert text.startswith("1. `'count") and "\n\n2. `'count" in text and " → " in text, text
