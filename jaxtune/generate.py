@@ -266,7 +266,7 @@ def stop_ids(tokenizer, model_config, extra: list[str]) -> set[int]:
 
 def load_source(*, workdir: str | None = None, model: str | None = None, tokenizer: str = "",
                 dtype: str = "float32", step: int = -1):
-  """(model with LoRA folded in, tokenizer) from --workdir or --model."""
+  """(model in eval mode, tokenizer) from --workdir (a run, LoRA layers kept) or --model."""
   from jaxtune import hf
 
   if bool(workdir) == bool(model):
