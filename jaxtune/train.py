@@ -149,6 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # Replicated outputs: every process can read all predictions (multi-host evaluation).
   eval_fn = make_eval_fn(built.eval_graphdef, config, mesh)
 
+  sample_text = _text_sampler(config, built, splits, mesh)
+
   def run_eval(params, split: str) -> tuple[dict, dict]:
     return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,
                              mesh=mesh, batch_size=config.train.eval_batch_size,
@@ -250,6 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           scalars["train/stopped_early"] = 1.0
         if mw is not None:
           mw.write(s, scalars)
+        if sample_text is not None:
+          sample_text(mw, s, eval_params(state))
         save(state, s, scalars, force=True)
       elif ckpt.should_save(s) and s < total_steps:
         save(state, s)
@@ -265,6 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   final_scalars = _eval_scalars(res)
   if mw is not None and start < s:
     mw.write(s, final_scalars)
+    if sample_text is not None:
+      sample_text(mw, s, eval_params(state))
   save(state, s, final_scalars, force=True)
   ckpt.wait()
   best_step = ckpt.best_step() or s
@@ -350,19 +356,44 @@ def make_eval_fn(eval_graphdef, config, mesh):
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
+def _text_sampler(config, built: Built, splits, mesh):
+  """`sample(writer, step, params)`: greedy completions of a few validation prompts written as
+  text (tag samples/validation), or None when off (train.text_samples = 0, not a causal LM,
+  or no tokenizer). Every process generates (the weights may span hosts); the writer of
+  process 0 records it. The decode program compiles once and is reused at each evaluation."""
+  n = config.train.text_samples
+  if not n or config.model.task != "causal_lm" or splits.tokenizer is None:
+    return None
+  from jaxtune import generate
+
+  tok = splits.tokenizer
+  prompts = generate.prompts_from_split(splits["validation"].arrays, n)
+  stops = generate.stop_ids(tok, built.model_config, [])
+  gen: list[generate.Generator] = []
+
+  def sample(mw, s: int, params) -> None:
+    model = step.merge(built.eval_graphdef, params, built.frozen)
+    if not gen:
+      gen.append(generate.Generator(model, pad_id=generate.pad_id(tok)))
+    with sharding.use_mesh(mesh):
+      res = gen[0](prompts, max_new_tokens=config.train.text_sample_tokens, stop_ids=stops,
+                   state=nnx.split(model)[1])
+    if mw is not None:
+      text = "\n\n".join(
+        f"{i + 1}. `{tok.decode(p)!r}` → `{tok.decode(t, skip_special_tokens=True)!r}`"
+        for i, (p, t) in enumerate(zip(prompts, res.tokens, strict=True)))
+      mw.write_text(s, "samples/validation", text)
+
+  return sample
+
+
 def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:
   """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
-  from jaxtune import hf
+  from jaxtune import export
 
   model = step.merge(graphdef, params, frozen)
   model.eval()
-  out = workdir / "export"
-  if config.lora.rank > 0 and not config.export.merge_lora:
-    hf.save(model, out, splits.tokenizer, adapter_only=True, base_model_name_or_path=config.model.source)
-  else:
-    hf.save(model, out, splits.tokenizer, dtype=config.export.dtype or None)
-  log.info("exported the model to %s", out)
-  return out
+  return export.save(model, workdir / "export", splits.tokenizer, config, workdir=workdir)
 
 
 def _eval_scalars(res: dict) -> dict[str, float]:

@@ -142,6 +142,12 @@ class Attention(nnx.Module):
     q, k, v = self.qkv(x_BTD, positions_BT, rng)
     return self.attend(q, k, v, mask_B1TS, dropout_rng, rng)
 
+  def cached(self, x_BTD, positions_BT, kv: layers.KVCache, index, mask_B1TS):
+    """Attention of the new tokens over the cache after writing their k, v at slot `index`."""
+    q, k, v = self.qkv(x_BTD, positions_BT)
+    kv = kv.write(k, v, index)
+    return self.attend(q, kv.k, kv.v, mask_B1TS), kv
+
 
 class MLP(nnx.Module):
   """Gated feed-forward: down(act(gate(x)) * up(x))."""
@@ -180,6 +186,13 @@ class DecoderLayer(nnx.Module):
     x_BTD = x_BTD + self.self_attn(h_BTD, positions_BT, mask_B1TS, dropout_rng, rng)
     x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD), rng)
     return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+  def cached(self, x_BTD, positions_BT, kv: layers.KVCache, index, mask_B1TS):
+    """The layer over new tokens with a KV cache (inference: no dropout, no LoRA keys)."""
+    a_BTD, kv = self.self_attn.cached(self.input_layernorm(x_BTD), positions_BT, kv, index, mask_B1TS)
+    x_BTD = x_BTD + a_BTD
+    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+    return x_BTD, kv
 
 
 def default_positions(
@@ -231,6 +244,41 @@ class Decoder(nnx.Module):
       cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype
     )
 
+  def embed(self, input_ids_BT: jax.Array) -> jax.Array:
+    x_BTD = self.embed_tokens(input_ids_BT)
+    if self.config.scale_embeddings:
+      # HF Gemma rounds sqrt(D) to the activation dtype before multiplying (55.4256 -> 55.5 in bf16).
+      x_BTD = x_BTD * jnp.asarray(math.sqrt(self.config.hidden_size), x_BTD.dtype)
+    return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
+
+  # ---------------------------------------------------------------- KV-cached inference
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> list[layers.KVCache]:
+    """Empty k/v buffers [B, max_len, K, H] per layer, in the compute dtype by default."""
+    cfg = self.config
+    dtype = dtype or self.compute_dtype or self.embed_tokens.embedding[...].dtype
+    return [layers.KVCache.zeros(batch, max_len, cfg.num_kv_heads, cfg.head_dim, dtype)
+            for _ in range(cfg.num_layers)]
+
+  def cached_hidden_states(self, input_ids_BT, positions_BT, cache: list[layers.KVCache], index,
+                           kv_mask_BS) -> tuple[jax.Array, list[layers.KVCache]]:
+    """Final-norm states of T new tokens written at cache slots index..index+T-1.
+
+    `kv_mask_BS` marks the cache slots holding real tokens (left padding is False); causality
+    and the sliding window compare slot numbers, as the uncached forward compares indices.
+    """
+    B, T = input_ids_BT.shape
+    mask_B1TS = layers.attention_mask(
+      kv_mask_BS, None, batch=B, q_len=T, kv_len=kv_mask_BS.shape[1], causal=True,
+      sliding_window=self.config.sliding_window, q_offset=index,
+    )
+    x_BTD = self.embed(input_ids_BT)
+    new_cache = []
+    for layer, kv in zip(self.layers, cache, strict=True):
+      x_BTD, kv = layer.cached(x_BTD, positions_BT, kv, index, mask_B1TS)
+      new_cache.append(kv)
+    return self.norm(x_BTD), new_cache
+
   def hidden_states(
     self,
     input_ids: jax.Array,
@@ -252,11 +300,7 @@ class Decoder(nnx.Module):
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=True,
       sliding_window=cfg.sliding_window,
     )
-    x_BTD = self.embed_tokens(input_ids)
-    if cfg.scale_embeddings:
-      # HF Gemma rounds sqrt(D) to the activation dtype before multiplying (55.4256 -> 55.5 in bf16).
-      x_BTD = x_BTD * jnp.asarray(math.sqrt(cfg.hidden_size), x_BTD.dtype)
-    x_BTD = layers.constrain(x_BTD, ("batch", "length", "act_embed"))
+    x_BTD = self.embed(input_ids)
     call = layers.remat_call(self.remat)
     rng = layers.RngSplitter(dropout_rng)
     for layer in self.layers:

@@ -71,16 +71,29 @@ class GPT2Attention(nnx.Module):
       scale /= float(layer_idx + 1)
     self.scale = scale
 
-  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
+  def qkv(self, x_BTD: jax.Array, rng: layers.RngSplitter):
+    """q, k, v [B, T, N, H] of the tokens in x."""
     B, T, D = x_BTD.shape
     N = self.num_heads
     # Head-major, see the module docstring.
     qkv = self.c_attn(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, 3, D // N)
-    q, k, v = (layers.constrain(qkv[:, :, :, i], ("batch", "length", "act_heads", None)) for i in range(3))
+    return tuple(layers.constrain(qkv[:, :, :, i], ("batch", "length", "act_heads", None)) for i in range(3))
+
+  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
+    B, T, D = x_BTD.shape
+    q, k, v = self.qkv(x_BTD, rng)
     out = layers.dot_product_attention(
       q, k, v, mask_B1TS, scale=self.scale, dropout=self.attn_dropout, dropout_rng=rng()
     )
     return self.resid_dropout(self.c_proj(out.reshape(B, T, D), lora_rng=rng.lora()), rng())
+
+  def cached(self, x_BTD: jax.Array, kv: layers.KVCache, index, mask_B1TS: jax.Array):
+    """Attention of the new tokens over the cache after writing their k, v at slot `index`."""
+    B, T, D = x_BTD.shape
+    q, k, v = self.qkv(x_BTD, layers.RngSplitter(None))
+    kv = kv.write(k, v, index)
+    out = layers.dot_product_attention(q, kv.k, kv.v, mask_B1TS, scale=self.scale)
+    return self.c_proj(out.reshape(B, T, D)), kv
 
 
 class GPT2MLP(nnx.Module):
@@ -113,6 +126,12 @@ class GPT2Block(nnx.Module):
     x_BTD = x_BTD + self.attn(self.ln_1(x_BTD), mask_B1TS, rng)
     x_BTD = x_BTD + self.mlp(self.ln_2(x_BTD), rng)
     return layers.constrain(x_BTD, ACT)
+
+  def cached(self, x_BTD: jax.Array, kv: layers.KVCache, index, mask_B1TS: jax.Array):
+    """The block over new tokens with a KV cache (inference: dropout off)."""
+    a_BTD, kv = self.attn.cached(self.ln_1(x_BTD), kv, index, mask_B1TS)
+    x_BTD = x_BTD + a_BTD
+    return x_BTD + self.mlp(self.ln_2(x_BTD), layers.RngSplitter(None)), kv
 
 
 class GPT2(nnx.Module):
@@ -181,6 +200,34 @@ class GPT2(nnx.Module):
     for layer in self.layers:
       x = call(layer, x, mask, rng())
     return self.ln_f(x)
+
+  # ---------------------------------------------------------------- KV-cached inference
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> list[layers.KVCache]:
+    """Empty k/v buffers [B, max_len, N, H] per block, in the compute dtype by default."""
+    cfg = self.config
+    if max_len > cfg.n_positions:
+      raise ValueError(f"GPT-2: {max_len} tokens exceed its n_positions={cfg.n_positions}")
+    dtype = dtype or self.wte.compute_dtype or self.wte.embedding[...].dtype
+    return [layers.KVCache.zeros(batch, max_len, cfg.n_head, cfg.head_dim, dtype)
+            for _ in range(cfg.n_layer)]
+
+  def cached_hidden_states(self, input_ids_BT, positions_BT, cache: list[layers.KVCache], index,
+                           kv_mask_BS) -> tuple[jax.Array, list[layers.KVCache]]:
+    """Final-norm states of T new tokens written at cache slots index..index+T-1.
+
+    `positions_BT` index the learned position table (count real tokens only for left padding);
+    `kv_mask_BS` marks the cache slots holding real tokens.
+    """
+    B, T = input_ids_BT.shape
+    mask = layers.attention_mask(kv_mask_BS, None, batch=B, q_len=T, kv_len=kv_mask_BS.shape[1],
+                                 causal=True, q_offset=index)
+    x = layers.constrain(self.wte(input_ids_BT) + self.wpe(positions_BT), ACT)
+    new_cache = []
+    for layer, kv in zip(self.layers, cache, strict=True):
+      x, kv = layer.cached(x, kv, index, mask)
+      new_cache.append(kv)
+    return self.ln_f(x), new_cache
 
   def logits_from_hidden(self, h_BTD: jax.Array) -> jax.Array:
     """LM logits [B, T, V] through the tied word table (causal_lm)."""

@@ -10,6 +10,7 @@ them onto mesh axes with one rules table. Parameters are stored in `param_dtype`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -357,6 +358,32 @@ def dot_product_attention(
     probs = dropout(probs, dropout_rng)
   out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v_BSKH.dtype), v_BSKH)
   return out.reshape(B, T, N, H)
+
+
+# ---------------------------------------------------------------------------------- KV cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  """One attention layer's keys and values [B, S_max, K, H] for incremental decoding.
+
+  Preallocated at the full generation length so every decode step has the same shapes (one
+  compile); new tokens are written in place at a slot index that all rows share.
+  """
+
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype) -> KVCache:
+    shape = (batch, max_len, kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+  def write(self, k_BTKH: jax.Array, v_BTKH: jax.Array, index) -> KVCache:
+    at = (0, index, 0, 0)
+    return KVCache(jax.lax.dynamic_update_slice(self.k, k_BTKH.astype(self.k.dtype), at),
+                   jax.lax.dynamic_update_slice(self.v, v_BTKH.astype(self.v.dtype), at))
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:

@@ -1,0 +1,38 @@
+"""`jaxtune export --workdir=DIR --out=DIR [--merge_lora] [--dtype=bfloat16] [--step=N]`.
+
+Writes a run's best weights (averaged weights when the run kept them) as an HF directory that
+transformers loads: config.json, safetensors, the tokenizer, and a README.md model card (base
+model, data, training config, final metrics). A LoRA run is written as a PEFT adapter
+directory unless --merge_lora folds the adapters into the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import flags
+
+from jaxtune.cli import run_app
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished (or interrupted) `jaxtune train` run.")
+_OUT = flags.DEFINE_string("out", None, "Directory to write the HF model into.")
+_MERGE = flags.DEFINE_boolean("merge_lora", None, "LoRA runs: merge the adapters (default: the run's export.merge_lora).")
+_DTYPE = flags.DEFINE_string("dtype", None, "Weight dtype to write (default: the run's export.dtype, else as trained).")
+_STEP = flags.DEFINE_integer("step", -1, "Checkpoint step to export (-1: the best, else the latest).")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from jaxtune import export
+
+  run = export.load_run(_WORKDIR.value, step=_STEP.value)
+  out = export.save(run.model, _OUT.value, run.tokenizer, run.config, workdir=run.workdir,
+                    merge_lora=_MERGE.value, dtype=_DTYPE.value)
+  print(f"exported step {run.step} of {run.workdir} to {out}")
+
+
+def run(argv):
+  run_app(__name__, main, argv)
