@@ -27,6 +27,8 @@ def default() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "none"  # none | full | dots
+  # auto (cuDNN flash attention on GPU when it applies, else XLA) | xla | cudnn
+  c.model.attention = "auto"
   c.model.allow_pickle = False
   # HF config attributes to override, as "name=value,name=value" (e.g. dropout rates).
   c.model.config_overrides = ""
@@ -86,6 +88,8 @@ def _check(cond: bool, key: str, value, why: str) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Check values that types alone do not catch; errors name the key."""
   _check(c.model.task in TASKS, "model.task", c.model.task, f"expected one of {TASKS}")
+  _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
+         "auto|xla|cudnn")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
   for k in ("param_dtype", "compute_dtype"):
     v = c.model[k]

@@ -34,7 +34,7 @@ from jaxtune import (
 )
 from jaxtune.config import parse_overrides, validate
 from jaxtune.data import pipeline
-from jaxtune.models import presets
+from jaxtune.models import layers, presets
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
                     config_overrides=overrides, seed=config.seed)
   model.remat = m.remat
+  layers.set_attention(model, m.attention)
   if config.lora.rank > 0:
     from jaxtune import lora
 

@@ -86,6 +86,7 @@ class BertSelfAttention(nnx.Module):
     self.key = _linear(D, D, ("embed", "heads"), cfg, kw)
     self.value = _linear(D, D, ("embed", "heads"), cfg, kw)
     self.dropout = layers.Dropout(cfg.attention_probs_dropout_prob)
+    self.attention_impl = "xla"  # layers.set_attention
     self.num_heads = cfg.num_attention_heads
 
   def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
@@ -95,7 +96,8 @@ class BertSelfAttention(nnx.Module):
     q, k, v = (layers.constrain(p(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, D // N), heads)
                for p in (self.query, self.key, self.value))
     out = layers.dot_product_attention(
-      q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=self.dropout, dropout_rng=rng()
+      q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=self.dropout, dropout_rng=rng(),
+      implementation=self.attention_impl,
     )
     return out.reshape(B, T, D)
 

@@ -107,6 +107,7 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
     self.dropout = layers.Dropout(cfg.attention_dropout)
+    self.attention_impl = "xla"  # layers.set_attention
     self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
     self.rope_theta = cfg.rope_theta
     self.rope_scaling = cfg.rope_scaling
@@ -132,7 +133,8 @@ class Attention(nnx.Module):
     B, T = q_BTNH.shape[:2]
     out = layers.dot_product_attention(
       q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.head_dim**-0.5,
-      dropout=self.dropout, dropout_rng=dropout_rng,
+      dropout=self.dropout, dropout_rng=dropout_rng, implementation=self.attention_impl,
+      causal=True,
     )
     return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), lora_rng=rng.lora())
 

@@ -64,6 +64,7 @@ class GPT2Attention(nnx.Module):
       D, D, axes=("heads", "embed"), init_std=cfg.initializer_range / (2 * cfg.n_layer) ** 0.5, **kw
     )
     self.attn_dropout = layers.Dropout(cfg.attn_pdrop)
+    self.attention_impl = "xla"  # layers.set_attention
     self.resid_dropout = layers.Dropout(cfg.resid_pdrop)
     self.num_heads = cfg.n_head
     scale = cfg.head_dim**-0.5 if cfg.scale_attn_weights else 1.0
@@ -83,7 +84,8 @@ class GPT2Attention(nnx.Module):
     B, T, D = x_BTD.shape
     q, k, v = self.qkv(x_BTD, rng)
     out = layers.dot_product_attention(
-      q, k, v, mask_B1TS, scale=self.scale, dropout=self.attn_dropout, dropout_rng=rng()
+      q, k, v, mask_B1TS, scale=self.scale, dropout=self.attn_dropout, dropout_rng=rng(),
+      implementation=self.attention_impl, causal=True,
     )
     return self.resid_dropout(self.c_proj(out.reshape(B, T, D), lora_rng=rng.lora()), rng())
 

@@ -328,6 +328,33 @@ def attention_mask(
   return mask
 
 
+ATTENTION = ("auto", "xla", "cudnn")
+
+
+def resolve_attention(name: str, dtype, *, dropout: Dropout | None, softcap: float | None) -> str:
+  """The implementation `name` means here: 'auto' is cuDNN flash attention on a GPU when it
+  applies (16-bit inputs, no attention dropout in training, no softcap), else plain XLA.
+
+  TPU runs the XLA path too: a Pallas splash-attention kernel is not wired in yet.
+  """
+  if name not in ATTENTION:
+    raise ValueError(f"config: model.attention={name!r}, expected one of {ATTENTION}")
+  dropping = dropout is not None and not dropout.deterministic and dropout.rate > 0
+  if name == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError(f"config: model.attention='cudnn' needs a GPU; this backend is "
+                       f"{jax.default_backend()!r} (use 'auto' or 'xla')")
+    if dropping or softcap:
+      raise ValueError("config: model.attention='cudnn' supports neither attention dropout in "
+                       "training nor logit softcapping; use 'auto' to fall back to XLA")
+    return name
+  if name == "auto" and jax.default_backend() == "gpu" and not dropping and not softcap and (
+    jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  ):
+    return "cudnn"
+  return "xla"
+
+
 def dot_product_attention(
   q_BTNH: jax.Array,
   k_BSKH: jax.Array,
@@ -338,12 +365,23 @@ def dot_product_attention(
   dropout: Dropout | None = None,
   dropout_rng: jax.Array | None = None,
   softcap: float | None = None,
+  implementation: str = "xla",
+  causal: bool = False,
 ) -> jax.Array:
-  """Grouped-query attention in plain XLA; scores and softmax in float32.
+  """Grouped-query attention; plain XLA by default, scores and softmax in float32.
 
   Masked scores get the dtype's most negative value rather than -inf, so a row with no
   visible key (a padding query) gives a finite uniform average instead of NaN, as in HF.
+  `implementation` is resolved by `resolve_attention`; with cuDNN, `causal` lets the kernel
+  skip the blocks above the diagonal (the mask, which also carries padding and segments, is
+  still applied).
   """
+  impl = resolve_attention(implementation, q_BTNH.dtype, dropout=dropout, softcap=softcap)
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(
+      q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, scale=scale, is_causal=causal,
+      implementation="cudnn",
+    )
   B, T, N, H = q_BTNH.shape
   K = k_BSKH.shape[2]
   q = q_BTNH.reshape(B, T, K, N // K, H)
@@ -384,6 +422,14 @@ class KVCache:
     at = (0, index, 0, 0)
     return KVCache(jax.lax.dynamic_update_slice(self.k, k_BTKH.astype(self.k.dtype), at),
                    jax.lax.dynamic_update_slice(self.v, v_BTKH.astype(self.v.dtype), at))
+
+
+def set_attention(model: nnx.Module, name: str) -> None:
+  """Pick the attention implementation (`ATTENTION`) of every attention module in `model`."""
+  resolve_attention(name, jnp.float32, dropout=None, softcap=None)  # validates the name
+  for _, module in model.iter_modules():
+    if hasattr(module, "attention_impl"):
+      module.attention_impl = name
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
