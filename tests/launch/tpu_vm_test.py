@@ -46,6 +46,7 @@ def test_dry_run_creates_installs_and_trains_on_all_workers():
   for cmd in (install, train):
     assert cmd[4:6] == ["ssh", "tune1"] and "--worker=all" in cmd
   assert "pip install" in remote(install) and "gcsfs" in remote(install)
+  assert remote(install).endswith("python3 -m jaxtune.data.assets fetch")
   # The train command reaches every worker intact and joins jax.distributed.
   head, _, flags = remote(train).partition(" python3 -m jaxtune.main train ")
   assert "JAXTUNE_DISTRIBUTED=1" in head
