@@ -12,12 +12,14 @@ import functools
 import json
 import logging
 import math
+import pathlib
+import tempfile
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from jaxtune import (
@@ -96,10 +98,10 @@ def _state_shardings(state, mesh):
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict:
   # ------------------------------------------------------------------------------- setup
   validate(config)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # a local path or a URL such as gs://bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
@@ -348,17 +350,26 @@ def make_eval_fn(eval_graphdef, config, mesh):
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:
+def export_model(config, workdir: epath.Path, graphdef, params, frozen, splits) -> epath.Path:
   """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
   from jaxtune import hf
 
   model = step.merge(graphdef, params, frozen)
   model.eval()
   out = workdir / "export"
+  # hf.save writes local files: a remote workdir's export is staged locally, then uploaded.
+  staging = tempfile.mkdtemp(prefix="jaxtune_export_") if writer.is_remote(out) else None
+  local = epath.Path(staging) if staging else out
   if config.lora.rank > 0 and not config.export.merge_lora:
-    hf.save(model, out, splits.tokenizer, adapter_only=True, base_model_name_or_path=config.model.source)
+    hf.save(model, local, splits.tokenizer, adapter_only=True, base_model_name_or_path=config.model.source)
   else:
-    hf.save(model, out, splits.tokenizer, dtype=config.export.dtype or None)
+    hf.save(model, local, splits.tokenizer, dtype=config.export.dtype or None)
+  if staging:
+    for f in pathlib.Path(staging).rglob("*"):
+      if f.is_file():
+        dest = out / str(f.relative_to(staging))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.read_bytes())
   log.info("exported the model to %s", out)
   return out
 
