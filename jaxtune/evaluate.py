@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxtune import metrics
 from jaxtune.data import pipeline
@@ -82,7 +83,7 @@ def write_errors(path: str | Path, details: dict, examples: list[dict] | None, l
     if details["example_id"] is not None and examples:
       row.update(examples[int(details["example_id"][i])])
     rows.append(row)
-  with open(path, "w", encoding="utf-8") as f:
+  with epath.Path(path).open("w", encoding="utf-8") as f:  # also gs:// workdirs
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
   return len(rows)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 
 log = logging.getLogger(__name__)
@@ -64,34 +67,45 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
 
 
 def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str | Path | None = None,
-         merge_lora: bool | None = None, dtype: str | None = None) -> Path:
+         merge_lora: bool | None = None, dtype: str | None = None) -> epath.Path:
   """Write `model` as an HF directory (merged weights or, LoRA unmerged, a PEFT adapter).
 
   `merge_lora` and `dtype` default to the run's `export.merge_lora` and `export.dtype`.
-  The card reads workdir/results.json and run.json when `workdir` is given.
+  The card reads workdir/results.json and run.json when `workdir` is given. A remote `out`
+  (gs://) is written to a local staging directory first, then uploaded file by file:
+  `hf.save` streams safetensors shards to local files.
   """
-  from jaxtune import hf
+  from jaxtune import hf, writer
 
-  out = Path(out)
+  final = epath.Path(out)
   merge_lora = config.export.merge_lora if merge_lora is None else merge_lora
   dtype = (config.export.dtype if dtype is None else dtype) or None
   adapter = config.lora.rank > 0 and not merge_lora
   if jax.process_index() == 0:
+    staging = tempfile.mkdtemp(prefix="jaxtune_export_") if writer.is_remote(final) else None
+    local = Path(staging) if staging else Path(final)
     if adapter:
-      hf.save(model, out, tokenizer, adapter_only=True, dtype=dtype,
+      hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
               base_model_name_or_path=config.model.source)
     else:
-      hf.save(model, out, tokenizer, dtype=dtype)
-    (out / "README.md").write_text(model_card(config, workdir, adapter=adapter))
-  log.info("exported the model to %s", out)
-  return out
+      hf.save(model, local, tokenizer, dtype=dtype)
+    (local / "README.md").write_text(model_card(config, workdir, adapter=adapter))
+    if staging:
+      for f in sorted(Path(staging).rglob("*")):
+        if f.is_file():
+          dest = final / str(f.relative_to(staging))
+          dest.parent.mkdir(parents=True, exist_ok=True)
+          dest.write_bytes(f.read_bytes())
+      shutil.rmtree(staging)
+  log.info("exported the model to %s", final)
+  return final
 
 
 def model_card(config, workdir: str | Path | None, *, adapter: bool) -> str:
   """README.md: HF yaml header, base model, data, training config and final metrics."""
   import jaxtune
 
-  workdir = Path(workdir) if workdir else None
+  workdir = epath.Path(workdir) if workdir else None
   results = _read_json(workdir / "results.json") if workdir else None
   run = (_read_json(workdir / "run.json") if workdir else None) or {}
   base = config.model.source
@@ -135,5 +149,5 @@ def model_card(config, workdir: str | Path | None, *, adapter: bool) -> str:
   return "\n".join(header + lines)
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: epath.Path) -> dict | None:
   return json.loads(path.read_text()) if path.exists() else None

@@ -13,11 +13,11 @@ import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from jaxtune import (
@@ -97,10 +97,10 @@ def _state_shardings(state, mesh):
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict:
   # ------------------------------------------------------------------------------- setup
   validate(config)
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)  # a local path or a URL such as gs://bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
@@ -388,7 +388,7 @@ def _text_sampler(config, built: Built, splits, mesh):
   return sample
 
 
-def export_model(config, workdir: Path, graphdef, params, frozen, splits) -> Path:
+def export_model(config, workdir: epath.Path, graphdef, params, frozen, splits) -> epath.Path:
   """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
   from jaxtune import export
 

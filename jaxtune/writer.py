@@ -18,6 +18,12 @@ It drops the lines of both JSONL files with a step above the restored one (writt
 crashed run after its last checkpoint, and about to be recomputed), and writes a TensorBoard
 ``SessionLog.START`` at ``restored_step + 1`` so TensorBoard purges its orphaned points too. A
 reader of a workdir that was not truncated should keep, for each step, the last line.
+
+Remote workdirs (``gs://...``, any URL epath reads): object stores cannot append, so the JSONL
+files live in a local staging directory (seeded from the workdir's copies on resume) and whole
+copies are uploaded at most every ``UPLOAD_EVERY_S`` seconds, on ``flush`` and on ``close``; a
+hard kill loses at most that much of the record. TensorBoard writes ``gs://`` through
+tensorboardX (needs ``google-cloud-storage``), run.json/config.json through epath.
 """
 
 from __future__ import annotations
@@ -30,18 +36,26 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 import jaxtune
 
 METRICS_FILE = "metrics.jsonl"
 TEXT_FILE = "text.jsonl"
 TB_DIR = "tb"
+UPLOAD_EVERY_S = 30.0  # remote workdirs: how stale the uploaded JSONL files may get
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is a URL (gs://, s3://): no appends, no renames, no local directories."""
+  return "://" in os.fspath(path)
 
 
 def _now() -> float:
@@ -55,6 +69,9 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 def _write_atomic(path: str, text: str) -> None:
+  if is_remote(path):
+    epath.Path(path).write_text(text)  # an object appears whole or not at all
+    return
   # A crash mid-write must leave either the old file or the new one, never half of one.
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
@@ -118,10 +135,21 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     self._text = None
+    self._remote = is_remote(self.workdir)
+    self._uploaded_at = time.monotonic()
     if not self.enabled:
       return
-    os.makedirs(self.workdir, exist_ok=True)
-    self._jsonl = _open_append(os.path.join(self.workdir, METRICS_FILE))
+    # Where the JSONL files are appended: the workdir, or a local stage for a remote one.
+    self._dir = self.workdir
+    epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
+    if self._remote:
+      self._dir = tempfile.mkdtemp(prefix="jaxtune_metrics_")
+      for name in (METRICS_FILE, TEXT_FILE):
+        remote = epath.Path(self.workdir) / name
+        if remote.exists():
+          with open(os.path.join(self._dir, name), "wb") as f:
+            f.write(remote.read_bytes())
+    self._jsonl = _open_append(os.path.join(self._dir, METRICS_FILE))
     if tensorboard:
       from tensorboardX import SummaryWriter  # heavy import (protobuf); only when used
 
@@ -139,13 +167,14 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, step)
+    self._maybe_upload()
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """Writes free text (samples, config dumps) to ``text.jsonl`` and TensorBoard's text tab."""
     if not self.enabled:
       return
     if self._text is None:
-      self._text = _open_append(os.path.join(self.workdir, TEXT_FILE))
+      self._text = _open_append(os.path.join(self._dir, TEXT_FILE))
     self._text.write(json.dumps({"step": int(step), "tag": tag, "text": text}) + "\n")
     if self._tb is not None:
       self._tb.add_text(tag, text, int(step))
@@ -191,9 +220,10 @@ class MetricWriter:
       if f is not None:
         f.close()
     for name in (METRICS_FILE, TEXT_FILE):
-      _truncate_jsonl(os.path.join(self.workdir, name), int(step))
-    self._jsonl = _open_append(os.path.join(self.workdir, METRICS_FILE))
-    self._text = _open_append(os.path.join(self.workdir, TEXT_FILE)) if had_text else None
+      _truncate_jsonl(os.path.join(self._dir, name), int(step))
+    self._jsonl = _open_append(os.path.join(self._dir, METRICS_FILE))
+    self._text = _open_append(os.path.join(self._dir, TEXT_FILE)) if had_text else None
+    self._upload()
     if self._tb is not None:
       from tensorboardX.proto.event_pb2 import Event, SessionLog
 
@@ -210,9 +240,25 @@ class MetricWriter:
         f.flush()
     if self._tb is not None:
       self._tb.flush()
+    self._upload()
+
+  def _maybe_upload(self) -> None:
+    if self._remote and time.monotonic() - self._uploaded_at >= UPLOAD_EVERY_S:
+      self._upload()
+
+  def _upload(self) -> None:
+    """Remote workdirs: replace the workdir's JSONL files with whole copies of the stage."""
+    if not (self._remote and self.enabled):
+      return
+    for f, name in ((self._jsonl, METRICS_FILE), (self._text, TEXT_FILE)):
+      if f is not None:
+        f.flush()
+        with open(os.path.join(self._dir, name), "rb") as local:
+          (epath.Path(self.workdir) / name).write_bytes(local.read())
+    self._uploaded_at = time.monotonic()
 
   def close(self) -> None:
-    self.flush()
+    self.flush()  # uploads a remote workdir's files
     for f in (self._jsonl, self._text):
       if f is not None:
         f.close()
@@ -309,7 +355,7 @@ def write_run_info(
     config_json=config_json, mesh_shape=mesh_shape, data_fingerprint=data_fingerprint, extra=extra
   )
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
   return info
 
@@ -318,7 +364,7 @@ def write_config(workdir: str | os.PathLike, config: Any) -> None:
   """Writes the resolved ``ml_collections.ConfigDict`` to ``workdir/config.json`` (process 0)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2) + "\n")
 
 

@@ -23,6 +23,8 @@ import logging
 import re
 from pathlib import Path
 
+from etils import epath
+
 log = logging.getLogger(__name__)
 
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -66,9 +68,9 @@ class BadRows:
     """workdir/<name>, rewritten on every build so it never holds a stale run's rows."""
     if self.policy != "skip":
       return None
-    path = Path(workdir) / name
+    path = epath.Path(workdir) / name  # also gs:// workdirs
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with path.open("w", encoding="utf-8") as f:
       for r in self.skipped:
         f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
     if self.skipped:
