@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxtune import generate, hf
+from jaxtune import generate
 from jaxtune.data import assets
 
 pytest.importorskip("gguf")

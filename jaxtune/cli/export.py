@@ -2,8 +2,9 @@
 
 Writes a run's best weights (averaged weights when the run kept them) as an HF directory that
 transformers loads: config.json, safetensors, the tokenizer, and a README.md model card (base
-model, data, training config, final metrics). A LoRA run is written as a PEFT adapter
-directory unless --merge_lora folds the adapters into the weights.
+model, data, training config, final metrics). A LoRA run's adapters are folded into the weights
+(--merge_lora) or written as a PEFT adapter directory (--nomerge_lora); without either flag the
+run's export.merge_lora decides (True by default).
 """
 
 from __future__ import annotations
