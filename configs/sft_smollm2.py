@@ -39,6 +39,7 @@ def get_config(arg=None):
   c.train.eval_at_start = True
   c.train.eval_batch_size = 8
   c.train.log_every = 5
+  c.train.text_samples = 2  # greedy completions of 2 validation prompts in TensorBoard per eval
 
   c.optim.name = "adamw"
   c.optim.learning_rate = 1e-3
