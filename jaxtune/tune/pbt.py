@@ -42,18 +42,21 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
   total = int(p.interval * p.generations)
   rng = np.random.default_rng(int(search.seed))
   hparams = [space.sample(search, rng) for _ in range(p.population)]
+  book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
+  resumed = book_path.exists() and state_path.exists()
+  book = json.loads(book_path.read_text()) if resumed else {
+    "generation": 0, "rng": None, "members": [
+      {"member": i, "history": [{"generation": 0, "parent": None, "hparams": h}]}
+      for i, h in enumerate(hparams)]}
+  if book["generation"] >= p.generations:
+    log.info("PBT: all %d generations are done", p.generations)
+    return study
   run_config = study_lib.trial_config(config, search, {})
   run_config.train.steps = total
   pop = population.Population(run_config, hparams, total, pdir, vmapped=vmapped)
   log.info("PBT: %d members as %s", pop.size,
            "one vmapped program" if pop.vmapped else "separate runs, one after another")
-
-  book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
-  book = {"generation": 0, "rng": None, "members": [
-    {"member": i, "history": [{"generation": 0, "parent": None, "hparams": h}]}
-    for i, h in enumerate(hparams)]}
-  if book_path.exists() and state_path.exists():
-    book = json.loads(book_path.read_text())
+  if resumed:
     pop.load(state_path)
     for i, m in enumerate(book["members"]):
       pop.set_hparams(i, m["history"][-1]["hparams"])

@@ -7,6 +7,7 @@ A search file's `get_config()` returns a ConfigDict with:
   algorithm  'grid' | 'random' | 'tpe' | 'gp' | 'pbt'; pruner 'median' | 'halving' | 'none'
   fixed      dotted overrides applied to every trial ({'optim.warmup_steps': 2})
   budget     {'trials': N, 'minutes': M (0 = no limit)}; trial {'steps': S, 'eval_every': E}
+  baseline   run the recipe's own values as the first trial
   grid_points  points per continuous key for the grid algorithm; pbt {...} (see pbt.py).
 """
 
@@ -53,6 +54,9 @@ def default() -> ml_collections.ConfigDict:
   c.budget = ml_collections.ConfigDict({"trials": 8, "minutes": 0.0})
   c.trial = ml_collections.ConfigDict({"steps": 100, "eval_every": 25})
   c.grid_points = 3
+  # Run the recipe's own values of the searched keys first: the leaderboard then shows the
+  # search against the defaults at the same budget.
+  c.baseline = True
   c.pbt = ml_collections.ConfigDict({
     "population": 4, "interval": 25, "generations": 4,
     "quantile": 0.25,  # bottom quantile exploits the top quantile

@@ -40,7 +40,8 @@ def make_storage(url: str, heartbeat_s: int = 30) -> optuna.storages.RDBStorage:
     kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
   return optuna.storages.RDBStorage(
     url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
-    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3), **kwargs)
+    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+    **kwargs)
 
 
 def make_sampler(search: ml_collections.ConfigDict) -> optuna.samplers.BaseSampler:
@@ -177,6 +178,9 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     log.info("study %s already has %d finished trials (budget %d): nothing to run",
              study.study_name, finished(study), budget)
     return study
+  if search.baseline and search.algorithm != "grid" and not study.get_trials(deepcopy=False):
+    study.enqueue_trial({k: space.lookup(config, k) for k, _ in space.space_items(search)},
+                        user_attrs={"baseline": True})
   timeout = float(search.budget.minutes) * 60 or None
   study.optimize(make_objective(config, search, workdir), timeout=timeout,
                  callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
