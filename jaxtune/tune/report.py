@@ -28,6 +28,8 @@ def rows(study: optuna.Study) -> list[dict]:
       continue
     row = {"trial": t.number, "state": t.state.name.lower(), metric: value,
            "steps": t.user_attrs.get("steps", ""), "seconds": t.user_attrs.get("seconds", "")}
+    if t.user_attrs.get("baseline"):
+      row["note"] = "recipe defaults"
     for k in ("member", "generation", "parent"):
       if k in t.user_attrs:
         row[k] = t.user_attrs[k]

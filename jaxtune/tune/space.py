@@ -150,6 +150,13 @@ def suggest(trial: optuna.Trial, search) -> dict:
   return out
 
 
+def contains(dist: tuple, value) -> bool:
+  kind, *args = dist
+  if kind == "choice":
+    return value in args
+  return args[0] <= value <= args[1]
+
+
 def grid(search) -> dict[str, list]:
   """Grid values per key: every choice, every integer (at most grid_points, evenly spread),
   and grid_points evenly (log-)spaced points of a continuous range."""

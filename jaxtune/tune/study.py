@@ -35,6 +35,8 @@ def storage_url(workdir: str | Path, storage: str = "") -> str:
 
 def make_storage(url: str, heartbeat_s: int = 30) -> optuna.storages.RDBStorage:
   kwargs = {}
+  if url.startswith("postgresql://"):
+    url = _postgres_driver(url)
   if url.startswith("sqlite"):
     # Several local workers write to one file: wait for the lock instead of failing.
     kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -42,6 +44,15 @@ def make_storage(url: str, heartbeat_s: int = 30) -> optuna.storages.RDBStorage:
     url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
     **kwargs)
+
+
+def _postgres_driver(url: str) -> str:
+  """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only it is installed."""
+  import importlib.util
+
+  if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+    return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+  return url
 
 
 def make_sampler(search: ml_collections.ConfigDict) -> optuna.samplers.BaseSampler:
@@ -67,18 +78,28 @@ def make_pruner(search: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
 
 
 def open_study(search, workdir: str | Path, storage: str = "", study_name: str = "",
-               heartbeat_s: int = 30) -> optuna.Study:
-  """The study (created, or loaded when it exists: that is how a rerun resumes)."""
+               heartbeat_s: int = 30, baseline: dict | None = None) -> optuna.Study:
+  """The study (created, or loaded when it exists: that is how a rerun resumes).
+
+  `baseline` values are queued as the first trial by whichever worker creates the study (the
+  storage's unique study name decides, so concurrent workers never queue it twice).
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  study = optuna.create_study(
+  kwargs = dict(
     storage=make_storage(storage_url(workdir, storage), heartbeat_s),
-    study_name=study_name or workdir.resolve().name, load_if_exists=True,
+    study_name=study_name or workdir.resolve().name,
     direction=search.objective.direction,
     sampler=make_sampler(search) if search.algorithm != "pbt" else None,
     pruner=make_pruner(search) if search.algorithm != "pbt" else None,
   )
-  study.set_user_attr("objective", search.objective.metric)
+  try:
+    study = optuna.create_study(**kwargs)
+    study.set_user_attr("objective", search.objective.metric)
+    if baseline:
+      study.enqueue_trial(baseline, user_attrs={"baseline": True})
+  except optuna.exceptions.DuplicatedStudyError:
+    study = optuna.create_study(**kwargs, load_if_exists=True)
   return study
 
 
@@ -169,7 +190,15 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
   space.check(search, config)
   workdir = Path(workdir)
   share_compilations(workdir)
-  study = open_study(search, workdir, storage, study_name, heartbeat_s)
+  baseline = None
+  if search.baseline and search.algorithm != "grid":
+    baseline = {k: space.lookup(config, k) for k, _ in space.space_items(search)}
+    outside = [k for k, d in space.space_items(search) if not space.contains(d, baseline[k])]
+    if outside:
+      log.warning("the recipe's values of %s lie outside the search space: no baseline trial",
+                  outside)
+      baseline = None
+  study = open_study(search, workdir, storage, study_name, heartbeat_s, baseline)
   budget = int(search.budget.trials)
   if search.algorithm == "grid":
     budget = min(budget, space.grid_size(search))
@@ -178,9 +207,6 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     log.info("study %s already has %d finished trials (budget %d): nothing to run",
              study.study_name, finished(study), budget)
     return study
-  if search.baseline and search.algorithm != "grid" and not study.get_trials(deepcopy=False):
-    study.enqueue_trial({k: space.lookup(config, k) for k, _ in space.space_items(search)},
-                        user_attrs={"baseline": True})
   timeout = float(search.budget.minutes) * 60 or None
   study.optimize(make_objective(config, search, workdir), timeout=timeout,
                  callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],

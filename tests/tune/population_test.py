@@ -15,7 +15,7 @@ def test_vmapped_population_matches_members_run_one_by_one(tiny_config, tmp_path
         {"optim.learning_rate": 3e-2, "optim.weight_decay": 0.1}]
   runs = {}
   for vmapped in (True, False):
-    pop = population.Population(tiny_config, hp, 10, tmp_path / str(vmapped), vmapped=vmapped)
+    pop = population.Population(tiny_config, hp, 20, tmp_path / str(vmapped), vmapped=vmapped)
     losses = pop.train(0, 3)
     runs[vmapped] = (losses, [e["eval/loss"] for e in pop.evaluate()], pop)
   np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)

@@ -2,11 +2,13 @@
 resumption after a kill, two workers on one SQLite file, and a PostgreSQL storage."""
 
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,11 +96,11 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
   assert (tmp_path / "leaderboard.csv").exists() and (tmp_path / "best_config.py").exists()
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path):
+def test_two_workers_share_one_sqlite_study(tiny_search, tmp_path):
   args = cli_args(tmp_path, "--search.budget.trials=4", "--search.algorithm=random",
                   "--search.pruner=none")
   # Create the study first so the two workers do not race to create its tables.
-  study.open_study(space.default(), tmp_path)
+  study.open_study(tiny_search("random"), tmp_path)
   workers = [subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
   errs = [w.communicate(timeout=300)[1] for w in workers]
@@ -126,26 +128,35 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
+def postgres():
   initdb = shutil.which("initdb") or (PG_BIN / "initdb" if (PG_BIN / "initdb").exists() else None)
   if initdb is None:
     pytest.skip("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/15/"
                 "bin; Debian: apt-get install postgresql): the shared-storage test needs a server")
   pg_ctl = Path(initdb).parent / "pg_ctl"
-  if os.geteuid() == 0:
-    pytest.skip("PostgreSQL refuses to run as root; run the tests as a normal user")
-  data = tmp_path_factory.mktemp("pg") / "data"
-  subprocess.run([str(initdb), "-D", str(data), "-U", "tune", "--auth=trust", "-E", "UTF8"],
-                 check=True, capture_output=True)
+  as_user = []
+  root = Path(tempfile.mkdtemp(prefix="jaxtune_pg_"))
+  if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's postgres user
+    try:
+      pwd.getpwnam("postgres")
+    except KeyError:
+      pytest.skip("running as root and there is no 'postgres' user to run the server as")
+    as_user = ["runuser", "-u", "postgres", "--"]
+    root.chmod(0o755)
+    shutil.chown(root, "postgres")
+  data = root / "data"
   port = _free_port()
-  sock = data.parent
-  subprocess.run([str(pg_ctl), "-D", str(data), "-l", str(data.parent / "log"), "-w", "start",
-                  "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"],
-                 check=True, capture_output=True)
   try:
+    subprocess.run([*as_user, str(initdb), "-D", str(data), "-U", "tune", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-l", str(root / "log"), "-w",
+                    "start", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"],
+                   check=True, capture_output=True)
     yield f"postgresql://tune@127.0.0.1:{port}/postgres"
   finally:
-    subprocess.run([str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_postgresql_storage(postgres, tiny_config, tiny_search, tmp_path):
