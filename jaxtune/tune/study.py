@@ -55,8 +55,9 @@ def _postgres_driver(url: str) -> str:
   return url
 
 
-def make_sampler(search: ml_collections.ConfigDict) -> optuna.samplers.BaseSampler:
-  seed = int(search.seed)
+def make_sampler(search: ml_collections.ConfigDict, seed: int | None = None
+                 ) -> optuna.samplers.BaseSampler:
+  seed = int(search.seed) if seed is None else seed
   if search.algorithm == "grid":
     return optuna.samplers.GridSampler(space.grid(search), seed=seed)
   if search.algorithm == "random":
@@ -99,8 +100,21 @@ def open_study(search, workdir: str | Path, storage: str = "", study_name: str =
     if baseline:
       study.enqueue_trial(baseline, user_attrs={"baseline": True})
   except optuna.exceptions.DuplicatedStudyError:
+    # Another worker, or an earlier run of this one: a sampler seeded like the creator's would
+    # draw the very values already tried.
+    if search.algorithm != "pbt":
+      kwargs["sampler"] = make_sampler(search, _worker_seed(int(search.seed)))
     study = optuna.create_study(**kwargs, load_if_exists=True)
   return study
+
+
+def _worker_seed(seed: int) -> int:
+  import hashlib
+  import os
+  import socket
+
+  text = f"{seed}/{socket.gethostname()}/{os.getpid()}/{time.time_ns()}"
+  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 def trial_overrides(search, values: dict) -> dict:
