@@ -34,7 +34,8 @@ def rows(study: optuna.Study) -> list[dict]:
       if k in t.user_attrs:
         row[k] = t.user_attrs[k]
     row.update(t.params)
-    row.update({k: v for k, v in t.user_attrs.items() if k.startswith("test/")})
+    # Overall test scalars (accuracy, loss, f1_macro, ...), not the per-class ones.
+    row.update({k: v for k, v in t.user_attrs.items() if k.startswith("test/") and k.count("/") == 1})
     out.append(row)
   sign = -1 if maximize else 1
   out.sort(key=lambda r: (r["state"] != "complete", sign * r[metric]))

@@ -162,7 +162,7 @@ def postgres():
 def test_postgresql_storage(postgres, tiny_config, tiny_search, tmp_path):
   s = study.run(tiny_config, tiny_search("tpe"), tmp_path, storage=postgres, study_name="pg")
   assert not (tmp_path / "study.db").exists()
-  again = optuna.load_study(study_name="pg", storage=postgres)
+  again = optuna.load_study(study_name="pg", storage=study.make_storage(postgres))
   assert len(again.get_trials(states=study.FINISHED)) == 2
   assert again.best_value == s.best_value
   text = report.leaderboard(again, tmp_path / "leaderboard.csv")
