@@ -63,7 +63,7 @@ def main(argv):
     s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value)
   print(report.leaderboard(s, workdir / "leaderboard.csv"))
   recipe = flags.FLAGS["config"].config_filename
-  best = report.write_best_config(s, recipe, workdir / "best_config.py")
+  best = report.write_best_config(s, recipe, workdir / "best_config.py", _CONFIG.value)
   plots = report.write_plots(s, workdir / "plots")
   print(f"best: trial {s.best_trial.number}, {search.objective.metric}={s.best_value:.5g}: "
         f"{s.best_trial.params}\nbest config: {best}\n{len(plots)} plot files in "

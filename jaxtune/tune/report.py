@@ -70,19 +70,46 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
   return study.best_trial
 
 
-def write_best_config(study: optuna.Study, recipe: str, path: str | Path) -> Path:
-  """The best trial as a runnable recipe: it loads `recipe` and sets the winning values."""
+def _flat(node, prefix="") -> dict:
+  out = {}
+  for k, v in node.items():
+    if hasattr(v, "items"):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _load_recipe(file: str, arg: str):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("_jaxtune_recipe", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config=None) -> Path:
+  """The best trial as a runnable recipe: it loads `recipe` and sets the winning values.
+
+  `config`, the run config the search started from, carries the command line's --config.*
+  overrides: those that differ from the recipe are written too.
+  """
   t = best_trial(study)
-  overrides = json.loads(t.user_attrs.get("overrides", "{}")) or dict(t.params)
   file, _, arg = recipe.partition(":")
   file = str(Path(file).resolve())
+  overrides = {}
+  if config is not None:
+    base, given = _flat(_load_recipe(file, arg)), _flat(config)
+    overrides = {k: v for k, v in given.items() if k in base and base[k] != v}
+  overrides.update(json.loads(t.user_attrs.get("overrides", "{}")) or dict(t.params))
   metric = study.user_attrs.get("objective", "value")
   lines = [
     f'"""Best configuration of study {study.study_name!r}: trial {t.number}, '
     f'{metric}={t.value:.6g}.',
     "",
     f"Written by `jaxtune tune`; it loads the recipe {recipe!r} and sets the searched values",
-    "(and the per-trial step budget the trial was trained with).",
+    "(with the command line's overrides and the per-trial step budget the trial trained with).",
     '"""',
     "",
     "import importlib.util",

@@ -11,6 +11,10 @@ from jaxtune.tune import report, space
 from tests.tune.conftest import REPO
 
 
+def _tiny():
+  return report._load_recipe(f"{REPO}/configs/tiny.py", "")
+
+
 def _study(tmp_path):
   s = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="r",
                           direction="maximize")
@@ -43,13 +47,16 @@ def test_leaderboard_orders_best_first(tmp_path):
 
 def test_best_config_is_a_runnable_recipe(tmp_path):
   s = _study(tmp_path)
-  path = report.write_best_config(s, f"{REPO}/configs/tiny.py", tmp_path / "best_config.py")
+  run_config = space.apply(_tiny(), {"data.seq_len": 32})  # as --config.data.seq_len=32
+  path = report.write_best_config(s, f"{REPO}/configs/tiny.py", tmp_path / "best_config.py",
+                                  run_config)
   spec = importlib.util.spec_from_file_location("best", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
   assert c.optim.learning_rate == 3e-4 and c.optim.weight_decay == 0.05
   assert c.train.steps == 40 and c.model.source == "preset:tiny-llama"
+  assert c.data.seq_len == 32
   assert "trial 1" in path.read_text()
 
 
