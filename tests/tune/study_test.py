@@ -70,8 +70,10 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
   # Longer trials with a checkpoint every 2 steps, so the kill lands inside trial 1.
   args = cli_args(tmp_path, "--search.budget.trials=3", "--search.trial.steps=12",
                   "--search.trial.eval_every=6", "--heartbeat_s=1", "--search.algorithm=random",
+                  "--search.pruner=none",
                   "--config.checkpoint.every_steps=2")
-  first = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  first = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # an unread pipe could fill and block it
   ckpts = tmp_path / "trials" / "0001" / "checkpoints"
   try:
     _wait_for(lambda: ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())
