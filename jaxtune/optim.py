@@ -226,7 +226,8 @@ def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules
 # ---------------------------------------------------------------------------------------------
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
+                  peak: float | None = None) -> optax.Schedule:
   """Learning rate as a function of the update count (0-based).
 
   Every schedule warms up linearly from 0 at step 0 to `learning_rate` at `warmup_steps`, then:
@@ -236,6 +237,9 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
       at steps 0 and 1 and lr / sqrt(step) afterwards. Ignores `min_lr_ratio` and total_steps.
     wsd: stable at lr until the last `wsd_decay_fraction` of total_steps, then linear to
       `min_lr_ratio * lr` at total_steps (warmup-stable-decay).
+
+  `peak` replaces `learning_rate` (the optimizer builds its schedule with peak=1 and carries
+  the learning rate as a state array, so runs that differ only in it share one compiled step).
   """
   c = _section(cfg)
   if c.schedule not in SCHEDULES:
@@ -251,7 +255,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
       f"optim.warmup_steps={c.warmup_steps!r} must be < total_steps={total_steps} for a "
       f"{c.schedule!r} schedule"
     )
-  lr = float(c.learning_rate)
+  lr = float(c.learning_rate if peak is None else peak)
   warmup = int(c.warmup_steps)
   final = lr * float(c.min_lr_ratio)
   total = int(total_steps)
@@ -412,6 +416,7 @@ def build_optimizer(
   # inject_hyperparams reads this signature: every named float becomes a state array.
   def core(
     learning_rate,
+    peak_lr,
     lr_scale,
     weight_decay,
     layerwise_lr_decay,
@@ -440,12 +445,15 @@ def build_optimizer(
       _direction(c, hp),
       optax.add_decayed_weights(weight_decay, mask=decay_mask),
       _scale_per_param(rules, layerwise_lr_decay),
-      optax.scale(-learning_rate * lr_scale),
+      optax.scale(-learning_rate * peak_lr * lr_scale),
     ]
     return optax.chain(*parts)
 
+  # The schedule's shape (peak 1) times the learning rate held in the state: the compiled step
+  # does not depend on the learning rate's value (a search's trials reuse one compilation).
   hparams = dict(
-    learning_rate=schedule,
+    learning_rate=make_schedule(c, total_steps, peak=1.0),
+    peak_lr=float(c.learning_rate),
     lr_scale=1.0,
     weight_decay=float(c.weight_decay),
     layerwise_lr_decay=float(c.layerwise_lr_decay),
@@ -477,7 +485,8 @@ def hyperparams(opt_state: Any) -> dict:
   """The injected hyperparameters (float32 arrays) of a `build_optimizer` state, by name.
 
   Replace entries (e.g. `lr_scale`, `weight_decay`) in this dict to change them between steps;
-  `learning_rate` itself is recomputed from the schedule at every update.
+  `learning_rate` is the schedule's shape (peak 1), recomputed at every update, and the base
+  learning rate is `learning_rate * peak_lr * lr_scale`.
   """
   is_hp = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_hp) if is_hp(s)]
@@ -492,7 +501,7 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
   Per-parameter multipliers (lr_multipliers, layer-wise decay) come on top of this value.
   """
   hp = hyperparams(opt_state)
-  return hp["learning_rate"] * hp["lr_scale"]
+  return hp["learning_rate"] * hp["peak_lr"] * hp["lr_scale"]
 
 
 # ---------------------------------------------------------------------------------------------

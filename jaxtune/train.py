@@ -97,7 +97,14 @@ def _state_shardings(state, mesh):
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
+                       on_eval=None) -> dict:
+  """Train, evaluate and return {step, eval, results, ...}.
+
+  `on_eval(step, eval_scalars) -> bool`, if given, sees every intermediate validation and may
+  stop the run (True), which then ends like early stopping: a hyperparameter search prunes
+  poor trials through it.
+  """
   # ------------------------------------------------------------------------------- setup
   validate(config)
   workdir = epath.Path(workdir)  # a local path or a URL such as gs://bucket/run
@@ -240,6 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         res, _ = run_eval(eval_params(state), "validation")
         scalars = _eval_scalars(res)
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
+        if on_eval is not None and on_eval(s, scalars):
+          stopped_early = True
+          scalars["train/stopped_by_hook"] = 1.0
         if train_losses and alarm.update(float(np.mean(train_losses)), res["loss"]):
           log.warning(alarm.message(s))
           scalars["alarm/overfitting"] = 1.0

@@ -1,0 +1,37 @@
+"""Search on configs/sentiment_minilm.py: learning rate, weight decay and warmup.
+
+Objective: validation accuracy. The recipe's own values run first (trial 0, `baseline`), so the
+leaderboard compares the search against the defaults at the same budget. Budget per trial:
+150 steps with an evaluation every 50 (pruning by the median).
+
+Variants, comma-separated: an algorithm ('tpe' default, 'random', 'grid', 'gp', 'pbt'; PBT
+searches only what the population can trace: learning rate and weight decay) and 'quick'
+(4 trials of 30 steps, for configs/sentiment_minilm.py:quick on a small CPU).
+"""
+
+from jaxtune.tune import space
+from jaxtune.tune.space import intrange, loguniform, uniform
+
+
+def get_config(arg=None):
+  args = set((arg or "").split(",")) - {""}
+  c = space.default()
+  c.space["optim.learning_rate"] = loguniform(1e-5, 3e-4)
+  c.space["optim.weight_decay"] = uniform(0.0, 0.1)
+  c.objective.metric = "eval/accuracy"
+  c.objective.direction = "maximize"
+  c.algorithm = next(iter(args & set(space.ALGORITHMS)), "tpe")
+  quick = "quick" in args
+  if c.algorithm != "pbt":
+    c.space["optim.warmup_steps"] = intrange(0, 10 if quick else 40)
+  c.pruner = "median"
+  c.budget.trials = 4 if quick else 8
+  c.trial.steps = 30 if quick else 150
+  c.trial.eval_every = 10 if quick else 50
+  c.pbt.population = 4
+  c.pbt.interval = c.trial.eval_every
+  c.pbt.generations = 3
+  unknown = args - set(space.ALGORITHMS) - {"quick"}
+  if unknown:
+    raise ValueError(f"configs/search/sentiment_minilm.py: unknown variants {sorted(unknown)}")
+  return c

@@ -1,0 +1,27 @@
+"""A tiny search on configs/tiny.py for tests: learning rate and weight decay, a few steps each.
+
+Variants: 'grid', 'random', 'tpe', 'gp', 'pbt' (the algorithm; default tpe).
+"""
+
+from jaxtune.tune import space
+from jaxtune.tune.space import choice, loguniform
+
+
+def get_config(arg=None):
+  c = space.default()
+  c.space["optim.learning_rate"] = loguniform(1e-3, 3e-2)
+  c.space["optim.weight_decay"] = choice(0.0, 0.1)
+  c.fixed["optim.warmup_steps"] = 2
+  c.objective.metric = "eval/loss"
+  c.objective.direction = "minimize"
+  c.algorithm = arg or "tpe"
+  c.pruner = "median"
+  c.budget.trials = 3
+  c.trial.steps = 6
+  c.trial.eval_every = 3
+  c.grid_points = 2
+  c.pbt.population = 4
+  c.pbt.interval = 3
+  c.pbt.generations = 2
+  c.pbt.quantile = 0.25
+  return c

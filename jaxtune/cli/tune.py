@@ -1,0 +1,74 @@
+"""`jaxtune tune --config=configs/<recipe>.py --search=configs/search/<space>.py --workdir=DIR`.
+
+Runs the search the search file describes (grid, random, TPE, GP or PBT) with Optuna as the
+engine; the study lives in DIR/study.db unless --storage names a database URL shared by many
+workers. Rerunning the same command resumes the study. Writes DIR/leaderboard.csv,
+DIR/best_config.py (a runnable recipe), DIR/plots/*.png|html, and each trial's run
+(metrics, TensorBoard logs, checkpoints) under DIR/trials/ (PBT: DIR/pbt/member_NN/).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxtune.cli import run_app
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Recipe file (configs/<recipe>.py[:variant]); override fields with --config.a.b=v.",
+  lock_config=True,
+)
+_SEARCH = config_flags.DEFINE_config_file(
+  "search", None, "Search file (configs/search/<space>.py); override fields with "
+  "--search.budget.trials=N etc.",
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory (study.db, trials, reports).")
+_STORAGE = flags.DEFINE_string(
+  "storage", "", "Optuna storage URL shared by many workers (e.g. postgresql://user@host/db); "
+  "default: sqlite in --workdir.")
+_STUDY = flags.DEFINE_string("study_name", "", "Study name in the storage; default: the "
+                             "workdir's name.")
+_POPULATION = flags.DEFINE_enum(
+  "population", "auto", ["auto", "on", "off"],
+  "PBT: train the members as one vmapped program (on), one after another (off), or vmapped "
+  "when the population fits in device memory (auto).")
+_HEARTBEAT = flags.DEFINE_integer(
+  "heartbeat_s", 30, "Seconds between trial heartbeats; a trial silent for twice this is "
+  "taken as dead and re-queued.")
+flags.mark_flags_as_required(["config", "search", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  import warnings
+  from pathlib import Path
+
+  import optuna
+
+  from jaxtune.tune import pbt, report, study
+
+  # Heartbeats and the matplotlib plots are marked experimental in Optuna; we rely on both.
+  warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+  workdir = Path(_WORKDIR.value)
+  search = _SEARCH.value
+  if search.algorithm == "pbt":
+    vmapped = {"auto": None, "on": True, "off": False}[_POPULATION.value]
+    s = pbt.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, vmapped=vmapped)
+  else:
+    s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value)
+  print(report.leaderboard(s, workdir / "leaderboard.csv"))
+  recipe = flags.FLAGS["config"].config_filename
+  best = report.write_best_config(s, recipe, workdir / "best_config.py", _CONFIG.value)
+  plots = report.write_plots(s, workdir / "plots")
+  print(f"best: trial {s.best_trial.number}, {search.objective.metric}={s.best_value:.5g}: "
+        f"{s.best_trial.params}\nbest config: {best}\n{len(plots)} plot files in "
+        f"{workdir / 'plots'}; leaderboard: {workdir / 'leaderboard.csv'}")
+
+
+def run(argv):
+  run_app(__name__, main, argv)

@@ -1,0 +1,107 @@
+"""Population-based training: train a population for an interval, then the bottom quantile
+exploits (takes a top-quantile member's weights, optimizer state and hyperparameters) and
+explores (perturbs those hyperparameters or resamples them from the space).
+
+Every member at every generation is recorded as a finished Optuna trial (its hyperparameters,
+its validation objective, and user attrs `member`, `generation`, `parent`), so the leaderboard
+and plots read PBT like any other search; the full lineage is in `<workdir>/pbt/lineage.json`.
+After each generation the population and its bookkeeping are saved, so a killed run resumes
+at the last finished generation. Members train as one vmapped program when they fit on the
+devices (`--population=auto`, the default), else one after another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from jaxtune import writer
+from jaxtune.tune import population, space
+from jaxtune.tune import study as study_lib
+
+log = logging.getLogger(__name__)
+
+
+def run(config, search, workdir: str | Path, storage: str = "", study_name: str = "",
+        vmapped: bool | None = None) -> optuna.Study:
+  space.check(search, config)
+  p = search.pbt
+  if p.population < 2 or p.interval < 1 or p.generations < 1 or not 0 < p.quantile <= 0.5:
+    raise ValueError(f"search.pbt={p.to_dict()}: needs population >= 2, interval >= 1, "
+                     "generations >= 1 and 0 < quantile <= 0.5")
+  workdir = Path(workdir)
+  pdir = workdir / "pbt"
+  pdir.mkdir(parents=True, exist_ok=True)
+  study_lib.share_compilations(workdir)
+  study = study_lib.open_study(search, workdir, storage, study_name)
+  metric, maximize = search.objective.metric, search.objective.direction == "maximize"
+  total = int(p.interval * p.generations)
+  rng = np.random.default_rng(int(search.seed))
+  hparams = [space.sample(search, rng) for _ in range(p.population)]
+  book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
+  resumed = book_path.exists() and state_path.exists()
+  book = json.loads(book_path.read_text()) if resumed else {
+    "generation": 0, "rng": None, "members": [
+      {"member": i, "history": [{"generation": 0, "parent": None, "hparams": h}]}
+      for i, h in enumerate(hparams)]}
+  if book["generation"] >= p.generations:
+    log.info("PBT: all %d generations are done", p.generations)
+    return study
+  run_config = study_lib.trial_config(config, search, {})
+  run_config.train.steps = total
+  pop = population.Population(run_config, hparams, total, pdir, vmapped=vmapped)
+  log.info("PBT: %d members as %s", pop.size,
+           "one vmapped program" if pop.vmapped else "separate runs, one after another")
+  if resumed:
+    pop.load(state_path)
+    for i, m in enumerate(book["members"]):
+      pop.set_hparams(i, m["history"][-1]["hparams"])
+    rng.bit_generator.state = book["rng"]
+    log.info("PBT: resumed after generation %d", book["generation"])
+  writers = [writer.MetricWriter(pdir / f"member_{i:02d}") for i in range(pop.size)]
+  dists = space.distributions(search)
+  n_top = max(1, int(round(p.quantile * pop.size)))
+
+  for gen in range(book["generation"], p.generations):
+    start = gen * p.interval
+    losses = pop.train(start, p.interval)
+    scores = pop.evaluate()
+    end = start + p.interval
+    for i in range(pop.size):
+      writers[i].write(end, {"train/loss": losses[i], **scores[i]})
+      hist = book["members"][i]["history"][-1]
+      hist["score"] = scores[i][metric]
+      study.add_trial(optuna.create_trial(
+        params=pop.hparams[i], distributions=dists, value=scores[i][metric],
+        intermediate_values={end: scores[i][metric]},
+        user_attrs={"member": i, "generation": gen, "parent": hist["parent"], "steps": end,
+                    "workdir": str(pdir / f"member_{i:02d}"),
+                    "overrides": json.dumps({**study_lib.trial_overrides(search, pop.hparams[i]),
+                                             "train.steps": end})}))
+    if gen + 1 < p.generations:
+      order = sorted(range(pop.size), key=lambda i: scores[i][metric], reverse=maximize)
+      top, bottom = order[:n_top], order[-n_top:]
+      for i in bottom:
+        j = int(rng.choice(top))
+        pop.copy_member(i, j)
+        new = space.perturb(search, pop.hparams[j], rng, p.perturb, p.resample_prob)
+        pop.set_hparams(i, new)
+        book["members"][i]["history"].append({"generation": gen + 1, "parent": j, "hparams": new})
+        log.info("PBT generation %d: member %d <- member %d, %s", gen + 1, i, j, new)
+      for i in range(pop.size):
+        if i not in bottom:
+          book["members"][i]["history"].append(
+            {"generation": gen + 1, "parent": i, "hparams": pop.hparams[i]})
+    book["generation"] = gen + 1
+    book["rng"] = rng.bit_generator.state
+    pop.save(state_path)
+    tmp = book_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(book, indent=1, default=float))
+    tmp.replace(book_path)
+  for w in writers:
+    w.close()
+  return study

@@ -1,0 +1,68 @@
+"""Leaderboard, the best configuration as a runnable recipe, and plots, from a study whose
+trials are recorded directly (no training)."""
+
+import csv
+import importlib.util
+import json
+
+import optuna
+
+from jaxtune.tune import report, space
+from tests.tune.conftest import REPO
+
+
+def _tiny():
+  return report._load_recipe(f"{REPO}/configs/tiny.py", "")
+
+
+def _study(tmp_path):
+  s = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="r",
+                          direction="maximize")
+  s.set_user_attr("objective", "eval/accuracy")
+  search = space.default()
+  search.space["optim.learning_rate"] = space.loguniform(1e-5, 1e-2)
+  search.space["optim.weight_decay"] = space.uniform(0.0, 0.1)
+  dists = space.distributions(search)
+  for lr, wd, acc in [(1e-4, 0.01, 0.7), (3e-4, 0.05, 0.8), (1e-3, 0.0, 0.75)]:
+    params = {"optim.learning_rate": lr, "optim.weight_decay": wd}
+    overrides = {"train.steps": 40, "train.epochs": 0.0, **params}
+    s.add_trial(optuna.create_trial(params=params, distributions=dists, value=acc,
+                                    intermediate_values={20: acc - 0.1, 40: acc},
+                                    user_attrs={"overrides": json.dumps(overrides), "steps": 40,
+                                                "test/accuracy": acc - 0.02}))
+  s.add_trial(optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params=params,
+                                  distributions=dists, intermediate_values={20: 0.6}))
+  return s
+
+
+def test_leaderboard_orders_best_first(tmp_path):
+  s = _study(tmp_path)
+  text = report.leaderboard(s, tmp_path / "leaderboard.csv")
+  rows = list(csv.DictReader(open(tmp_path / "leaderboard.csv")))
+  assert [r["trial"] for r in rows] == ["1", "2", "0", "3"]  # pruned last
+  assert rows[0]["eval/accuracy"] == "0.8" and rows[0]["test/accuracy"] == str(0.8 - 0.02)
+  assert rows[-1]["state"] == "pruned"
+  assert text.splitlines()[1].split()[:2] == ["1", "complete"]
+
+
+def test_best_config_is_a_runnable_recipe(tmp_path):
+  s = _study(tmp_path)
+  run_config = space.apply(_tiny(), {"data.seq_len": 32})  # as --config.data.seq_len=32
+  path = report.write_best_config(s, f"{REPO}/configs/tiny.py", tmp_path / "best_config.py",
+                                  run_config)
+  spec = importlib.util.spec_from_file_location("best", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  assert c.optim.learning_rate == 3e-4 and c.optim.weight_decay == 0.05
+  assert c.train.steps == 40 and c.model.source == "preset:tiny-llama"
+  assert c.data.seq_len == 32
+  assert "trial 1" in path.read_text()
+
+
+def test_plots_as_png_and_html(tmp_path):
+  files = report.write_plots(_study(tmp_path), tmp_path / "plots")
+  names = {f.name for f in files}
+  for plot in report.PLOTS:
+    assert {f"{plot}.png", f"{plot}.html"} <= names
+  assert all(f.stat().st_size > 1000 for f in files)

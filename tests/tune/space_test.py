@@ -1,0 +1,53 @@
+"""Search spaces: validation naming the key at fault, config overrides, grids, PBT's explore."""
+
+import numpy as np
+import pytest
+
+from jaxtune.tune import space
+
+
+def test_apply_sets_dotted_keys_and_keeps_types(tiny_config):
+  c = space.apply(tiny_config, {"optim.learning_rate": 1e-4, "train.steps": 7.0})
+  assert c.optim.learning_rate == 1e-4
+  assert c.train.steps == 7 and isinstance(c.train.steps, int)
+  assert tiny_config.train.steps != 7  # the input is left alone
+
+
+def test_check_names_the_bad_key(tiny_config, tiny_search):
+  s = tiny_search()
+  s.space["optim.learning_rte"] = space.uniform(0.1, 0.2)
+  with pytest.raises(ValueError, match="learning_rte"):
+    space.check(s, tiny_config)
+  s = tiny_search()
+  s.space["optim.weight_decay"] = ("uniform", 1.0, 0.5)
+  with pytest.raises(ValueError, match=r"optim.weight_decay.*low < high"):
+    space.check(s, tiny_config)
+  s = tiny_search()
+  s.objective.metric = "train/loss"
+  with pytest.raises(ValueError, match="eval/"):
+    space.check(s, tiny_config)
+
+
+def test_grid_spans_each_range(tiny_search):
+  s = tiny_search("grid")
+  s.space["train.micro_batches"] = space.intrange(1, 2)
+  g = space.grid(s)
+  np.testing.assert_allclose(g["optim.learning_rate"], [1e-3, 3e-2])
+  assert g["optim.weight_decay"] == [0.0, 0.1]
+  assert g["train.micro_batches"] == [1, 2]
+  assert space.grid_size(s) == 8
+
+
+def test_perturb_stays_in_range_and_moves():
+  s = space.default()
+  s.space["optim.learning_rate"] = space.loguniform(1e-4, 1e-2)
+  s.space["optim.name"] = space.choice("adamw", "lion", "sgd")
+  rng = np.random.default_rng(0)
+  start = {"optim.learning_rate": 1e-2, "optim.name": "lion"}
+  seen = set()
+  for _ in range(50):
+    v = space.perturb(s, start, rng, (0.8, 1.25), resample_prob=0.0)
+    assert 1e-4 <= v["optim.learning_rate"] <= 1e-2
+    assert v["optim.name"] in ("adamw", "sgd")  # a neighbour, never the same option
+    seen.add(round(v["optim.learning_rate"], 6))
+  assert seen == {0.008, 0.01}  # x0.8, or x1.25 clipped to the top of the range
