@@ -60,7 +60,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
   # Data quality, on the train split only (classification; see jaxtune/data/quality). Rows
   # these drop go to workdir/dropped_rows.jsonl with the reason.
-  c.clean = False  # normalise text (mojibake, NFKC, HTML, control chars, spaces); drop empty
+  c.clean = False  # train text normalised (mojibake, NFKC, HTML, controls, spaces); label spelling fixed
   c.dedup = ""  # '' | 'exact' | 'near': drop duplicates and rows also in validation/test
   c.dedup_threshold = 0.8  # 'near': Jaccard of character 5-gram sets
   c.balance = ""  # '' | 'oversample' | 'undersample' | 'class_weights'

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -46,7 +47,9 @@ def wordnet():
   root = assets.wordnet_dir()  # raises, saying how to fetch it, when missing
   if str(root.parents[1]) not in nltk.data.path:
     nltk.data.path.insert(0, str(root.parents[1]))  # NLTK only reads corpora under its paths
-  return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
+  with warnings.catch_warnings():  # "multilingual functions are not available": not needed here
+    warnings.simplefilter("ignore", UserWarning)
+    return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
 
 
 @functools.cache

@@ -1,7 +1,9 @@
 """`data.clean`, `data.dedup`, `data.balance` and `data.augment` on a run's training rows.
 
 Only the train split changes; validation and test stay as read, so scores remain comparable
-with runs that use none of these. Order: clean (normalise texts, drop those left empty) ->
+with runs that use none of these (data.clean also fixes the spelling of label names in every
+split, so ' Positive' and 'positive' are one class everywhere). Order: clean (normalise texts, drop those that cleaning
+leaves empty; rows empty or unusable to begin with stay bad rows of the task) ->
 dedup (exact or near duplicates within train, and train rows that occur in validation/test) ->
 balance (resample) -> augment (new rows appended after their source). All randomness comes
 from the run seed. Every dropped row is returned with its reason for workdir/dropped_rows.jsonl.
@@ -44,12 +46,14 @@ def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]
                     "content": row.fields, **extra})
 
   if d.clean:
+    rows = {name: [_fix_label(r, d) for r in split] for name, split in rows.items()}
+    train = list(rows["train"])
     out = []
     for r in train:
       text = _text(r, d)
       pair = r.fields.get(d.text_pair_column) if d.text_pair_column else None
-      if text is None:
-        out.append(r)  # not text: the task reports it as a bad row, with the usual policy
+      if text is None or not text.strip():
+        out.append(r)  # no text to begin with: the task reports it (data.on_bad_row), as always
         continue
       cleaned = qtext.normalize(text)
       extra = {d.text_pair_column: qtext.normalize(pair)} if isinstance(pair, str) else {}
@@ -104,15 +108,15 @@ def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]
     ops = data_config.parse_augment(d.augment)
     translator = augment.load_translator(d.augment_translator) if "backtranslate" in ops else None
     aug = augment.Augmenter(ops, d.augment_rate, translator=translator)
-    texts = [_text(r, d) or "" for r in train]
-    made = aug(texts, np.random.default_rng([seed, 2]), d.augment_copies)
+    usable = [i for i, r in enumerate(train) if _label(r, d) is not None]  # the task keeps these
+    made = aug([train[i].fields[d.text_column] for i in usable], np.random.default_rng([seed, 2]),
+               d.augment_copies)
     extra = collections.defaultdict(list)
-    for i, op, new in made:
-      if texts[i].strip():
-        extra[i].append(_with_text(train[i], d, new, augmented=op))
+    for k, op, new in made:
+      extra[usable[k]].append(_with_text(train[usable[k]], d, new, augmented=op))
     train = [x for i, r in enumerate(train) for x in [r, *extra[i]]]
-    stats["augmented_rows"] = sum(len(v) for v in extra.values())
-    stats["augmented_by_op"] = dict(collections.Counter(op for i, op, _ in made if texts[i].strip()))
+    stats["augmented_rows"] = len(made)
+    stats["augmented_by_op"] = dict(collections.Counter(op for _, op, _ in made))
 
   stats["train_rows_after"] = len(train)
   stats["dropped_by_step"] = dict(collections.Counter(r["step"] for r in dropped))
@@ -130,8 +134,27 @@ def _joined(row: Row, d) -> str:
 
 
 def _label(row: Row, d):
+  """The row's label key, or None when the task would reject the row (no text, no label)."""
   try:
+    classification.text_field(row.fields, d.text_column)
+    if d.text_pair_column:
+      classification.text_field(row.fields, d.text_pair_column)
     return classification.label_key(row.fields.get(d.label_column), d.label_column)
   except classification.RowError:
     return None
+
+
+def _fix_label(row: Row, d) -> Row:
+  """A label name spelt as data.label_names spells it, else collapsed and lower-cased.
+
+  ' Positive' and 'positive' must be one class; done in every split, since a class spelt
+  differently in train and test would fail as an unknown label.
+  """
+  value = row.fields.get(d.label_column)
+  if not isinstance(value, str) or not value.strip():
+    return row
+  names = data_config.parse_label_names(d.label_names)
+  key = qtext.collapse_space(value).lower()
+  fixed = {n.lower(): n for n in names}.get(key, value if names else key)
+  return row if fixed == value else Row({**row.fields, d.label_column: fixed}, row.file, row.row)
 
