@@ -97,11 +97,11 @@ def synonym_replace(words: list[str], rate: float, rng: np.random.Generator) -> 
 
 def random_insert(words: list[str], rate: float, rng: np.random.Generator) -> list[str]:
   words = list(words)
-  spots = _candidates(words)
-  if not spots:
+  pool = [words[i] for i in _candidates(words)]  # words, not positions: inserts shift positions
+  if not pool:
     return words
   for _ in range(_count(len(words), rate)):
-    options = synonyms(words[spots[rng.integers(len(spots))]])
+    options = synonyms(pool[rng.integers(len(pool))])
     words.insert(int(rng.integers(len(words) + 1)), options[rng.integers(len(options))])
   return words
 

@@ -69,3 +69,11 @@ def test_wordnet_synonyms(wordnet):
   assert len(changed) == 3 and all(b in augment.synonyms(a) for a, b in changed)
   inserted = augment.random_insert(TEXT.split(), 0.1, rng)
   assert len(inserted) == len(TEXT.split()) + 1
+
+
+def test_insert_many_into_a_text_with_few_synonyms(wordnet):
+  # Inserting shifts positions; the words to draw synonyms of must not shift with them.
+  words = "the of and movie to a in".split()
+  for seed in range(20):
+    out = augment.random_insert(words, 1.0, np.random.default_rng(seed))
+    assert len(out) == 2 * len(words)
