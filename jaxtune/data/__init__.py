@@ -2,7 +2,8 @@
 
 kind='synthetic' generates text (no tokenizer); 'classification' and 'sft' read a file, builtin
 or hub data set (`readers`), split it with a fixed seed, tokenize (`classification`, `sft`,
-`packing`) and report what happened in `Splits.stats`.
+`packing`) and report what happened in `Splits.stats`. For classification, data.clean / dedup /
+balance / augment transform the train rows first (`quality.train_split`).
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ def check(c: ml_collections.ConfigDict) -> None:
     _fail("kind", c.kind, f"expected one of {KINDS}")
   if c.seq_len < 2:
     _fail("seq_len", c.seq_len, "must be at least 2")
+  check_quality(c)
   if c.kind == "synthetic":
     return
   if not c.source:
@@ -96,7 +97,6 @@ def check(c: ml_collections.ConfigDict) -> None:
   if fr["validation"] == 0 and not c.validation_source:
     _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")
   parse_class_weights(c.class_weights, None)
-  check_quality(c)
 
 
 def check_quality(c: ml_collections.ConfigDict) -> None:

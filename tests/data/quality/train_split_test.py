@@ -111,3 +111,9 @@ def test_class_weights_conflict(planted, make_cfg, causal_tok_dir):
   c = _config(planted, make_cfg, causal_tok_dir, balance="class_weights", class_weights="1,2")
   with pytest.raises(ValueError, match="data.balance='class_weights'.*class_weights='1,2'"):
     data_config.check(c.data)
+
+
+def test_other_kinds_are_rejected(make_cfg):
+  c = make_cfg(kind="synthetic", dedup="near")
+  with pytest.raises(ValueError, match="data.dedup='near': data quality transforms support kind='classification'"):
+    data_config.check(c.data)
