@@ -58,7 +58,8 @@ def length_stats(lengths: np.ndarray, seq_len: int, unit: str) -> dict:
   if len(lengths) == 0:
     return {"unit": unit}
   top = int(lengths.max())
-  edges = np.unique(np.linspace(0, top + 1, min(top + 1, 40) + 1).astype(int))
+  width = -(-(top + 1) // 40)  # at most 40 bins of equal integer width
+  edges = np.arange(0, top + width + 1, width)
   counts, _ = np.histogram(lengths, edges)
   out = {"unit": unit, "min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
          **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)}, "max": top,
