@@ -2,12 +2,14 @@
 
 kind='synthetic' generates text (no tokenizer); 'classification' and 'sft' read a file, builtin
 or hub data set (`readers`), split it with a fixed seed, tokenize (`classification`, `sft`,
-`packing`) and report what happened in `Splits.stats`.
+`packing`) and report what happened in `Splits.stats`. For classification, data.clean / dedup /
+balance / augment transform the train rows first (`quality.train_split`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -57,7 +59,31 @@ def build(config, workdir: str | Path) -> Splits:
     })
   d = _with_builtin_defaults(d)
   bad = readers.BadRows(d.on_bad_row)
-  return _tokenize(config, d, read_splits(d, bad), bad, workdir, "skipped_rows.jsonl")
+  rows = read_splits(d, bad)
+  quality_stats = None
+  if d.kind == "classification":
+    from jaxtune.data.quality import train_split
+
+    if train_split.enabled(d):
+      rows, dropped, quality_stats = train_split.apply(rows, d, config.seed)
+      if jax.process_index() == 0:
+        _write_jsonl(Path(workdir) / "dropped_rows.jsonl", dropped)
+      if d.balance == "class_weights":
+        d = ml_collections.ConfigDict(d.to_dict())
+        d.class_weights = "balanced"
+  splits = _tokenize(config, d, rows, bad, workdir, "skipped_rows.jsonl")
+  if quality_stats is not None:
+    splits.stats["quality"] = quality_stats
+    log.info("data quality on train: %s", quality_stats)
+  return splits
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+  """Rewritten on every build, like skipped_rows.jsonl, so it never holds a stale run's rows."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for r in rows:
+      f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
 
 def build_eval(config, source: str, workdir: str | Path) -> Splits:

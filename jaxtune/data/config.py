@@ -13,6 +13,9 @@ KINDS = ("synthetic", "classification", "sft")
 SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
 ON_BAD_ROW = ("error", "skip")
 SPLIT_NAMES = ("train", "validation", "test")
+DEDUP = ("", "exact", "near")
+BALANCE = ("", "oversample", "undersample", "class_weights")
+AUGMENT_OPS = ("synonym", "insert", "swap", "delete", "backtranslate")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -54,6 +57,18 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.system_prompt = ""  # chat: prepended as a system message when a conversation has none
 
   c.tokenizer = ""  # '' = the model's source
+
+  # Data quality, on the train split only (classification; see jaxtune/data/quality). Rows
+  # these drop go to workdir/dropped_rows.jsonl with the reason.
+  c.clean = False  # train text normalised (mojibake, NFKC, HTML, controls, spaces); label spelling fixed
+  c.dedup = ""  # '' | 'exact' | 'near': drop duplicates and rows also in validation/test
+  c.dedup_threshold = 0.8  # 'near': Jaccard of character 5-gram sets
+  c.balance = ""  # '' | 'oversample' | 'undersample' | 'class_weights'
+  # Comma-separated ops: synonym (WordNet), insert, swap, delete, backtranslate.
+  c.augment = ""
+  c.augment_rate = 0.1  # share of a text's words each word op changes
+  c.augment_copies = 1  # augmented rows added per train row
+  c.augment_translator = ""  # 'module:function', list[str] -> list[str], for backtranslate
   return c
 
 
@@ -67,6 +82,7 @@ def check(c: ml_collections.ConfigDict) -> None:
     _fail("kind", c.kind, f"expected one of {KINDS}")
   if c.seq_len < 2:
     _fail("seq_len", c.seq_len, "must be at least 2")
+  check_quality(c)
   if c.kind == "synthetic":
     return
   if not c.source:
@@ -81,6 +97,37 @@ def check(c: ml_collections.ConfigDict) -> None:
   if fr["validation"] == 0 and not c.validation_source:
     _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")
   parse_class_weights(c.class_weights, None)
+
+
+def check_quality(c: ml_collections.ConfigDict) -> None:
+  """The data.clean/dedup/balance/augment keys (train-split transforms)."""
+  if c.dedup not in DEDUP:
+    _fail("dedup", c.dedup, f"expected one of {DEDUP}")
+  if c.dedup == "near" and not 0 < c.dedup_threshold < 1:
+    _fail("dedup_threshold", c.dedup_threshold, "expected a Jaccard similarity in (0, 1)")
+  if c.balance not in BALANCE:
+    _fail("balance", c.balance, f"expected one of {BALANCE}")
+  if c.balance == "class_weights" and c.class_weights.strip():
+    _fail("balance", c.balance, f"data.class_weights={c.class_weights!r} is set too; use one of them")
+  ops = parse_augment(c.augment)
+  if ops and not 0 < c.augment_rate <= 1:
+    _fail("augment_rate", c.augment_rate, "expected a share of words in (0, 1]")
+  if ops and c.augment_copies < 1:
+    _fail("augment_copies", c.augment_copies, "expected at least 1 augmented row per train row")
+  if "backtranslate" in ops and not c.augment_translator:
+    _fail("augment", c.augment, "'backtranslate' needs data.augment_translator='module:function'")
+  used = [k for k in ("clean", "dedup", "balance", "augment") if c[k]]
+  if used and c.kind != "classification":
+    _fail(used[0], c[used[0]], f"data quality transforms support kind='classification', not {c.kind!r}")
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+  """'synonym,swap' -> ('synonym', 'swap'); '' -> ()."""
+  ops = tuple(o.strip() for o in text.split(",")) if text.strip() else ()
+  bad = [o for o in ops if o not in AUGMENT_OPS]
+  if bad or len(set(ops)) != len(ops):
+    _fail("augment", text, f"expected distinct comma-separated ops from {AUGMENT_OPS}")
+  return ops
 
 
 def split_fractions(text: str) -> dict[str, float]:

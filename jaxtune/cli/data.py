@@ -1,0 +1,133 @@
+"""`jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [--config=configs/<recipe>.py]`.
+
+audit: writes DIR/audit.json (every figure), DIR/audit.md and DIR/audit.html (with plots):
+per split, invalid rows, token lengths and truncation, exact and near duplicates, leaks into
+train, label balance and the tokens most predictive of each label, encoding problems.
+
+clean: writes DIR/<split>.jsonl (cleaned rows), DIR/dropped.jsonl (every removed row and
+why) and DIR/clean.json (counts). Train on the result with --config.data.source=DIR/train.jsonl
+--config.data.validation_source=DIR/validation.jsonl --config.data.test_source=DIR/test.jsonl.
+
+With --config, the data set, splits, columns, tokenizer and seq_len are the training run's
+(flags given explicitly override them); without it, flags name the columns and tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxtune.cli import run_app
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Optional run recipe (configs/<recipe>.py[:variant]): its data section decides "
+  "splits, columns, tokenizer and seq_len.", lock_config=True)
+_DATA = flags.DEFINE_string("data", "", "File (.jsonl/.json/.csv/.tsv/.parquet/.txt), builtin or hub name; "
+                            "default: the config's data.source.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_TEXT = flags.DEFINE_string("text_column", "text", "Text column.")
+_PAIR = flags.DEFINE_string("text_pair_column", "", "Second text column of sentence pairs.")
+_LABEL = flags.DEFINE_string("label_column", "label", "Label column ('' = unlabelled data).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "", "HF tokenizer dir, .gguf or hub id for token lengths "
+                                 "(default: the config's; none = lengths in words).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Max length whose truncation share is reported (default: the config's).")
+_SPLIT = flags.DEFINE_string("split", "0.8,0.1,0.1", "train,validation[,test] fractions carved from --data.")
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the split.")
+_VAL = flags.DEFINE_string("validation_data", "", "Own validation file (instead of a fraction of --data).")
+_TEST = flags.DEFINE_string("test_data", "", "Own test file (instead of a fraction of --data).")
+_MAX_ROWS = flags.DEFINE_integer("max_rows", 0, "Seeded subset of at most this many rows per split (0 = all).")
+_NEAR = flags.DEFINE_float("near_threshold", 0.8, "Jaccard similarity (character 5-grams) for near "
+                           "duplicates and near leaks; 0 = exact only.")
+_NUM_PERM = flags.DEFINE_integer("num_perm", 128, "MinHash hash functions.")
+_NGRAM = flags.DEFINE_integer("ngram", 5, "Character n-gram size of the shingles.")
+_LANG = flags.DEFINE_string("lang", "en", "audit: target language (ISO 639-1) for the other-language "
+                            "check ('' = off); clean: drop rows confidently in another language.")
+_EXAMPLES = flags.DEFINE_integer("examples", 5, "audit: example rows/pairs listed per finding.")
+_TOP_TOKENS = flags.DEFINE_integer("top_tokens", 10, "audit: predictive tokens listed per label.")
+_MIN_TOKEN_ROWS = flags.DEFINE_integer("min_token_rows", 5, "audit: rows a token needs to be listed as predictive.")
+_NORMALIZE = flags.DEFINE_bool("normalize", True, "clean: write normalised text (mojibake, NFKC, HTML, "
+                               "control chars, spaces).")
+_DROP_LEAKS = flags.DEFINE_bool("drop_leaks", True, "clean: drop train rows that occur in validation/test.")
+_MIN_TOKENS = flags.DEFINE_integer("min_tokens", 0, "clean: drop rows shorter than this (tokens, or words without a tokenizer).")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "clean: drop rows longer than this (0 = no limit).")
+flags.mark_flags_as_required(["out"])
+
+_COMMANDS = ("audit", "clean")
+
+
+def data_config():
+  """(data config, tokenizer source, seq_len) from --config and the flags given explicitly."""
+  import ml_collections
+
+  from jaxtune import data as data_lib
+  from jaxtune.data import config as data_cfg
+
+  f = flags.FLAGS
+  config = _CONFIG.value
+  if config is not None:
+    d = ml_collections.ConfigDict(config.data.to_dict())
+    tokenizer, seq_len = d.tokenizer or config.model.source, d.seq_len
+    overrides = {k: v for k, v in _override_keys().items() if f[k].present}
+  else:
+    d = data_cfg.default_data_config()
+    d.kind = "classification"
+    tokenizer, seq_len = "", 0
+    overrides = _override_keys()
+  for flag_name, key in overrides.items():
+    d[key] = f[flag_name].value
+  if f["tokenizer"].present or config is None:
+    tokenizer = _TOKENIZER.value
+  if f["seq_len"].present or config is None:
+    seq_len = _SEQ_LEN.value
+  if not d.source:
+    raise ValueError("--data: no data set given (and no --config with data.source)")
+  if d.kind != "classification":
+    raise ValueError(f"config: data.kind={d.kind!r}: `jaxtune data` audits text classification data")
+  d = data_lib._with_builtin_defaults(d)
+  data_cfg.split_fractions(d.split)
+  return d, tokenizer, seq_len
+
+
+def _override_keys() -> dict[str, str]:
+  return {"data": "source", "text_column": "text_column", "text_pair_column": "text_pair_column",
+          "label_column": "label_column", "split": "split", "split_seed": "split_seed",
+          "validation_data": "validation_source", "test_data": "test_source", "max_rows": "max_rows"}
+
+
+def main(argv):
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  commands = list(argv[1:])
+  if len(commands) != 1 or commands[0] not in _COMMANDS:
+    sys.exit(f"usage: jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [flags] (got {commands})")
+  from jaxtune.data import load_tokenizer
+  from jaxtune.data.quality import audit, clean, dedup, report
+
+  d, tok_source, seq_len = data_config()
+  tokenizer = load_tokenizer(tok_source) if tok_source else None
+  near = dedup.NearParams(threshold=_NEAR.value, num_perm=_NUM_PERM.value, ngram=_NGRAM.value)
+  rows, unreadable = audit.read(d)
+  if commands[0] == "audit":
+    settings = audit.Settings(near=near, seq_len=seq_len, lang=_LANG.value, top_tokens=_TOP_TOKENS.value,
+                              min_token_rows=_MIN_TOKEN_ROWS.value, examples=_EXAMPLES.value)
+    result = audit.audit(rows, d, tokenizer, settings, unreadable)
+    paths = report.write(result, _OUT.value)
+    print("\n".join(dict(report.sections(result))["Summary"]))
+    print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
+  else:
+    lang = _LANG.value if flags.FLAGS["lang"].present else ""
+    settings = clean.Settings(normalize=_NORMALIZE.value, near=near, drop_leaks=_DROP_LEAKS.value,
+                              min_tokens=_MIN_TOKENS.value, max_tokens=_MAX_TOKENS.value, lang=lang)
+    result = clean.clean(rows, d, tokenizer, settings, unreadable)
+    files = clean.write(result, _OUT.value)
+    print(json.dumps(result.summary["splits"], indent=1))
+    print(f"kept rows: {', '.join(f'{k}: {v}' for k, v in files.items())}; "
+          f"dropped {len(result.dropped)} rows: {_OUT.value}/dropped.jsonl")
+
+
+def run(argv):
+  run_app(__name__, main, argv)
