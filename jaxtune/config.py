@@ -58,7 +58,7 @@ def default() -> ml_collections.ConfigDict:
   # Causal LM runs with a tokenizer: greedy completions of this many validation prompts go to
   # TensorBoard's text tab (and text.jsonl) at every evaluation; 0 = off.
   c.train.text_samples = 0
-  c.train.text_sample_tokens = 32
+  c.train.text_sample_tokens = 32  # new tokens per text sample
 
   c.optim = optim.default_config()
 

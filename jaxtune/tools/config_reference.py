@@ -158,7 +158,11 @@ def _flatten(c: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[s
 
 
 def _value(v) -> str:
+  from jaxtune.data import assets
+
   text = repr(v) if isinstance(v, str) else str(v)
+  # Recipes that write derived files keep them in the cache, whose path differs per machine.
+  text = text.replace(str(assets.cache_dir()), "<assets.cache_dir()>")
   return "`" + text.replace("|", "\\|") + "`"
 
 
