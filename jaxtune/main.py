@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from jaxtune import xla_flags
+
 SUBCOMMANDS = {
   "train": "fine-tune a model: jaxtune train --config=configs/<recipe>.py --workdir=DIR",
   "eval": "evaluate a run's best weights on a data file: jaxtune eval --workdir=DIR --data=FILE",
@@ -34,6 +36,8 @@ def run(argv: list[str] | None = None) -> None:
   if name not in SUBCOMMANDS:
     print(f"jaxtune: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
     sys.exit(2)
+  # Before any subcommand can start a JAX backend: XLA reads XLA_FLAGS only once.
+  xla_flags.apply()
   module = importlib.import_module(f"jaxtune.cli.{name}")
   module.run([f"jaxtune {name}", *argv[2:]])
 

@@ -33,10 +33,12 @@ from jaxtune import (
   writer,
 )
 from jaxtune.config import parse_overrides, validate
-from jaxtune.data import pipeline
+from jaxtune.data import pipeline, prefetch
 from jaxtune.models import layers, presets
 
 log = logging.getLogger(__name__)
+# Batches built and copied to the device ahead of the running step (jaxtune/data/prefetch.py).
+PREFETCH_DEPTH = 2
 
 
 class NonFiniteError(RuntimeError):
@@ -217,9 +219,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     if mw is not None:
       mw.write(0, _eval_scalars(res))
     log.info("validation before training: %s", metrics.scalars(res))
-  with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh):
+  # Batches are a pure function of the step, so building the next ones on a thread (and their
+  # host-to-device copy) overlaps the running step without changing what any step sees.
+  batches = prefetch.Prefetcher(lambda i: pipeline.to_device(batcher.host_batch(i), batch_sh),
+                                s, total_steps, depth=PREFETCH_DEPTH)
+  with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh), batches:
     while s < total_steps and not stopped_early:
-      batch = pipeline.to_device(batcher.host_batch(s), batch_sh)
+      batch = batches.get(s)
       state, m = train_fn(state, batch, frozen)
       pending.append(m)
       s += 1
