@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxtune.cli import train as train_cli
+from jaxtune import distributed
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "launch" / "gpu.sh"
@@ -45,7 +45,7 @@ def test_help():
 def test_one_machine_is_one_process_over_all_gpus():
   _, variables, _ = dry_run()
   assert variables == {}
-  assert train_cli.distributed_args(variables) is None
+  assert distributed.distributed_args(variables) is None
 
 
 def test_one_machine_with_chosen_gpus():
@@ -57,7 +57,7 @@ def test_several_machines_by_hand():
   _, variables, _ = dry_run("--coordinator=10.0.0.2:1234", "--num_processes=4", "--process_id=3")
   assert variables == {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234", "JAX_NUM_PROCESSES": "4",
                        "JAX_PROCESS_ID": "3"}
-  assert train_cli.distributed_args(variables) == {
+  assert distributed.distributed_args(variables) == {
     "coordinator_address": "10.0.0.2:1234", "num_processes": 4, "process_id": 3,
     "cluster_detection_method": "deactivate"}
 
@@ -72,7 +72,7 @@ def test_slurm_variables_map_to_jax_distributed(nodelist, host):
                        "JAX_PROCESS_ID": "2"}
   # With SLURM variables also present, the explicit ones win and detection stays off, so the
   # process keeps every GPU of its node.
-  args = train_cli.distributed_args({**slurm, **variables})
+  args = distributed.distributed_args({**slurm, **variables})
   assert args["process_id"] == 2 and args["cluster_detection_method"] == "deactivate"
 
 
@@ -101,10 +101,10 @@ def test_refuses_bad_flags(args, message):
 
 
 def test_distributed_args_from_launchers():
-  assert train_cli.distributed_args({}) is None
-  assert train_cli.distributed_args({"JAXTUNE_DISTRIBUTED": "1"}) == {}  # launch/tpu_vm.sh
-  assert train_cli.distributed_args({"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
-  assert train_cli.distributed_args({"SLURM_NTASKS": "8"}) == {}  # srun, one task per GPU
+  assert distributed.distributed_args({}) is None
+  assert distributed.distributed_args({"JAXTUNE_DISTRIBUTED": "1"}) == {}  # launch/tpu_vm.sh
+  assert distributed.distributed_args({"TPU_WORKER_HOSTNAMES": "a,b"}) == {}
+  assert distributed.distributed_args({"SLURM_NTASKS": "8"}) == {}  # srun, one task per GPU
 
 
 @pytest.mark.slow
