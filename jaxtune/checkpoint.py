@@ -346,8 +346,17 @@ class Checkpointer:
         continue
       return step, state, meta
     if first_error is not None:
-      raise first_error
+      raise CheckpointMismatchError(
+        f"{self.directory}: no checkpoint could be restored into this run's state (newest error: "
+        f"{type(first_error).__name__}: {str(first_error)[:300]}). If they were written with "
+        "another config (optimizer, LoRA, frozen groups, averaging) or another jaxtune version, "
+        "rerun with that config and version, or start a new --workdir."
+      ) from first_error
     return None
+
+
+class CheckpointMismatchError(RuntimeError):
+  """Every checkpoint in a directory failed to restore into the state this run expects."""
 
 
 class PreemptionGuard:

@@ -123,7 +123,7 @@ def run_train_step(micro_batches, chunk):
 
 def test_train_step_chunked_equals_plain_and_micro_batches_exact():
   ref_state, ref_m = run_train_step(1, 0)
-  for micro, chunk in [(1, 7), (2, 7), (4, 16)]:
+  for micro, chunk in [(1, 7), (2, 7), (4, 16), (2, -1)]:
     state, m = run_train_step(micro, chunk)
     np.testing.assert_allclose(m["train/loss"], ref_m["train/loss"], rtol=1e-5)
     np.testing.assert_allclose(m["train/grad_norm"], ref_m["train/grad_norm"], rtol=1e-5)
@@ -139,3 +139,10 @@ def test_eval_step_chunked_equals_plain():
   got = jax.jit(lambda p, b: step.eval_step(graphdef, "causal_lm", p, None, b))(params, batch)
   np.testing.assert_allclose(got["weight"], ref["weight"])
   np.testing.assert_allclose(got["loss_sum"], ref["loss_sum"], rtol=1e-5)
+
+
+def test_auto_chunk_follows_the_backend():
+  # Tests run on the CPU, where the loss chunk is sized for the last-level cache.
+  assert jax.default_backend() == "cpu" and step.auto_lm_loss_chunk() == 128
+  assert step.StepConfig(task="causal_lm", micro_batches=1, skip_nonfinite=False,
+                         optim_cfg=None).lm_loss_chunk == -1
