@@ -104,6 +104,8 @@ def build_parser(description: str, default_device: str = "auto") -> argparse.Arg
   r.add_argument("--lora-alpha", type=float, default=16.0)
   r.add_argument("--remat", choices=("none", "full", "dots"), default="none",
                  help="activation recomputation (torch: gradient checkpointing when not none)")
+  r.add_argument("--scan-layers", action="store_true",
+                 help="jax sides: stacked layer weights run by one lax.scan (model.scan_layers)")
   r.add_argument("--find-max", action="store_true",
                  help="GPU: grow the model (125m, 1b, 3b, 8b) then the batch until the jax side "
                       "runs out of memory; report the largest full fine-tune that fits")
@@ -401,6 +403,7 @@ def _jax_config(args, compute_dtype: str):
   c.model.param_dtype = "float32"
   c.model.compute_dtype = compute_dtype
   c.model.remat = args.remat
+  c.model.scan_layers = args.scan_layers
   c.lora.rank, c.lora.alpha = args.lora_rank, args.lora_alpha
   c.train.batch_size = args.batch
   c.train.steps = args.warmup + args.steps

@@ -27,6 +27,10 @@ def default() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "none"  # none | full | dots
+  # Layer weights stacked on a leading axis and run by one lax.scan: the layer compiles once and
+  # the optimizer updates one array per weight. Needs identical layers (LoRA on all or none);
+  # no layer-wise lr decay or gradual unfreezing. Exports and generation unstack.
+  c.model.scan_layers = False
   # auto (cuDNN flash attention on GPU when it applies, else XLA) | xla | cudnn
   c.model.attention = "auto"
   c.model.allow_pickle = False
@@ -91,6 +95,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
          "auto|xla|cudnn")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
+  if c.model.scan_layers:
+    # Stacked weights have no layer index in their paths, so per-layer optimizer rules cannot apply.
+    _check(c.optim.layerwise_lr_decay == 1.0, "optim.layerwise_lr_decay", c.optim.layerwise_lr_decay,
+           "per-layer learning rates need model.scan_layers=False")
+    _check(c.optim.unfreeze_every_steps == 0, "optim.unfreeze_every_steps",
+           c.optim.unfreeze_every_steps, "gradual unfreezing needs model.scan_layers=False")
   for k in ("param_dtype", "compute_dtype"):
     v = c.model[k]
     _check(v in ("float32", "bfloat16", "float16"), f"model.{k}", v, "float32|bfloat16|float16")

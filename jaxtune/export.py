@@ -38,6 +38,7 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   from jaxtune import checkpoint, sharding, train
   from jaxtune import data as data_lib
   from jaxtune import step as step_lib
+  from jaxtune.models import layers
 
   workdir = Path(workdir)
   cfg_file = workdir / "config.json"
@@ -61,6 +62,7 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   ckpt.close()
   model = step_lib.merge(built.eval_graphdef, params, built.frozen)
   model.eval()
+  layers.unstack_layers(model)  # generation walks the layers one by one (KV cache)
   source = config.data.tokenizer or config.model.source
   tokenizer = None if source.startswith("preset:") else data_lib.load_tokenizer(source)
   return Run(config, model, tokenizer, int(chosen), workdir)

@@ -33,6 +33,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("positions", None),
   ("labels", None),
   ("lora_rank", None),
+  ("layers", None),  # the leading axis of stacked (scanned) layer weights
   ("act_embed", None),
   ("act_heads", "tensor"),
   ("act_mlp", "tensor"),

@@ -72,6 +72,8 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
     from jaxtune import lora
 
     model = lora.apply(model, config.lora)
+  if m.scan_layers:
+    layers.stack_layers(model, mesh)  # after LoRA, so adapters stack with their layers
   return model
 
 
@@ -343,8 +345,8 @@ def build_state(config, mesh, num_labels: int | None, total_steps: int,
   """Load the model, split trainable from frozen, build the optimizer and the initial state."""
   model = load_model(config, mesh, num_labels, label_names)
   model_config = model.config
+  num_layers = layers.num_layers(model.layers)
   train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
-  num_layers = len(params.get("layers", {})) or len((frozen or {}).get("layers", {}))
   del model
   tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
   with sharding.use_mesh(mesh):
@@ -390,6 +392,7 @@ def _text_sampler(config, built: Built, splits, mesh):
 
   def sample(mw, s: int, params) -> None:
     model = step.merge(built.eval_graphdef, params, built.frozen)
+    layers.unstack_layers(model)  # the KV cache walks the layers one by one
     if not gen:
       gen.append(generate.Generator(model, pad_id=generate.pad_id(tok)))
     with sharding.use_mesh(mesh):

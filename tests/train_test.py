@@ -76,6 +76,29 @@ def test_eight_device_mesh_matches_one_device(one_device_run, tmp_path):
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
 
 
+def test_stacked_layers_on_eight_devices_match_unrolled_run(one_device_run, tmp_path):
+  from jaxtune import hf
+
+  cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
+                       "model.scan_layers": True, "export.enabled": True})
+  out = train.train_and_evaluate(cfg, tmp_path)
+  assert out["compilations"] == 1
+  a = [r["train/loss"] for r in read_metrics(one_device_run[0]) if "train/loss" in r]
+  b = [r["train/loss"] for r in read_metrics(tmp_path) if "train/loss" in r]
+  np.testing.assert_allclose(a, b, rtol=2e-4)
+  q = out["state"]["params"]["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert q.shape[0] == 2 and q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  # The export is in the HF layout: layer 1 of the file is row 1 of the stack.
+  exported = hf.load(tmp_path / "export")
+  np.testing.assert_allclose(exported.layers[1].self_attn.q_proj.kernel[...], q[1], rtol=1e-6)
+
+
+def test_stacked_layers_refuse_per_layer_optimizer_rules(tmp_path):
+  cfg = tiny_config(**{"model.scan_layers": True, "optim.layerwise_lr_decay": 0.8})
+  with pytest.raises(ValueError, match="optim.layerwise_lr_decay=0.8: per-layer"):
+    train.train_and_evaluate(cfg, tmp_path)
+
+
 def test_gradient_accumulation_matches_full_batch(one_device_run, tmp_path):
   cfg = tiny_config(**{"mesh.data": 1, "train.micro_batches": 4, "train.steps": 20})
   train.train_and_evaluate(cfg, tmp_path)

@@ -122,7 +122,9 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
   """
   # LoRA (jaxtune.lora): fold the adapters into the kernels, or write only the adapters.
   from jaxtune import lora
+  from jaxtune.models import layers
 
+  layers.unstack_layers(model)  # scanned layers (model.scan_layers) back to the HF layout, in place
   if adapter_only:
     out = lora.save_adapter(model, out_dir, base_model_name_or_path=base_model_name_or_path,
                             dtype=dtype)

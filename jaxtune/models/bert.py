@@ -182,7 +182,8 @@ class BertOnlyMLMHead(nnx.Module):
 class Bert(nnx.Module):
   """BERT for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D]).
 
-  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer.
+  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer;
+  `layers.stack_layers(model)` makes the layers one scanned stack.
   """
 
   def __init__(
@@ -235,9 +236,7 @@ class Bert(nnx.Module):
     mask = layers.attention_mask(
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
     )
-    call = layers.remat_call(self.remat)
-    for layer in self.layers:
-      x = call(layer, x, mask, rng())
+    x = layers.run_layers(self.layers, x, mask, remat=self.remat, rng=rng)
     return x
 
   def pooled(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:

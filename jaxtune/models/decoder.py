@@ -223,7 +223,8 @@ def default_positions(
 class Decoder(nnx.Module):
   """Embeddings, the layer stack and the final norm; subclasses add the task head.
 
-  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer.
+  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer;
+  `layers.stack_layers(model)` makes the layers one scanned stack.
   """
 
   task: str = ""
@@ -276,7 +277,7 @@ class Decoder(nnx.Module):
     )
     x_BTD = self.embed(input_ids_BT)
     new_cache = []
-    for layer, kv in zip(self.layers, cache, strict=True):
+    for layer, kv in zip(layers.layer_list(self.layers), cache, strict=True):
       x_BTD, kv = layer.cached(x_BTD, positions_BT, kv, index, mask_B1TS)
       new_cache.append(kv)
     return self.norm(x_BTD), new_cache
@@ -303,10 +304,8 @@ class Decoder(nnx.Module):
       sliding_window=cfg.sliding_window,
     )
     x_BTD = self.embed(input_ids)
-    call = layers.remat_call(self.remat)
-    rng = layers.RngSplitter(dropout_rng)
-    for layer in self.layers:
-      x_BTD = call(layer, x_BTD, positions, mask_B1TS, rng())
+    x_BTD = layers.run_layers(self.layers, x_BTD, positions, mask_B1TS, remat=self.remat,
+                              rng=layers.RngSplitter(dropout_rng))
     return self.norm(x_BTD)
 
 

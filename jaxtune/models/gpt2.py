@@ -139,7 +139,8 @@ class GPT2Block(nnx.Module):
 class GPT2(nnx.Module):
   """GPT-2 for `task` 'causal_lm' (logits [B, T, V]) or 'seq_cls' (logits [B, L]).
 
-  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each block.
+  Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer;
+  `layers.stack_layers(model)` makes the layers one scanned stack.
   """
 
   def __init__(
@@ -198,9 +199,7 @@ class GPT2(nnx.Module):
     mask = layers.attention_mask(
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=True
     )
-    call = layers.remat_call(self.remat)
-    for layer in self.layers:
-      x = call(layer, x, mask, rng())
+    x = layers.run_layers(self.layers, x, mask, remat=self.remat, rng=rng)
     return self.ln_f(x)
 
   # ---------------------------------------------------------------- KV-cached inference
@@ -226,7 +225,7 @@ class GPT2(nnx.Module):
                                  causal=True, q_offset=index)
     x = layers.constrain(self.wte(input_ids_BT) + self.wpe(positions_BT), ACT)
     new_cache = []
-    for layer, kv in zip(self.layers, cache, strict=True):
+    for layer, kv in zip(layers.layer_list(self.layers), cache, strict=True):
       x, kv = layer.cached(x, kv, index, mask)
       new_cache.append(kv)
     return self.ln_f(x), new_cache

@@ -224,21 +224,118 @@ class RngSplitter:
 REMAT = ("none", "full", "dots")
 
 
-def remat_call(mode: str) -> Callable[..., jax.Array]:
-  """`call(layer, *args)` runs `layer(*args)`, rematerialised as `mode` ('none', 'full', 'dots').
+def _remat_policy(mode: str):
+  if mode not in REMAT:
+    raise ValueError(f"remat={mode!r}: expected one of {REMAT}")
+  return jax.checkpoint_policies.checkpoint_dots if mode == "dots" else None
 
-  'full' keeps only each layer's inputs for the backward pass; 'dots' also keeps matmul outputs
-  and recomputes the cheap elementwise work (norms, activations, softmax). The args cross the
-  remat boundary, so they are arrays (dropout keys included) or None, never an RngSplitter.
+
+STACK_AXIS = "layers"  # logical name of the leading axis of stacked layer weights (not sharded)
+
+
+def _is_var(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def is_stacked(stack) -> bool:
+  """True when `stack` is one layer module holding every layer's weights (`stack_layers`)."""
+  return not isinstance(stack, nnx.List)
+
+
+def stack_layers(model: nnx.Module, mesh=None) -> None:
+  """In place: `model.layers` (an nnx.List of identical layers) becomes one layer module whose
+  parameters carry a leading layer axis (logical name STACK_AXIS), which `run_layers` scans.
+
+  Scanning compiles the layer once: the optimised step program no longer grows with depth, and
+  the optimizer updates one [L, ...] array per weight instead of L arrays. The parameter paths
+  lose the layer index (`layers/self_attn/q_proj/kernel`, shape [L, D, N*H]). `unstack_layers`
+  restores the HF layout for export and generation. Needs layers of one structure (LoRA on every
+  layer alike, or none), since one body is compiled for all of them. While it runs, the layer
+  weights exist twice (per layer and stacked); placed on `mesh` by their logical names.
   """
-  call = lambda layer, *args: layer(*args)
-  if mode == "none":
-    return call
-  if mode == "full":
-    return nnx.remat(call)
-  if mode == "dots":
-    return nnx.remat(call, policy=jax.checkpoint_policies.checkpoint_dots)
-  raise ValueError(f"remat={mode!r}: expected one of {REMAT}")
+  stack = model.layers
+  if is_stacked(stack):
+    return
+  splits = [nnx.split(layer) for layer in stack]
+  graphdef = splits[0][0]
+  for i, (g, _) in enumerate(splits[1:], 1):
+    if g != graphdef:
+      raise ValueError(
+        f"model.scan_layers: layer {i} of {type(model).__name__} differs in structure from layer "
+        "0 (LoRA targets naming some layers only?); scanning needs identical layers: set "
+        "model.scan_layers=False or target every layer alike"
+      )
+
+  def stacked(*vs: nnx.Variable) -> nnx.Variable:
+    names = vs[0].get_metadata().get("out_sharding") or (None,) * vs[0].get_value().ndim
+    value = jnp.stack([v.get_value() for v in vs])
+    names = (STACK_AXIS, *names)
+    if mesh is not None:
+      value = jax.device_put(value, sharding.named_sharding(mesh, names, value.shape))
+    return vs[0].replace(value, out_sharding=names)
+
+  state = jax.tree.map(stacked, *(st for _, st in splits), is_leaf=_is_var)
+  model.layers = nnx.merge(graphdef, state)
+
+
+def unstack_layers(model: nnx.Module) -> None:
+  """In place: the inverse of `stack_layers` (a no-op on unstacked models)."""
+  if not is_stacked(model.layers):
+    return
+  graphdef, state = nnx.split(model.layers)
+  n = jax.tree.leaves(state)[0].shape[0]
+
+  def layer(i: int) -> nnx.Module:
+    one = lambda v: v.replace(v.get_value()[i], out_sharding=tuple(v.get_metadata()["out_sharding"][1:]))
+    return nnx.merge(graphdef, jax.tree.map(one, state, is_leaf=_is_var))
+
+  model.layers = nnx.List([layer(i) for i in range(n)])
+
+
+def num_layers(stack) -> int:
+  return jax.tree.leaves(nnx.state(stack))[0].shape[0] if is_stacked(stack) else len(stack)
+
+
+def layer_list(stack) -> list[nnx.Module]:
+  """The layers one by one, for code that walks them (the KV cache); stacked layers refuse."""
+  if is_stacked(stack):
+    raise ValueError("the model's layers are stacked (model.scan_layers); "
+                     "call jaxtune.models.layers.unstack_layers(model) first")
+  return list(stack)
+
+
+def run_layers(stack, x: jax.Array, *args, remat: str, rng: RngSplitter) -> jax.Array:
+  """`x = layer(x, *args, rng())` for every layer of `stack`, in order.
+
+  remat: 'none', 'full' (keep only each layer's input for the backward pass) or 'dots' (also keep
+  matmul outputs; recompute norms, activations, softmax). The args cross the remat boundary, so
+  they are arrays or None.
+
+  An nnx.List is unrolled: XLA compiles every layer separately. Stacked layers (`stack_layers`)
+  run as one `lax.scan`, the layer compiled once. The dropout keys are drawn in the same order
+  either way, so both layouts give the same numbers.
+  """
+  policy = _remat_policy(remat)
+  keys = [rng() for _ in range(num_layers(stack))]
+  if not is_stacked(stack):
+    call = lambda layer, *a: layer(*a)
+    if remat != "none":
+      call = nnx.remat(call, policy=policy)
+    for layer, key in zip(stack, keys, strict=True):
+      x = call(layer, x, *args, key)
+    return x
+
+  graphdef, state = nnx.split(stack)
+
+  def body(h, xs):
+    weights, key = xs
+    return nnx.merge(graphdef, weights)(h, *args, key), None
+
+  if remat != "none":
+    # prevent_cse=False: inside scan XLA cannot merge the recomputation into the forward anyway.
+    body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+  x, _ = jax.lax.scan(body, x, (state, None if keys[0] is None else jnp.stack(keys)))
+  return x
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.models import bert
+from jaxtune.models import bert, layers
 
 CFG = bert.BertConfig(
   vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -109,19 +109,26 @@ def test_dropout_train_and_eval():
   np.testing.assert_array_equal(_fwd(model, ids, dropout_rng=jax.random.key(1)), a)
 
 
-def test_remat_same_loss_and_grads():
+def test_remat_and_stacked_layers_same_loss_and_grads():
   ids = _ids()
 
-  def loss_and_grads(remat):
+  def loss_and_grads(remat, stacked=False):
     model = _model()
     model.remat = remat
+    if stacked:
+      layers.stack_layers(model)
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.mean(jax.nn.logsumexp(nnx.merge(graphdef, p)(ids), -1))
     return jax.jit(jax.value_and_grad(loss))(params)
 
-  (l0, g0), (l1, g1) = loss_and_grads("none"), loss_and_grads("dots")
-  np.testing.assert_allclose(l0, l1, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+  l0, g0 = loss_and_grads("none")
+  for remat, stacked in (("dots", False), ("none", True), ("dots", True)):
+    l1, g1 = loss_and_grads(remat, stacked)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    g1 = g1.to_pure_dict()
+    if stacked:  # layer i's gradients are row i of the stacked ones
+      g1["layers"] = {i: jax.tree.map(lambda x, i=i: x[i], g1["layers"]) for i in range(len(g0["layers"]))}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0.to_pure_dict(), g1)
   model = _model()
   model.remat = "sometimes"
   with pytest.raises(ValueError, match="remat"):

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxtune.hf.convert import param_paths
-from jaxtune.models import decoder
+from jaxtune.models import decoder, layers
 
 CFG = decoder.DecoderConfig(
   model_type="llama", vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2,
@@ -157,6 +157,74 @@ def test_remat_gives_same_gradients(remat):
   loss, got = _loss_and_grads(model, ids)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got, want)
+
+
+def _unstacked_grads(model, grads):
+  """Gradients of a stacked model's params laid out like the unstacked model's."""
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  holder = nnx.merge(graphdef, grads, rest)
+  layers.unstack_layers(holder)
+  return nnx.state(holder, nnx.Param)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_stacked_layers_give_same_loss_and_gradients(remat):
+  ids = _ids((2, 6))
+  model = _model(dataclasses.replace(CFG, num_layers=3))
+  model.remat = remat
+  want_loss, want = _loss_and_grads(model, ids)
+  layers.stack_layers(model)
+  q = model.layers.self_attn.q_proj.kernel
+  assert q.shape == (3, 32, 32) and q.get_metadata()["out_sharding"] == ("layers", "embed", "heads")
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(ids))(state))
+  # One scan over the stack, its body holding the single layer (rematerialised once, if asked).
+  assert len(re.findall(r"\bscan\[", jaxpr)) == 1
+  assert len(re.findall(r"\b(?:remat2|checkpoint)\[", jaxpr)) == (remat != "none")
+  loss, got = _loss_and_grads(model, ids)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  got = _unstacked_grads(model, got)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got, want)
+
+
+def test_stack_then_unstack_restores_the_model():
+  model, want = _model(), _model()
+  layers.stack_layers(model)
+  assert layers.num_layers(model.layers) == CFG.num_layers
+  with pytest.raises(ValueError, match="unstack_layers"):
+    layers.layer_list(model.layers)
+  layers.unstack_layers(model)
+  got, ref = nnx.state(model, nnx.Param), nnx.state(want, nnx.Param)
+  assert param_paths(got).keys() == param_paths(ref).keys()
+  for path, var in param_paths(got).items():
+    np.testing.assert_array_equal(var.get_value(), param_paths(ref)[path].get_value())
+    assert var.get_metadata()["out_sharding"] == param_paths(ref)[path].get_metadata()["out_sharding"]
+
+
+def test_stacked_layers_draw_the_same_dropout_masks():
+  model = _model(dataclasses.replace(CFG, attention_dropout=0.5))
+  model.train()
+  ids, rng = _ids((2, 6)), jax.random.key(5)
+  loop = run(model, ids, dropout_rng=rng)
+  layers.stack_layers(model)
+  np.testing.assert_allclose(run(model, ids, dropout_rng=rng), loop, atol=1e-5)
+  assert float(jnp.max(jnp.abs(run(model, ids, dropout_rng=jax.random.key(6)) - loop))) > 1e-3
+
+
+def test_stacking_lora_needs_every_layer_adapted_alike():
+  from jaxtune import lora
+
+  cfg = lora.default_config()
+  cfg.rank, cfg.targets = 2, r"layers/0/self_attn/q_proj"
+  model = lora.apply(_model(), cfg)
+  with pytest.raises(ValueError, match="scan_layers: layer 1 of CausalLM differs"):
+    layers.stack_layers(model)
+  cfg.targets = r"q_proj"  # every layer adapted alike: stackable, and the same numbers
+  model = lora.apply(_model(), cfg)
+  want = run(model, _ids((1, 4)))
+  layers.stack_layers(model)
+  assert model.layers.self_attn.q_proj.lora_a.shape[0] == CFG.num_layers
+  np.testing.assert_allclose(run(model, _ids((1, 4))), want, atol=1e-5)
 
 
 def test_bad_remat_and_token_types_raise():

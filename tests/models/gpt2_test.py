@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtune.models import gpt2
+from jaxtune.models import gpt2, layers
 
 CFG = gpt2.GPT2Config(
   vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_inner=64, pad_token_id=0,
@@ -91,9 +91,11 @@ def test_dropout_train_and_eval():
   np.testing.assert_array_equal(_fwd(model, ids, dropout_rng=jax.random.key(1)), a)
 
 
-def _loss_and_grads(remat):
+def _loss_and_grads(remat, stacked=False):
   model = _model()
   model.remat = remat
+  if stacked:
+    layers.stack_layers(model)
   graphdef, params = nnx.split(model)
 
   def loss(p):
@@ -112,6 +114,17 @@ def no_remat():
 def test_remat_same_loss_and_grads(no_remat, mode):
   (l0, g0), (l1, g1) = no_remat, _loss_and_grads(mode)
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+
+
+def test_stacked_layers_same_loss_and_grads(no_remat):
+  (l0, g0), (l1, g1) = no_remat, _loss_and_grads("full", stacked=True)
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  g0, g1 = g0.to_pure_dict(), g1.to_pure_dict()
+  # Layer i's gradients are row i of the stacked ones.
+  for i in range(len(g0["layers"])):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[i], atol=1e-6), g0["layers"][i], g1["layers"])
+  del g0["layers"], g1["layers"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
