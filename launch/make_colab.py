@@ -145,6 +145,7 @@ GENERATE_CELL = """\
 # the real SmolLM2-135M-Instruct (GGUF, fetched with the assets above): KV cache, chat template,
 # greedy decoding. `--workdir=DIR` generates with a tuned causal LM, e.g. an sft_smollm2 run.
 from jaxtune.data import assets
+
 if GENERATE_TOKENS:
   jaxtune("generate", f"--model={assets.smollm2_gguf()}", "--chat",
           "--prompt=What is the capital of France?", f"--max_new_tokens={GENERATE_TOKENS}")

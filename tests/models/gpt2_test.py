@@ -123,7 +123,8 @@ def test_stacked_layers_same_loss_and_grads(no_remat):
   g0, g1 = g0.to_pure_dict(), g1.to_pure_dict()
   # Layer i's gradients are row i of the stacked ones.
   for i in range(len(g0["layers"])):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[i], atol=1e-6), g0["layers"][i], g1["layers"])
+    jax.tree.map(lambda a, b, i=i: np.testing.assert_allclose(a, b[i], atol=1e-6),
+                 g0["layers"][i], g1["layers"])
   del g0["layers"], g1["layers"]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
