@@ -77,7 +77,8 @@ def test_eight_device_mesh_matches_one_device(one_device_run, tmp_path):
 
 
 def test_stacked_layers_on_eight_devices_match_unrolled_run(one_device_run, tmp_path):
-  from jaxtune import hf
+  from jaxtune import export, generate, hf
+  from jaxtune.models import layers
 
   cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,
                        "model.scan_layers": True, "export.enabled": True})
@@ -91,6 +92,11 @@ def test_stacked_layers_on_eight_devices_match_unrolled_run(one_device_run, tmp_
   # The export is in the HF layout: layer 1 of the file is row 1 of the stack.
   exported = hf.load(tmp_path / "export")
   np.testing.assert_allclose(exported.layers[1].self_attn.q_proj.kernel[...], q[1], rtol=1e-6)
+  # A finished run reloads unstacked (generation walks the layers), greedy-decoding as the export.
+  run = export.load_run(tmp_path)
+  assert not layers.is_stacked(run.model.layers)
+  tokens = [generate.Generator(m)([[5, 6, 7]], max_new_tokens=4).tokens for m in (run.model, exported)]
+  assert tokens[0] == tokens[1]
 
 
 def test_stacked_layers_refuse_per_layer_optimizer_rules(tmp_path):
