@@ -42,7 +42,7 @@ def compile_once(args) -> dict:
   import jax
   import numpy as np
 
-  from jaxtune import optim, sharding, step, train
+  from jaxtune import sharding, step, train
   from jaxtune.data import pipeline
 
   args.ckpt = ""  # random weights in the preset or flag shape (nothing is loaded)
@@ -52,11 +52,8 @@ def compile_once(args) -> dict:
   static = {}
 
   def abstract_state():
-    # train.build_state's sections, abstractly (its shardings read concrete arrays).
-    model = train.load_model(c, mesh, None)
-    graphdef, _, params, frozen = train.split_model(model, c)
-    tx, _ = optim.build_optimizer(c.optim, params, 10, len(params.get("layers", {})) or
-                                  len((frozen or {}).get("layers", {})))
+    # train.build_state without its shardings, which read concrete arrays.
+    _, graphdef, _, params, frozen, tx, _ = train.model_and_optimizer(c, mesh, None, 10)
     static.update(graphdef=graphdef, tx=tx)  # static: kept for the step
     return step.init_state(params, tx=tx, seed=c.seed, optim_cfg=c.optim), frozen
 

@@ -340,15 +340,23 @@ class Built:
                         self.state, self.state_sh)
 
 
+def model_and_optimizer(config, mesh, num_labels: int | None, total_steps: int,
+                        label_names: tuple[str, ...] = ()) -> tuple:
+  """(model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule): the model
+  loaded and split trainable / frozen, and its optimizer. Reads no concrete array, so
+  `jax.eval_shape` can run it (benchmarks/compile_time.py compiles without allocating)."""
+  model = load_model(config, mesh, num_labels, label_names)
+  num_layers = layers.num_layers(model.layers)
+  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
+  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
+  return model.config, train_graphdef, eval_graphdef, params, frozen, tx, schedule
+
+
 def build_state(config, mesh, num_labels: int | None, total_steps: int,
                 label_names: tuple[str, ...] = ()) -> Built:
   """Load the model, split trainable from frozen, build the optimizer and the initial state."""
-  model = load_model(config, mesh, num_labels, label_names)
-  model_config = model.config
-  num_layers = layers.num_layers(model.layers)
-  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
-  del model
-  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
+  model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule = model_and_optimizer(
+    config, mesh, num_labels, total_steps, label_names)
   with sharding.use_mesh(mesh):
     state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
                                       optim_cfg=config.optim))(params)
