@@ -24,6 +24,10 @@ def default() -> ml_collections.ConfigDict:
   c.model.source = "preset:tiny-llama"
   c.model.task = "causal_lm"
   c.model.num_labels = 0  # 0: from the data / checkpoint
+  # What a BERT classifier reads: cls (the tanh pooler on [CLS], as BertForSequenceClassification)
+  # | mean (the mean of the tokens, as sentence-transformers encoders were trained; exported as a
+  # sentence-transformers directory).
+  c.model.pooling = "cls"
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"
   c.model.remat = "none"  # none | full | dots
@@ -94,6 +98,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.task in TASKS, "model.task", c.model.task, f"expected one of {TASKS}")
   _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
          "auto|xla|cudnn")
+  _check(c.model.pooling in ("cls", "mean"), "model.pooling", c.model.pooling, "cls|mean")
+  _check(c.model.pooling == "cls" or c.model.task == "seq_cls", "model.pooling", c.model.pooling,
+         f"only sequence classification pools (model.task={c.model.task!r})")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
   if c.model.scan_layers:
     # Stacked weights have no layer index in their paths, so per-layer optimizer rules cannot apply.
@@ -114,6 +121,30 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
   data_config.check(c.data)
+
+
+def read_run_config(workdir) -> ml_collections.ConfigDict:
+  """A run's workdir/config.json over today's defaults: a run written by an older jaxtune
+  reads fields added since (e.g. model.pooling) as their defaults, which is what it ran with."""
+  import json
+
+  from etils import epath
+
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: not found; --workdir must be a `jaxtune train` run")
+  stored = json.loads(path.read_text())
+  merged = default().to_dict()
+
+  def overlay(base: dict, new: dict) -> None:
+    for k, v in new.items():
+      if isinstance(v, dict) and isinstance(base.get(k), dict):
+        overlay(base[k], v)
+      else:
+        base[k] = v
+
+  overlay(merged, stored)
+  return ml_collections.ConfigDict(merged)
 
 
 def parse_overrides(text: str, key: str = "model.config_overrides") -> dict:

@@ -36,15 +36,13 @@ class Run:
 def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   """The model of `workdir` at checkpoint `step` (-1: the best, else the latest)."""
   from jaxtune import checkpoint, sharding, train
+  from jaxtune import config as jt_config
   from jaxtune import data as data_lib
   from jaxtune import step as step_lib
   from jaxtune.models import layers
 
   workdir = Path(workdir)
-  cfg_file = workdir / "config.json"
-  if not cfg_file.exists():
-    raise FileNotFoundError(f"{cfg_file}: not found; --workdir must be a `jaxtune train` run")
-  config = ml_collections.ConfigDict(json.loads(cfg_file.read_text()))
+  config = jt_config.read_run_config(workdir)
   run_file = workdir / "run.json"
   run = json.loads(run_file.read_text()) if run_file.exists() else {}
   label_names = tuple(run.get("extra", {}).get("label_names") or ())

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from etils import epath
 
 from jaxtune import checkpoint, sharding, train
+from jaxtune import config as jt_config
 from jaxtune import data as data_lib
 from jaxtune.data import classification
 from jaxtune.step import merge, model_kwargs
@@ -34,7 +34,7 @@ def classify(workdir: str | epath.PathLike, texts: Sequence[str], *, step: int =
     batch_size: texts per forward pass (the last batch is padded, so one compilation).
   """
   workdir = epath.Path(workdir)
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = jt_config.read_run_config(workdir)
   run = json.loads((workdir / "run.json").read_text())
   if config.model.task != "seq_cls":
     raise ValueError(f"{workdir / 'config.json'}: model.task={config.model.task!r}; "

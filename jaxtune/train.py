@@ -55,7 +55,8 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
   compute = None if m.compute_dtype == m.param_dtype else m.compute_dtype
   if m.source.startswith("preset:"):
     model = presets.init(m.source.removeprefix("preset:"), task=m.task, num_labels=num_labels,
-                         param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh, seed=config.seed)
+                         param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh,
+                         seed=config.seed, pooling=m.pooling)
   else:
     from jaxtune import hf
     from jaxtune.hf import convert
@@ -65,7 +66,7 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
       overrides.update(convert.label_config(label_names))
     model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
-                    config_overrides=overrides, seed=config.seed)
+                    config_overrides=overrides, seed=config.seed, pooling=m.pooling)
   model.remat = m.remat
   layers.set_attention(model, m.attention)
   if config.lora.rank > 0:

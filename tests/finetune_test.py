@@ -109,6 +109,37 @@ def test_classification_learns_and_writes_results_errors_and_export(tiny_bert, t
   assert set(results["test"]) <= set(saved)
 
 
+def test_mean_pooled_classifier_exports_a_sentence_transformers_directory(tiny_bert, tmp_path):
+  from jaxtune import export, hf, predict
+
+  data = write_jsonl(tmp_path / "reviews.jsonl", sentiment_rows(200, 3))
+  workdir = tmp_path / "run"
+  cfg = classification_config(tiny_bert, data)
+  cfg.model.pooling = "mean"
+  results = train.train_and_evaluate(cfg, workdir)["results"]
+  assert results["test"]["accuracy"] > 0.85, results["test"]
+  out = workdir / "export"
+  assert json.loads((out / "modules.json").read_text())[2]["path"] == "2_Dense"
+
+  # The export, read back with its pooling, gives the run's own probabilities.
+  texts = ["a really wonderful film", "the plot was dull and lifeless"]
+  got = predict.classify(workdir, texts)
+  assert [label for label, _ in got] == ["positive", "negative"]
+  model = hf.load(out, task="seq_cls", pooling="mean")
+  tok = hf.load_tokenizer(out)
+  enc = tok(texts, padding="longest", return_tensors="np")
+  logits = np.asarray(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]))
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_allclose(probs.max(-1), [p for _, p in got], atol=1e-5)
+  assert export.load_run(workdir).model.config.pooling == "mean"
+
+  # A run written before model.pooling existed reads it as the default it ran with.
+  stored = json.loads((workdir / "config.json").read_text())
+  del stored["model"]["pooling"]
+  (workdir / "config.json").write_text(json.dumps(stored))
+  assert jt_config.read_run_config(workdir).model.pooling == "cls"
+
+
 def test_bad_row_names_file_and_row(tiny_bert, tmp_path):
   rows = sentiment_rows(60, 2)
   rows[7] = {"text": "", "label": "positive"}

@@ -27,13 +27,13 @@ flags.mark_flags_as_required(["workdir", "data"])
 def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column: str = "",
                   label_column: str = "", step: int = -1) -> dict:
   import jax
-  import ml_collections
 
   from jaxtune import checkpoint, evaluate, sharding, train
+  from jaxtune import config as jt_config
   from jaxtune import data as data_lib
 
   workdir = Path(workdir)
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = jt_config.read_run_config(workdir)
   run = json.loads((workdir / "run.json").read_text())
   if text_column:
     config.data.text_column = text_column

@@ -78,11 +78,14 @@ def load(
   revision: str | None = None,
   config_overrides: dict | None = None,
   seed: int = 0,
+  pooling: str = "cls",
 ) -> nnx.Module:
   """Load an HF checkpoint into a jaxtune model placed on `mesh` (one device if None).
 
   `config_overrides` replaces HF config attributes before conversion (e.g. dropout rates from
   a run config). A classification head absent from the checkpoint is initialised (logged).
+  `pooling` ('cls' or 'mean', BERT seq_cls only) is what the classifier reads; a
+  sentence-transformers classifier (hf.sbert) is read with the pooling it was trained with.
   """
   if task not in TASKS:
     raise ValueError(f"task={task!r}: expected one of {TASKS}")
@@ -102,9 +105,11 @@ def load(
       raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
     tensors = _source_for(path, allow_pickle)
     where = str(cfg_file)
+    tensors = _with_sbert_head(path, tensors, task=task, pooling=pooling)
   hf_config.update(config_overrides or {})
   family = family_for_model_type(hf_config.get("model_type"), where)
   cfg = family.config_from_hf(hf_config, task=task, num_labels=num_labels, where=where)
+  cfg = convert.with_pooling(family, cfg, task=task, pooling=pooling, where=where)
   return convert.load_into(
     family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
     compute_dtype=jnp.dtype(compute_dtype) if compute_dtype else None, mesh=mesh,
@@ -112,10 +117,32 @@ def load(
   )
 
 
+def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str):
+  """`tensors` plus a sentence-transformers classifier's head, which must be read with the
+  pooling it was trained with (a Dense head on mean embeddings is wrong on the [CLS] pooler)."""
+  from jaxtune.hf import sbert
+
+  pipeline = sbert.read(path)
+  if pipeline is None or pipeline.head is None or task != "seq_cls":
+    return tensors
+  if pipeline.pooling != "mean":
+    raise UnsupportedConfigError(
+      f"{pipeline.pooling_file}: a classifier head on {pipeline.pooling!r} pooling; jaxtune "
+      "implements sentence-transformers classifiers on mean pooling only")
+  if pipeline.pooling != pooling:
+    raise CheckpointError(
+      f"{pipeline.pooling_file}: this sentence-transformers classifier pools {pipeline.pooling!r}"
+      f" but pooling={pooling!r} was asked for (model.pooling); load it with "
+      f"pooling={pipeline.pooling!r}")
+  return sbert.Merged(tensors, pipeline.head)
+
+
 def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None,
          max_shard_bytes: int | None = None, adapter_only: bool = False,
          base_model_name_or_path: str = "") -> Path:
   """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given).
+
+  A BERT classifier on mean pooling is written as a sentence-transformers directory (hf.sbert).
 
   A model with LoRA layers is written merged (standard HF weights); with `adapter_only=True`
   it is written as a PEFT adapter directory for `base_model_name_or_path` instead.
@@ -137,8 +164,16 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   hf_config = family.config_to_hf(model.config, task=model.task)
+  tensors = convert.export_tensors(family, model, dtype=dtype)
   kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-  write_sharded(out, convert.export_tensors(family, model, dtype=dtype), **kwargs)
+  if getattr(model.config, "pooling", "cls") == "mean":
+    from jaxtune.hf import sbert
+
+    cfg = model.config
+    sbert.write(out, tensors, hidden_size=cfg.hidden_size, num_labels=cfg.num_labels,
+                max_seq_length=cfg.max_position_embeddings, **kwargs)
+  else:
+    write_sharded(out, tensors, **kwargs)
   (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer is not None:
     tokenizer.save_pretrained(str(out))

@@ -83,8 +83,11 @@ class BertFamily(convert.Family):
     return cfg
 
   def config_to_hf(self, cfg: bert.BertConfig, *, task: str) -> dict:
+    # Mean pooling is no transformers class: the export is a sentence-transformers pipeline
+    # around a BertModel (hf.sbert), which keeps the label names here.
+    arch = "BertModel" if task == "seq_cls" and cfg.pooling == "mean" else ARCHITECTURES[task]
     hf = {
-      "architectures": [ARCHITECTURES[task]],
+      "architectures": [arch],
       "model_type": "bert",
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.hidden_size,
@@ -138,7 +141,7 @@ class BertFamily(convert.Family):
       rows += linear(f"{h}intermediate.dense", f"{p}intermediate/dense")
       rows += linear(f"{h}output.dense", f"{p}output/dense")
       rows += norm(f"{h}output.LayerNorm", f"{p}output/LayerNorm")
-    if task in ("seq_cls", "encoder"):
+    if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
       # Some encoder checkpoints were saved without a pooler; HF initialises it then, as do we.
       rows += linear(f"{b}pooler.dense", "pooler/dense", init_if_missing=True)
     if task == "seq_cls":
@@ -149,6 +152,10 @@ class BertFamily(convert.Family):
       rows += norm(f"{c}transform.LayerNorm", "cls/predictions/transform/LayerNorm")
       rows.append(Row(f"{c}bias", "cls/predictions/bias"))
     return rows
+
+  def unused(self, cfg: bert.BertConfig, *, task: str) -> tuple[str, ...]:
+    # A mean-pooled classifier has no pooler (a sentence encoder's stored one is not read).
+    return (r"(bert\.)?pooler\..*",) if task == "seq_cls" and cfg.pooling == "mean" else ()
 
   def tied_keys(self, cfg: bert.BertConfig, *, task: str) -> dict[str, str]:
     if task != "masked_lm":

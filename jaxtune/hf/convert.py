@@ -72,6 +72,10 @@ class Family:
     """Map a checkpoint key onto the table's names; None drops it (e.g. an LM head for seq_cls)."""
     return key
 
+  def unused(self, cfg, *, task: str) -> tuple[str, ...]:
+    """Regexes of checkpoint keys this model config does not use (dropped, logged)."""
+    return ()
+
   def tied_keys(self, cfg, *, task: str) -> dict[str, str]:
     """{duplicate: tensor it is tied to}, both as normalized names, as HF's `_tied_weights_keys`.
 
@@ -167,6 +171,17 @@ def _place(arr: np.ndarray, target, mesh: Mesh | None) -> jax.Array:
   return jax.make_array_from_callback(arr.shape, shard, lambda idx: arr[idx])
 
 
+def with_pooling(family: Family, cfg, *, task: str, pooling: str, where: str):
+  """`cfg` with the classifier's pooling: 'cls' (every family's own) or 'mean' (BERT seq_cls)."""
+  if pooling == "cls":
+    return cfg
+  if not (family.name == "bert" and task == "seq_cls"):
+    raise UnsupportedConfigError(
+      f"{where}: pooling={pooling!r} is implemented for BERT sequence classification; this is a "
+      f"{family.name} model for task {task!r} (model.pooling)")
+  return dataclasses.replace(cfg, pooling=pooling)
+
+
 def load_into(
   family: Family,
   cfg,
@@ -194,11 +209,12 @@ def load_into(
       raise CheckpointError(f"{family.name}: parameter {path!r} has no row in the HF key map")
 
   available: dict[str, str] = {}
+  unused = family.unused(cfg, task=task)
   for key in sorted(source.names()):
     if any(re.fullmatch(p, key) for p in family.ignored):
       continue
     name = family.normalize_key(key, task=task)
-    if name is None:
+    if name is None or any(re.fullmatch(p, key) for p in unused):
       log.info("%s: not used for task %s: %s", where, task, key)
       continue
     if name in available:

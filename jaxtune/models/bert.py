@@ -2,6 +2,9 @@
 
 Matches HF (transformers 5) in float32:
   task 'seq_cls'   BertForSequenceClassification: tanh pooler on [CLS], dropout, `classifier`.
+                   With `pooling='mean'` the classifier reads the masked mean of the last hidden
+                   states instead (as sentence-transformers pools, e.g. all-MiniLM-L6-v2), and
+                   there is no pooler; hf.save writes that as a sentence-transformers directory.
   task 'masked_lm' BertForMaskedLM: `cls.predictions` transform, decoder tied to the word table,
                    plus a vocab bias. No pooler, as HF builds it without one.
   task 'encoder'   BertModel: returns the last hidden states [B, T, D] (feature extraction,
@@ -24,6 +27,7 @@ from flax import nnx
 from jaxtune.models import layers
 
 TASKS = ("seq_cls", "masked_lm", "encoder")
+POOLINGS = ("cls", "mean")  # how seq_cls turns [B, T, D] into the classifier's [B, D]
 ACT = ("batch", "length", "act_embed")
 
 
@@ -46,6 +50,7 @@ class BertConfig:
   num_labels: int = 0
   id2label: tuple[str, ...] = ()
   pad_token_id: int | None = 0
+  pooling: str = "cls"  # seq_cls only; one of POOLINGS
 
   @property
   def head_dim(self) -> int:
@@ -199,6 +204,10 @@ class Bert(nnx.Module):
       raise ValueError(f"BERT: task={task!r}, expected one of {TASKS}")
     if task == "seq_cls" and config.num_labels < 1:
       raise ValueError("BERT seq_cls needs config.num_labels >= 1")
+    if config.pooling not in POOLINGS:
+      raise ValueError(f"BERT: pooling={config.pooling!r}, expected one of {POOLINGS}")
+    if config.pooling != "cls" and task != "seq_cls":
+      raise ValueError(f"BERT: pooling={config.pooling!r} is for task 'seq_cls', not {task!r}")
     self.config = config
     self.task = task
     self.remat = "none"
@@ -206,7 +215,7 @@ class Bert(nnx.Module):
     kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
     self.embeddings = BertEmbeddings(cfg, **kw)
     self.layers = nnx.List([BertLayer(cfg, kw) for _ in range(cfg.num_hidden_layers)])
-    if task in ("seq_cls", "encoder"):
+    if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
       self.pooler = BertPooler(cfg, kw)
     if task == "seq_cls":
       rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
@@ -273,5 +282,22 @@ class Bert(nnx.Module):
     # Heads take LoRA keys from the splitter's LoRA stream, so the dropout keys stay as they were.
     if self.task == "masked_lm":
       return self.mlm_logits(h, lora_rng=rng.lora())
-    pooled = self.dropout(self.pooled(h, lora_rng=rng.lora()), rng())
-    return self.classifier(pooled, lora_rng=rng.lora())
+    if self.config.pooling == "mean":
+      pooled = mean_pool(h, attention_mask)
+    else:
+      pooled = self.pooled(h, lora_rng=rng.lora())
+    return self.classifier(self.dropout(pooled, rng()), lora_rng=rng.lora())
+
+
+def mean_pool(h_BTD: jax.Array, attention_mask_BT: jax.Array | None) -> jax.Array:
+  """[B, D]: the mean of the hidden states over the attended tokens (all when no mask).
+
+  Summed in float32: a bf16 sum over 512 tokens would lose the low bits sentence-transformers
+  keeps. A row with no attended token gives zeros rather than 0/0.
+  """
+  h = h_BTD.astype(jnp.float32)
+  if attention_mask_BT is None:
+    return h.mean(axis=1).astype(h_BTD.dtype)
+  m_BT1 = attention_mask_BT.astype(jnp.float32)[..., None]
+  mean = (h * m_BT1).sum(axis=1) / jnp.maximum(m_BT1.sum(axis=1), 1.0)
+  return mean.astype(h_BTD.dtype)

@@ -51,9 +51,10 @@ PRESETS: dict[str, dict] = {
 
 def init(
   name: str, *, task: str = "causal_lm", num_labels: int | None = None,
-  param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0,
+  param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0, pooling: str = "cls",
 ) -> nnx.Module:
   """A randomly initialised model of preset `name`, placed on `mesh` as it is created."""
+  from jaxtune.hf.convert import with_pooling
   from jaxtune.hf.families import family_for_model_type
 
   if name not in PRESETS:
@@ -63,6 +64,7 @@ def init(
     hf["num_labels"] = num_labels
   family = family_for_model_type(hf["model_type"], f"preset {name}")
   cfg = family.config_from_hf(hf, task=task, num_labels=num_labels, where=f"preset {name}")
+  cfg = with_pooling(family, cfg, task=task, pooling=pooling, where=f"preset {name}")
   pd, cd = jnp.dtype(param_dtype), jnp.dtype(compute_dtype) if compute_dtype else None
 
   def build():
