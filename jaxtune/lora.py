@@ -368,6 +368,12 @@ def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *, base_model_na
   adapters = lora_modules(model)
   if not adapters:
     raise ValueError("the model has no LoRA layers: nothing to write as an adapter")
+  if getattr(model.config, "pooling", "cls") != "cls":
+    # PEFT would load the adapter onto BertForSequenceClassification, which pools [CLS].
+    raise ValueError(
+      f"model.pooling={model.config.pooling!r}: a PEFT adapter needs a transformers class that "
+      "computes the model, and none pools that way; export merged (export.merge_lora=True), "
+      "which writes a sentence-transformers directory")
   spec: LoRASpec = model.lora_spec
   family = family_for_module(model)
   rows = family.table(model.config, task=model.task)

@@ -151,3 +151,21 @@ def test_mean_pooling_is_for_bert_classifiers():
                         intermediate_size=64, pooling="mean")
   with pytest.raises(ValueError, match="'seq_cls', not 'encoder'"):
     bert.Bert(cfg, task="encoder", rngs=nnx.Rngs(0))
+
+
+def test_lora_exports_merged_only(encoder_dir, caplog, tmp_path):
+  from jaxtune import lora
+
+  cfg = lora.default_config()
+  cfg.rank, cfg.alpha = 4, 8.0
+  model = lora.apply(_classifier(encoder_dir, caplog), cfg)
+  for _, m in lora.lora_modules(model):  # as if trained: B away from zero
+    m.lora_b.set_value(m.lora_b.get_value() + 0.05)
+  ids, mask = _batch()
+  got = _logits(model, ids, mask)
+  # PEFT would put the adapter on BertForSequenceClassification, which pools [CLS].
+  with pytest.raises(ValueError, match="pooling='mean': a PEFT adapter"):
+    hf.save(model, tmp_path / "adapter", adapter_only=True, base_model_name_or_path=str(encoder_dir))
+  out = hf.save(model, tmp_path / "merged")
+  back = hf.load(out, task="seq_cls", pooling="mean")
+  np.testing.assert_allclose(_logits(back, ids, mask), got, atol=1e-5, rtol=0)
