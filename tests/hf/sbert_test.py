@@ -118,6 +118,20 @@ def test_export_is_a_sentence_transformers_classifier(encoder_dir, caplog, tmp_p
   np.testing.assert_allclose(_logits(back, ids, mask), got, atol=1e-6, rtol=0)
 
 
+def test_sentence_transformers_loads_the_export(encoder_dir, caplog, tmp_path):
+  st = pytest.importorskip("sentence_transformers")
+  model = _classifier(encoder_dir, caplog)
+  out = hf.save(model, tmp_path / "export")
+  ids, mask = _batch()
+  pipeline = st.SentenceTransformer(str(out), device="cpu")
+  # The tiny model has no tokenizer: feed the token ids through the pipeline's modules.
+  features = {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask),
+              "token_type_ids": torch.zeros(ids.shape, dtype=torch.long)}
+  with torch.no_grad():
+    want = pipeline(features)["sentence_embedding"].numpy()
+  np.testing.assert_allclose(_logits(model, ids, mask), want, atol=1e-5, rtol=0)
+
+
 def test_a_head_is_read_with_its_own_pooling_only(encoder_dir, caplog, tmp_path):
   out = hf.save(_classifier(encoder_dir, caplog), tmp_path / "export")
   with pytest.raises(CheckpointError, match=r"1_Pooling/config.json.*pools 'mean'.*pooling='mean'"):
