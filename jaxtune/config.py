@@ -11,6 +11,7 @@ import ml_collections
 
 from jaxtune import lora, optim
 from jaxtune.data import config as data_config
+from jaxtune.models import bert
 
 TASKS = ("causal_lm", "seq_cls")
 
@@ -98,7 +99,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.task in TASKS, "model.task", c.model.task, f"expected one of {TASKS}")
   _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
          "auto|xla|cudnn")
-  _check(c.model.pooling in ("cls", "mean"), "model.pooling", c.model.pooling, "cls|mean")
+  _check(c.model.pooling in bert.POOLINGS, "model.pooling", c.model.pooling, "|".join(bert.POOLINGS))
   _check(c.model.pooling == "cls" or c.model.task == "seq_cls", "model.pooling", c.model.pooling,
          f"only sequence classification pools (model.task={c.model.task!r})")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")

@@ -122,8 +122,10 @@ def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str):
   pooling it was trained with (a Dense head on mean embeddings is wrong on the [CLS] pooler)."""
   from jaxtune.hf import sbert
 
+  if task != "seq_cls":  # only a classifier has a head to read; the encoder loads as any BertModel
+    return tensors
   pipeline = sbert.read(path)
-  if pipeline is None or pipeline.head is None or task != "seq_cls":
+  if pipeline is None or pipeline.head is None:
     return tensors
   if pipeline.pooling != "mean":
     raise UnsupportedConfigError(
