@@ -105,10 +105,12 @@ def load(
       raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
     tensors = _source_for(path, allow_pickle)
     where = str(cfg_file)
-    tensors = _with_sbert_head(path, tensors, task=task, pooling=pooling)
   hf_config.update(config_overrides or {})
   family = family_for_model_type(hf_config.get("model_type"), where)
   cfg = family.config_from_hf(hf_config, task=task, num_labels=num_labels, where=where)
+  if path.suffix != ".gguf":
+    tensors = _with_sbert_head(path, tensors, task=task, pooling=pooling,
+                               num_labels=getattr(cfg, "num_labels", 0))
   cfg = convert.with_pooling(family, cfg, task=task, pooling=pooling, where=where)
   return convert.load_into(
     family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
@@ -117,14 +119,14 @@ def load(
   )
 
 
-def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str):
+def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str, num_labels: int):
   """`tensors` plus a sentence-transformers classifier's head, which must be read with the
   pooling it was trained with (a Dense head on mean embeddings is wrong on the [CLS] pooler)."""
   from jaxtune.hf import sbert
 
   if task != "seq_cls":  # only a classifier has a head to read; the encoder loads as any BertModel
     return tensors
-  pipeline = sbert.read(path)
+  pipeline = sbert.read(path, num_labels)
   if pipeline is None or pipeline.head is None:
     return tensors
   if pipeline.pooling != "mean":

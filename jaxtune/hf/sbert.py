@@ -12,13 +12,17 @@ states, which no transformers class computes (BertForSequenceClassification read
 
 so `SentenceTransformer(dir).encode(texts)` returns the logits. `read` finds the pooling a
 directory declares and, for such a classifier, serves its head under the names the BERT key map
-uses (`classifier.weight`, `classifier.bias`), so `hf.load` reads it back.
+uses (`classifier.weight`, `classifier.bias`), so `hf.load` reads it back. A Dense module is
+taken for such a head when it has one output per label of the classifier being loaded; other modules
+after the pooling (an embedding model's projection and normalisation, as in LaBSE) are left out
+with a warning, and the classifier gets a fresh head on the encoder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ from jaxtune.hf.safetensors_io import (
   write_safetensors,
   write_sharded,
 )
+
+log = logging.getLogger(__name__)
 
 MODULES = "modules.json"
 _TRANSFORMER = "sentence_transformers.models.Transformer"
@@ -50,8 +56,11 @@ class Pipeline:
   head: TensorSource | None  # a Dense classifier after the pooling (jaxtune's export), or None
 
 
-def read(path: Path) -> Pipeline | None:
-  """The pipeline `path/modules.json` declares, or None when it has none (a plain HF directory)."""
+def read(path: Path, num_labels: int) -> Pipeline | None:
+  """The pipeline `path/modules.json` declares, or None when it has none (a plain HF directory).
+
+  `num_labels` is the classifier's label count: a Dense module with that many outputs is its head.
+  """
   modules_file = path / MODULES
   if not modules_file.exists():
     return None
@@ -69,13 +78,14 @@ def read(path: Path) -> Pipeline | None:
   if len(on) != 1:
     raise CheckpointError(f"{pooling_file}: expected exactly one pooling mode switched on, got {on}")
   head = None
-  dense = [m for m in modules[pool_at + 1:] if m.get("type") == _DENSE]
-  if dense:
-    dense_dir = path / dense[0].get("path", "")
-    if len(dense) > 1 or pool_at + 2 != len(modules):
+  after = modules[pool_at + 1:]
+  heads = [m for m in after if _is_head(path, m, num_labels)]
+  if heads:
+    dense_dir = path / heads[0].get("path", "")
+    if after != heads[:1]:
       raise CheckpointError(
-        f"{modules_file}: only one Dense module right after the Pooling module is read as a "
-        f"classifier head; got {types}")
+        f"{modules_file}: a classifier head ({dense_dir.name}) must follow the Pooling module "
+        f"directly; got {types}")
     cfg = _json(dense_dir / "config.json")
     act = cfg.get("activation_function")
     if act != _IDENTITY or not cfg.get("bias", True):
@@ -83,6 +93,12 @@ def read(path: Path) -> Pipeline | None:
         f"{dense_dir / 'config.json'}: a classifier head is a Dense module with a bias and "
         f"activation {_IDENTITY}; got activation {act!r}, bias {cfg.get('bias')!r}")
     head = _Renamed(SafetensorsSource.from_dir(dense_dir), _HEAD, where=str(dense_dir))
+  elif any(m.get("type") == _DENSE for m in after):
+    # An embedding model's projection (LaBSE: Dense with Tanh, then Normalize) shapes vectors
+    # for similarity search; a classifier reads the pooled encoder output, so they stay unused.
+    log.warning("%s: %s after the pooling are not a classifier head and are not loaded; the "
+                "classifier reads the encoder with a fresh head", modules_file,
+                [m.get("path") or m.get("type") for m in after])
   return Pipeline(on[0], pooling_file, head)
 
 
@@ -167,6 +183,17 @@ class Merged(TensorSource):
 
   def file_of(self, name: str) -> str:
     return self._where[name].file_of(name)
+
+
+def _is_head(path: Path, module: dict, num_labels: int) -> bool:
+  """A Dense module with one output per label: what jaxtune exports.
+
+  Such a Dense is taken for the head whatever else is wrong with it (`read` then says what), so
+  a damaged export fails instead of loading with a fresh head.
+  """
+  if module.get("type") != _DENSE:
+    return False
+  return _json(path / module.get("path", "") / "config.json").get("out_features") == num_labels
 
 
 def _json(path: Path):

@@ -7,6 +7,7 @@ mask, then the 2_Dense linear layer read from its own safetensors file.
 
 import json
 import logging
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +157,44 @@ def test_a_broken_head_is_named(encoder_dir, caplog, tmp_path):
   (out / "2_Dense" / "model.safetensors").unlink()
   with pytest.raises(CheckpointError, match="2_Dense"):
     hf.load(out, task="seq_cls", pooling="mean")
+
+
+def _add_dense(directory, name, out_features, activation):
+  (directory / name).mkdir()
+  (directory / name / "config.json").write_text(json.dumps(
+    {"in_features": 32, "out_features": out_features, "bias": True,
+     "activation_function": activation}))
+  rng = np.random.default_rng(2)
+  safetensors_io.write_safetensors(directory / name / "model.safetensors", {
+    "linear.weight": rng.normal(size=(out_features, 32)).astype(np.float32),
+    "linear.bias": rng.normal(size=out_features).astype(np.float32)})
+
+
+def test_an_embedding_projection_is_not_a_head(encoder_dir, caplog, tmp_path):
+  # LaBSE's pipeline: CLS pooling, a Dense projection with Tanh, then Normalize.
+  labse = tmp_path / "labse"
+  shutil.copytree(encoder_dir, labse)
+  _add_dense(labse, "2_Dense", 32, "torch.nn.modules.activation.Tanh")
+  (labse / "1_Pooling" / "config.json").write_text(json.dumps(
+    {"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+     "pooling_mode_mean_tokens": False}))
+  modules = json.loads((labse / "modules.json").read_text())
+  modules[2:] = [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+                 {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+  (labse / "modules.json").write_text(json.dumps(modules))
+  with caplog.at_level(logging.INFO):
+    model = hf.load(labse, task="seq_cls", num_labels=2)
+  assert "['2_Dense', '3_Normalize'] after the pooling are not a classifier head" in caplog.text
+  assert "classifier.weight absent" in caplog.text and hasattr(model, "pooler")
+  # A Dense that maps to the label count is a head, and one in the wrong place is an error
+  # rather than a classifier silently loaded with a fresh head.
+  (labse / "2_Dense").rename(labse / "2_Projection")
+  _add_dense(labse, "2_Dense", 2, "torch.nn.modules.linear.Identity")
+  modules.insert(2, {"idx": 2, "name": "2h", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+  modules[3]["path"] = "2_Projection"
+  (labse / "modules.json").write_text(json.dumps(modules))
+  with pytest.raises(CheckpointError, match=r"modules.json: a classifier head \(2_Dense\) must follow"):
+    hf.load(labse, task="seq_cls", num_labels=2, pooling="mean")
 
 
 def test_mean_pooling_is_for_bert_classifiers():
