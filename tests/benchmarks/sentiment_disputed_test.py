@@ -7,24 +7,29 @@ import json
 
 import pytest
 
-from jaxtune.data import assets
 from tests.benchmarks.train_throughput_test import ROOT
 
 
-@pytest.fixture(scope="module")
-def script():
-  try:
-    assets.rotten_tomatoes_txt()
-  except FileNotFoundError as e:
-    pytest.skip(str(e))
-  spec = importlib.util.spec_from_file_location("sentiment_disputed", ROOT / "benchmarks" / "sentiment_disputed.py")
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def test_accuracy_on_disputed_and_undisputed_rows(script, tmp_path, capsys):
-  test = script.recipe_rows()["test"]
+script = _load("sentiment_disputed")
+
+
+@pytest.fixture(scope="module")
+def test_rows():
+  try:
+    return script.recipe_rows()["test"]
+  except FileNotFoundError as e:  # the offline assets are not fetched
+    pytest.skip(str(e))
+
+
+def test_accuracy_on_disputed_and_undisputed_rows(test_rows, tmp_path, capsys):
+  test = test_rows
   disputed = [r for r in test if script.disputed(r)]
   agreed = [r for r in test if not script.disputed(r)]
   assert disputed and agreed
@@ -44,7 +49,7 @@ def test_accuracy_on_disputed_and_undisputed_rows(script, tmp_path, capsys):
   assert f"disputed {1 - 3 / len(disputed):.4f} (3 wrong of {len(disputed)})" in out
 
 
-def test_a_run_on_other_rows_is_refused(script, tmp_path):
+def test_a_run_on_other_rows_is_refused(test_rows, tmp_path):
   run = tmp_path / "run"
   run.mkdir()
   (run / "errors.jsonl").write_text(json.dumps({"file": "elsewhere.jsonl", "row": 3}) + "\n")
