@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxtune.hf import convert
-from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
+from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError, read_json
 from jaxtune.hf.families import family_for_model_type, family_for_module
 from jaxtune.hf.safetensors_io import PickleSource, SafetensorsSource, write_sharded
 
@@ -97,12 +97,7 @@ def load(
     where = str(path)
   else:
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-      raise CheckpointError(f"{path}: no config.json")
-    try:
-      hf_config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-      raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+    hf_config = read_json(cfg_file, missing="not found; an HF model directory has one")
     tensors = _source_for(path, allow_pickle)
     where = str(cfg_file)
   hf_config.update(config_overrides or {})

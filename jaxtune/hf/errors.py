@@ -1,5 +1,8 @@
 """Errors raised for bad checkpoints and configs; messages name the file, tensor or attribute."""
 
+import json
+from pathlib import Path
+
 
 class CheckpointError(ValueError):
   """A checkpoint file or tensor that cannot be used as it is."""
@@ -7,3 +10,13 @@ class CheckpointError(ValueError):
 
 class UnsupportedConfigError(ValueError):
   """An HF config attribute (or value) that jaxtune does not implement."""
+
+
+def read_json(path: Path, *, missing: str):
+  """A checkpoint's JSON file; a missing or malformed one is a CheckpointError naming it."""
+  if not path.exists():
+    raise CheckpointError(f"{path}: {missing}")
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}: invalid JSON ({e})") from e

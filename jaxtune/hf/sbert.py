@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxtune.hf.errors import CheckpointError
+from jaxtune.hf.errors import CheckpointError, read_json
 from jaxtune.hf.safetensors_io import (
   SafetensorsSource,
   TensorSource,
@@ -79,21 +79,26 @@ def read(path: Path, num_labels: int) -> Pipeline | None:
     raise CheckpointError(f"{pooling_file}: expected exactly one pooling mode switched on, got {on}")
   head = None
   after = modules[pool_at + 1:]
-  heads = [m for m in after if _is_head(path, m, num_labels)]
+  dense = {i: _json(path / m.get("path", "") / "config.json")
+           for i, m in enumerate(after) if m.get("type") == _DENSE}
+  # A Dense with one output per label is what jaxtune exports as the head, and is taken for it
+  # whatever else is wrong with it (said below), so a damaged export fails instead of loading
+  # with a fresh head.
+  heads = [i for i, cfg in dense.items() if cfg.get("out_features") == num_labels]
   if heads:
-    dense_dir = path / heads[0].get("path", "")
-    if after != heads[:1]:
+    dense_dir = path / after[heads[0]].get("path", "")
+    if len(after) != 1:
       raise CheckpointError(
         f"{modules_file}: a classifier head ({dense_dir.name}) must follow the Pooling module "
         f"directly; got {types}")
-    cfg = _json(dense_dir / "config.json")
+    cfg = dense[heads[0]]
     act = cfg.get("activation_function")
     if act != _IDENTITY or not cfg.get("bias", True):
       raise CheckpointError(
         f"{dense_dir / 'config.json'}: a classifier head is a Dense module with a bias and "
         f"activation {_IDENTITY}; got activation {act!r}, bias {cfg.get('bias')!r}")
     head = _Renamed(SafetensorsSource.from_dir(dense_dir), _HEAD, where=str(dense_dir))
-  elif any(m.get("type") == _DENSE for m in after):
+  elif dense:
     # An embedding model's projection (LaBSE: Dense with Tanh, then Normalize) shapes vectors
     # for similarity search; a classifier reads the pooled encoder output, so they stay unused.
     log.warning("%s: %s after the pooling are not a classifier head and are not loaded; the "
@@ -185,24 +190,8 @@ class Merged(TensorSource):
     return self._where[name].file_of(name)
 
 
-def _is_head(path: Path, module: dict, num_labels: int) -> bool:
-  """A Dense module with one output per label: what jaxtune exports.
-
-  Such a Dense is taken for the head whatever else is wrong with it (`read` then says what), so
-  a damaged export fails instead of loading with a fresh head.
-  """
-  if module.get("type") != _DENSE:
-    return False
-  return _json(path / module.get("path", "") / "config.json").get("out_features") == num_labels
-
-
 def _json(path: Path):
-  if not path.exists():
-    raise CheckpointError(f"{path}: not found (a module that {MODULES} names)")
-  try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+  return read_json(path, missing=f"not found (a module that {MODULES} names)")
 
 
 def _write_json(path: Path, obj) -> None:
