@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recipe_rows(config_arg: str = "") -> dict:
-  import sys
-
+def recipe_rows() -> dict:
   sys.path.insert(0, str(ROOT))
   from configs import sentiment_minilm
   from jaxtune import data as data_lib
   from jaxtune.data import readers
 
-  d = sentiment_minilm.get_config(config_arg or None).data
+  d = sentiment_minilm.get_config().data
   return data_lib.read_splits(d, readers.BadRows("error"))
 
 
