@@ -56,6 +56,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from jaxtune import errors
+
 log = logging.getLogger(__name__)
 
 # On-disk names written by orbax (stable since orbax 0.5.11); read directly because reading them
@@ -355,7 +357,7 @@ class Checkpointer:
     return None
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(errors.CheckpointError, RuntimeError):
   """Every checkpoint in a directory failed to restore into the state this run expects."""
 
 

@@ -11,6 +11,7 @@ import ml_collections
 
 from jaxtune import lora, optim
 from jaxtune.data import config as data_config
+from jaxtune.errors import ConfigError
 from jaxtune.models import bert
 
 TASKS = ("causal_lm", "seq_cls")
@@ -91,7 +92,7 @@ def default() -> ml_collections.ConfigDict:
 
 def _check(cond: bool, key: str, value, why: str) -> None:
   if not cond:
-    raise ValueError(f"config: {key}={value!r}: {why}")
+    raise ConfigError(f"config: {key}={value!r}: {why}")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

@@ -34,15 +34,12 @@ from jaxtune import (
 )
 from jaxtune.config import parse_overrides, validate
 from jaxtune.data import pipeline, prefetch
+from jaxtune.errors import NonFiniteError
 from jaxtune.models import layers, presets
 
 log = logging.getLogger(__name__)
 # Batches built and copied to the device ahead of the running step (jaxtune/data/prefetch.py).
 PREFETCH_DEPTH = 2
-
-
-class NonFiniteError(RuntimeError):
-  """A loss or gradient became NaN/Inf and the config says to stop."""
 
 
 def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxtune.errors import ConfigError
+
 KINDS = ("synthetic", "classification", "sft")
 SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
 ON_BAD_ROW = ("error", "skip")
@@ -73,7 +75,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def _fail(key: str, value, why: str):
-  raise ValueError(f"config: data.{key}={value!r}: {why}")
+  raise ConfigError(f"config: data.{key}={value!r}: {why}")
 
 
 def check(c: ml_collections.ConfigDict) -> None:

@@ -25,14 +25,12 @@ from pathlib import Path
 
 from etils import epath
 
+from jaxtune.errors import DataError
+
 log = logging.getLogger(__name__)
 
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 _CONTENT_CHARS = 500  # raw content kept per skipped row: enough to find it, not the whole file
-
-
-class DataError(ValueError):
-  """A data problem, naming the file and row (or the data set) and why."""
 
 
 @dataclasses.dataclass

@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
+from jaxtune.errors import CheckpointError
 
-class CheckpointError(ValueError):
-  """A checkpoint file or tensor that cannot be used as it is."""
+__all__ = ["CheckpointError", "UnsupportedConfigError", "read_json"]
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(CheckpointError):
   """An HF config attribute (or value) that jaxtune does not implement."""
 
 
