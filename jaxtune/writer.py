@@ -360,6 +360,17 @@ def write_run_info(
   return info
 
 
+def append_run_info(workdir: str | os.PathLike, key: str, entry: Any) -> None:
+  """Appends ``entry`` to the list ``key`` of ``workdir/run.json`` (process 0 only), e.g. the
+  config changes a resumed run accepted."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / "run.json"
+  info = json.loads(path.read_text()) if path.exists() else {}
+  info.setdefault(key, []).append(entry)
+  _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
+
+
 def write_config(workdir: str | os.PathLike, config: Any) -> None:
   """Writes the resolved ``ml_collections.ConfigDict`` to ``workdir/config.json`` (process 0)."""
   if jax.process_index() != 0:
