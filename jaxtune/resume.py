@@ -82,8 +82,8 @@ def differences(run: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   out = {}
   for key in sorted(set(a) | set(b)):
     old, val = a.get(key, ABSENT), b.get(key, ABSENT)
-    if old == val or _free(key):
-      continue
+    if old == val or _free(key) or val == ABSENT:
+      continue  # (a key jaxtune no longer has cannot matter)
     if key == "model.num_labels" and 0 in (old, val):
       continue  # 0 = from the data: the label check compares what the data gives
     out[key] = (old, val)

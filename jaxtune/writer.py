@@ -6,7 +6,8 @@ Workdir layout (written by process 0 only; other processes' writers are no-ops):
   text.jsonl     one JSON object per ``write_text``: ``{"step": 12, "tag": ..., "text": ...}``
   tb/            TensorBoard event files (tensorboardX), same scalars and texts, plus hparams
   run.json       versions, devices, mesh, git commit, data fingerprint, start time
-  config.json    the resolved config
+  config.json    the resolved config (written once a resume's checks and restore succeed)
+  jaxtune.lock   while a process trains here: its pid, host and start (jaxtune.workdir_lock)
 
 Non-finite metric values are written to JSON as ``null`` (NaN, +Inf and -Inf alike: strict JSON
 has no spelling for them, and null keeps the column numeric for readers such as pandas);

@@ -106,3 +106,9 @@ def test_allowed_new_learning_rate_trains_and_is_recorded(finished_run, tmp_path
   assert changes == [{"step": 4, "time": changes[0]["time"], "changes": {
     "optim.learning_rate": {"old": 3e-3, "new": 1e-4}, "train.steps": {"old": 4, "new": 6}}}]
   assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 1e-4
+
+
+def test_keys_jaxtune_no_longer_has_do_not_block_a_resume():
+  old = jt_config.default().to_dict()
+  old["train"]["retired_key"] = 3
+  assert resume.differences(old, jt_config.default().to_dict()) == {}

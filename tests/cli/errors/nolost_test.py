@@ -21,7 +21,6 @@ import pytest
 
 from tests.cli.errors.harness import REPO, Snapshot, expect_error, run
 
-
 LOCK = "jaxtune.lock"
 RUN = ("--config=configs/tiny.py", "--config.train.steps=4", "--config.optim.warmup_steps=0",
        "--config.checkpoint.every_steps=2", "--config.train.eval_every=0",
