@@ -162,3 +162,37 @@ def test_multi_host_only_process_zero_locks_and_every_process_learns_a_refusal(t
   monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.int32(1))
   with workdir_lock.hold(tmp_path):
     assert not (tmp_path / workdir_lock.LOCK_FILE).exists()  # process 1 takes no lock
+
+
+_TWO_PROCESS = """
+import os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jaxtune import workdir_lock
+from jaxtune.errors import WorkdirError
+try:
+  with workdir_lock.hold(sys.argv[3]):
+    print("held", flush=True)
+except WorkdirError as e:
+  print("refused:", e, flush=True)
+"""
+
+
+def test_two_processes_through_jax_distributed_agree_without_deadlock(tmp_path):
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+
+  def both():
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS, f"localhost:{port}", str(i),
+                               str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for i in range(2)]
+    return [p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs]
+
+  assert both() == ["held", "held"]
+  assert not (tmp_path / workdir_lock.LOCK_FILE).exists()
+  plant(tmp_path, pid=1, host="elsewhere-7")
+  first, second = both()
+  assert "another host" in first and "process 0 could not take the workdir lock" in second
