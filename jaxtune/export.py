@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -66,37 +65,50 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   return Run(config, model, tokenizer, int(chosen), workdir)
 
 
+def output_folder(out, workdir=None, *, overwrite: bool = False, flag: str = "--out",
+                  hint: str = ""):
+  """The checked output folder of an export (`jaxtune.outputs`): refused when it holds files
+  jaxtune did not write (unless `overwrite`) or when it would replace the run it reads."""
+  from jaxtune import outputs
+
+  inputs = []
+  if workdir is not None:
+    w = epath.Path(workdir)
+    inputs = [w / "checkpoints", w / "config.json", w / "run.json", w / "results.json"]
+  return outputs.Folder(out, command="jaxtune export", flag=flag, overwrite=overwrite,
+                        inputs=inputs, expected=("config.json", "README.md"), hint=hint)
+
+
 def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str | Path | None = None,
-         merge_lora: bool | None = None, dtype: str | None = None) -> epath.Path:
+         merge_lora: bool | None = None, dtype: str | None = None, overwrite: bool = False,
+         flag: str = "--out", hint: str = "") -> epath.Path:
   """Write `model` as an HF directory (merged weights or, LoRA unmerged, a PEFT adapter).
 
   `merge_lora` and `dtype` default to the run's `export.merge_lora` and `export.dtype`.
-  The card reads workdir/results.json and run.json when `workdir` is given. A remote `out`
-  (gs://) is written to a local staging directory first, then uploaded file by file:
-  `hf.save` streams safetensors shards to local files.
+  The card reads workdir/results.json and run.json when `workdir` is given. The files are
+  written to a staging directory first (local; for a remote `out` such as gs:// too, since
+  `hf.save` streams safetensors shards to local files), then moved or uploaded into `out`
+  under the rule of `jaxtune.outputs` (`overwrite`, `flag` and `hint` as there).
   """
-  from jaxtune import hf, writer
+  from jaxtune import hf
 
   final = epath.Path(out)
   merge_lora = config.export.merge_lora if merge_lora is None else merge_lora
   dtype = (config.export.dtype if dtype is None else dtype) or None
   adapter = config.lora.rank > 0 and not merge_lora
   if jax.process_index() == 0:
-    staging = tempfile.mkdtemp(prefix="jaxtune_export_") if writer.is_remote(final) else None
-    local = Path(staging) if staging else Path(final)
-    if adapter:
-      hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
-              base_model_name_or_path=config.model.source)
-    else:
-      hf.save(model, local, tokenizer, dtype=dtype)
-    (local / "README.md").write_text(model_card(config, workdir, adapter=adapter))
-    if staging:
-      for f in sorted(Path(staging).rglob("*")):
-        if f.is_file():
-          dest = final / str(f.relative_to(staging))
-          dest.parent.mkdir(parents=True, exist_ok=True)
-          dest.write_bytes(f.read_bytes())
-      shutil.rmtree(staging)
+    folder = output_folder(final, workdir, overwrite=overwrite, flag=flag, hint=hint)
+    local = folder.staging()
+    try:
+      if adapter:
+        hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
+                base_model_name_or_path=config.model.source)
+      else:
+        hf.save(model, local, tokenizer, dtype=dtype)
+      (local / "README.md").write_text(model_card(config, workdir, adapter=adapter))
+      folder.publish(local)
+    finally:
+      shutil.rmtree(local, ignore_errors=True)
   log.info("exported the model to %s", final)
   return final
 

@@ -28,8 +28,10 @@ from jaxtune import (
   metrics,
   monitor,
   optim,
+  resume,
   sharding,
   step,
+  workdir_lock,
   writer,
 )
 from jaxtune.config import parse_overrides, validate
@@ -100,20 +102,32 @@ def _state_shardings(state, mesh):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
-                       on_eval=None) -> dict:
+                       on_eval=None, *, allow_config_change: bool = False) -> dict:
   """Train, evaluate and return {step, eval, results, ...}.
 
   `on_eval(step, eval_scalars) -> bool`, if given, sees every intermediate validation and may
   stop the run (True), which then ends like early stopping: a hyperparameter search prunes
   poor trials through it.
+
+  The workdir is locked while the run trains (`jaxtune.workdir_lock`). A workdir with
+  checkpoints resumes, with the run's config and data only (`jaxtune.resume`), unless
+  `allow_config_change` (the `jaxtune train --allow_config_change` flag).
   """
-  # ------------------------------------------------------------------------------- setup
   validate(config)
-  workdir = epath.Path(workdir)  # a local path or a URL such as gs://bucket/run
+  workdir = epath.Path(workdir_lock.require(workdir))  # a local path or a URL such as gs://bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _train_and_evaluate(config, workdir, on_eval, allow_config_change)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, on_eval,
+                        allow_config_change: bool) -> dict:
+  # ------------------------------------------------------------------------------- setup
   is_main = jax.process_index() == 0
-  if is_main:
-    writer.write_config(workdir, config)
+  resumed = resume.Check(workdir, config, allow_config_change)  # refuses a changed config now
+  if config.export.enabled and is_main:
+    # Files in workdir/export that jaxtune did not write: refused now, not after training.
+    export_folder(workdir)
 
   # -------------------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(**config.mesh)
@@ -128,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
   # -------------------------------------------------------------------------------- data
   splits = data.build(config, workdir)
+  resumed.data(splits["train"].fingerprint(), splits.label_names)
   batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
                              length_buckets=config.train.length_buckets)
   if config.train.epochs > 0:
@@ -183,10 +198,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   if restored is not None:
     start, tree, meta = restored
     state = _from_ckpt_tree(tree, state)
+    state["opt_state"] = resumed.apply(state["opt_state"], built.state["opt_state"])
     stopper.load(meta["early_stopping"])
     alarm.load(meta["overfit_alarm"])
     stopped_early = meta.get("stopped_early", False)
     log.info("resumed from step %d (data position %s)", start, meta.get("data_position"))
+  if is_main:  # only now: a refused or failed resume leaves the run's config.json as it was
+    writer.write_config(workdir, config)
+    resumed.record(start)
   mw = writer.MetricWriter(workdir) if is_main else None
   if mw is not None:
     mw.truncate_after(start)
@@ -419,7 +438,20 @@ def export_model(config, workdir: epath.Path, graphdef, params, frozen, splits) 
 
   model = step.merge(graphdef, params, frozen)
   model.eval()
-  return export.save(model, workdir / "export", splits.tokenizer, config, workdir=workdir)
+  return export.save(model, workdir / "export", splits.tokenizer, config, workdir=workdir,
+                     **_EXPORT_FOLDER)
+
+
+# The driver's own export folder under the rule of jaxtune.outputs, without an --overwrite.
+_EXPORT_FOLDER = dict(flag="export.enabled", hint=(
+  "move them out of the folder, or set export.enabled=False and export elsewhere with "
+  "`jaxtune export --out=DIR`"))
+
+
+def export_folder(workdir: epath.Path):
+  from jaxtune import export
+
+  return export.output_folder(workdir / "export", workdir, **_EXPORT_FOLDER)
 
 
 def _eval_scalars(res: dict) -> dict[str, float]:

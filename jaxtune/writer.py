@@ -6,7 +6,8 @@ Workdir layout (written by process 0 only; other processes' writers are no-ops):
   text.jsonl     one JSON object per ``write_text``: ``{"step": 12, "tag": ..., "text": ...}``
   tb/            TensorBoard event files (tensorboardX), same scalars and texts, plus hparams
   run.json       versions, devices, mesh, git commit, data fingerprint, start time
-  config.json    the resolved config
+  config.json    the resolved config (written once a resume's checks and restore succeed)
+  jaxtune.lock   while a process trains here: its pid, host and start (jaxtune.workdir_lock)
 
 Non-finite metric values are written to JSON as ``null`` (NaN, +Inf and -Inf alike: strict JSON
 has no spelling for them, and null keeps the column numeric for readers such as pandas);
@@ -358,6 +359,17 @@ def write_run_info(
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
   return info
+
+
+def append_run_info(workdir: str | os.PathLike, key: str, entry: Any) -> None:
+  """Appends ``entry`` to the list ``key`` of ``workdir/run.json`` (process 0 only), e.g. the
+  config changes a resumed run accepted."""
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / "run.json"
+  info = json.loads(path.read_text()) if path.exists() else {}
+  info.setdefault(key, []).append(entry)
+  _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
 
 
 def write_config(workdir: str | os.PathLike, config: Any) -> None:

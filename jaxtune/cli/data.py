@@ -10,6 +10,9 @@ why) and DIR/clean.json (counts). Train on the result with --config.data.source=
 
 With --config, the data set, splits, columns, tokenizer and seq_len are the training run's
 (flags given explicitly override them); without it, flags name the columns and tokenizer.
+
+DIR must be new, empty, or an earlier output of the same command (listed in its
+.jaxtune-outputs.json); --overwrite writes among other files, but never over the input data.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ _NORMALIZE = flags.DEFINE_bool("normalize", True, "clean: write normalised text 
 _DROP_LEAKS = flags.DEFINE_bool("drop_leaks", True, "clean: drop train rows that occur in validation/test.")
 _MIN_TOKENS = flags.DEFINE_integer("min_tokens", 0, "clean: drop rows shorter than this (tokens, or words without a tokenizer).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "clean: drop rows longer than this (0 = no limit).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into --out even if it holds files jaxtune did not write.")
 flags.mark_flags_as_required(["out"])
 
 _COMMANDS = ("audit", "clean")
@@ -92,6 +96,18 @@ def data_config():
   return d, tokenizer, seq_len
 
 
+def output_folder(command: str, d):
+  """--out, checked before the work (`jaxtune.outputs`): never over the data files read."""
+  from jaxtune import outputs
+
+  names = {"audit": ("audit.json", "audit.md", "audit.html"),
+           "clean": ("train.jsonl", "validation.jsonl", "test.jsonl", "dropped.jsonl", "clean.json")}
+  inputs = [d.source, d.validation_source, d.test_source]
+  return outputs.Folder(_OUT.value, command=f"jaxtune data {command}", flag="--out",
+                        overwrite=_OVERWRITE.value, inputs=[p for p in inputs if p],
+                        expected=names[command])
+
+
 def _override_keys() -> dict[str, str]:
   return {"data": "source", "text_column": "text_column", "text_pair_column": "text_pair_column",
           "label_column": "label_column", "split": "split", "split_seed": "split_seed",
@@ -108,6 +124,7 @@ def main(argv):
   from jaxtune.data.quality import audit, clean, dedup, report
 
   d, tok_source, seq_len = data_config()
+  out = output_folder(commands[0], d)
   tokenizer = load_tokenizer(tok_source) if tok_source else None
   near = dedup.NearParams(threshold=_NEAR.value, num_perm=_NUM_PERM.value, ngram=_NGRAM.value)
   rows, unreadable = audit.read(d)
@@ -115,7 +132,7 @@ def main(argv):
     settings = audit.Settings(near=near, seq_len=seq_len, lang=_LANG.value, top_tokens=_TOP_TOKENS.value,
                               min_token_rows=_MIN_TOKEN_ROWS.value, examples=_EXAMPLES.value)
     result = audit.audit(rows, d, tokenizer, settings, unreadable)
-    paths = report.write(result, _OUT.value)
+    paths = report.write(result, out)
     print("\n".join(dict(report.sections(result))["Summary"]))
     print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
   else:
@@ -123,7 +140,7 @@ def main(argv):
     settings = clean.Settings(normalize=_NORMALIZE.value, near=near, drop_leaks=_DROP_LEAKS.value,
                               min_tokens=_MIN_TOKENS.value, max_tokens=_MAX_TOKENS.value, lang=lang)
     result = clean.clean(rows, d, tokenizer, settings, unreadable)
-    files = clean.write(result, _OUT.value)
+    files = clean.write(result, out)
     print(json.dumps(result.summary["splits"], indent=1))
     print(f"kept rows: {', '.join(f'{k}: {v}' for k, v in files.items())}; "
           f"dropped {len(result.dropped)} rows: {_OUT.value}/dropped.jsonl")

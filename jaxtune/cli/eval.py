@@ -2,7 +2,8 @@
 
 Evaluates a finished run's best weights (averaged weights when the run kept them) on any data
 file of the run's task and writes `workdir/eval_NAME.json` with the same metric keys as
-results.json (misclassified examples go to `workdir/eval_NAME_errors.jsonl`).
+results.json (misclassified examples go to `workdir/eval_NAME_errors.jsonl`). NAME is a plain
+name; files of that name jaxtune did not write are kept unless --overwrite.
 """
 
 from __future__ import annotations
@@ -21,18 +22,34 @@ _NAME = flags.DEFINE_string("name", "", "Name of the result file (default: the d
 _TEXT = flags.DEFINE_string("text_column", "", "Text column, if it differs from the run's.")
 _LABEL = flags.DEFINE_string("label_column", "", "Label column, if it differs from the run's.")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step to evaluate (-1: the best, else the latest).")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace eval_NAME files jaxtune did not write.")
 flags.mark_flags_as_required(["workdir", "data"])
 
 
+def output_folder(workdir: str | Path, data: str, name: str, *, overwrite: bool = False):
+  """The checked outputs of an evaluation: eval_NAME.json and eval_NAME_errors.jsonl in the
+  workdir (`jaxtune.outputs`), never over the data file or the run's own files."""
+  from jaxtune import outputs
+
+  outputs.check_name(name, "--name")
+  w = Path(workdir)
+  return outputs.Folder(
+    w, command="jaxtune eval", flag="--name", overwrite=overwrite, own=False,
+    inputs=[data, w / "checkpoints", w / "config.json", w / "run.json"],
+    expected=(f"eval_{name}.json", f"eval_{name}_errors.jsonl"))
+
+
 def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column: str = "",
-                  label_column: str = "", step: int = -1) -> dict:
+                  label_column: str = "", step: int = -1, overwrite: bool = False) -> dict:
   import jax
 
-  from jaxtune import checkpoint, evaluate, sharding, train
+  from jaxtune import checkpoint, evaluate, sharding, train, workdir_lock
   from jaxtune import config as jt_config
   from jaxtune import data as data_lib
 
-  workdir = Path(workdir)
+  workdir = Path(workdir_lock.require(workdir))
+  name = name or Path(data).stem
+  folder = output_folder(workdir, data, name, overwrite=overwrite)
   config = jt_config.read_run_config(workdir)
   run = json.loads((workdir / "run.json").read_text())
   if text_column:
@@ -59,13 +76,13 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
       eval_fn, params, built.frozen, split["eval"], task=config.model.task, mesh=mesh,
       batch_size=config.train.eval_batch_size, label_names=split.label_names,
       length_buckets=config.train.get("length_buckets", 0))  # runs from before the key: off
-  name = name or Path(data).stem
   out = {"data": str(data), "step": int(chosen), **res}
   if jax.process_index() == 0:
-    (workdir / f"eval_{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
+    folder.path(f"eval_{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     if details:
-      evaluate.write_errors(workdir / f"eval_{name}_errors.jsonl", details,
+      evaluate.write_errors(folder.path(f"eval_{name}_errors.jsonl"), details,
                             split.examples.get("eval"), split.label_names)
+    folder.commit()
   return out
 
 
@@ -74,7 +91,7 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   out = evaluate_file(_WORKDIR.value, _DATA.value, name=_NAME.value, text_column=_TEXT.value,
-                      label_column=_LABEL.value, step=_STEP.value)
+                      label_column=_LABEL.value, step=_STEP.value, overwrite=_OVERWRITE.value)
   print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2, default=float))
 
 

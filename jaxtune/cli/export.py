@@ -4,7 +4,8 @@ Writes a run's best weights (averaged weights when the run kept them) as an HF d
 transformers loads: config.json, safetensors, the tokenizer, and a README.md model card (base
 model, data, training config, final metrics). A LoRA run's adapters are folded into the weights
 (--merge_lora) or written as a PEFT adapter directory (--nomerge_lora); without either flag the
-run's export.merge_lora decides (True by default).
+run's export.merge_lora decides (True by default). --out must be new, empty, or an earlier
+export's folder (listed in its .jaxtune-outputs.json); --overwrite writes among other files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _OUT = flags.DEFINE_string("out", None, "Directory to write the HF model into.")
 _MERGE = flags.DEFINE_boolean("merge_lora", None, "LoRA runs: merge the adapters (default: the run's export.merge_lora).")
 _DTYPE = flags.DEFINE_string("dtype", None, "Weight dtype to write (default: the run's export.dtype, else as trained).")
 _STEP = flags.DEFINE_integer("step", -1, "Checkpoint step to export (-1: the best, else the latest).")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Write into --out even if it holds files jaxtune did not write.")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -27,11 +29,14 @@ def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from jaxtune import export
+  from jaxtune import export, workdir_lock
 
-  run = export.load_run(_WORKDIR.value, step=_STEP.value)
+  workdir = workdir_lock.require(_WORKDIR.value)
+  # Refuse a bad --out before the (possibly long) restore; save checks again as it writes.
+  export.output_folder(_OUT.value, workdir, overwrite=_OVERWRITE.value)
+  run = export.load_run(workdir, step=_STEP.value)
   out = export.save(run.model, _OUT.value, run.tokenizer, run.config, workdir=run.workdir,
-                    merge_lora=_MERGE.value, dtype=_DTYPE.value)
+                    merge_lora=_MERGE.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
   print(f"exported step {run.step} of {run.workdir} to {out}")
 
 

@@ -41,8 +41,10 @@ _OUT = flags.DEFINE_string("out", "", "Also write {prompt, completion, tokens} r
 def main(argv):
   del argv
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  from jaxtune import generate
+  from jaxtune import generate, workdir_lock
 
+  if flags.FLAGS["workdir"].present:
+    workdir_lock.require(_WORKDIR.value)
   prompts = generate.read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   model, tok = generate.load_source(workdir=_WORKDIR.value, model=_MODEL.value,
                                     tokenizer=_TOKENIZER.value, dtype=_DTYPE.value, step=_STEP.value)

@@ -1,6 +1,8 @@
 """`jaxtune train --config=configs/<recipe>.py[:variant] --workdir=DIR [--config.a.b=value]`.
 
-Rerunning the same command on an existing workdir resumes from its last checkpoint.
+Rerunning the same command on an existing workdir resumes from its last checkpoint; a
+different config or data is refused unless --allow_config_change. One run per workdir at a
+time (the workdir's jaxtune.lock names the run that holds it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_ALLOW_CHANGE = flags.DEFINE_boolean(
+  "allow_config_change", False, "Resume a run with a different config or data (hyperparameters "
+  "such as the learning rate; recorded in run.json). Shapes (model, labels, LoRA) never change.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,7 +34,8 @@ def main(argv):
   distributed.maybe_initialize()
   from jaxtune import train
 
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                    allow_config_change=_ALLOW_CHANGE.value)
   final = {k: v for k, v in result["eval"].items() if isinstance(v, int | float)}
   print(f"done: step {result['step']}; final validation: {final}")
 

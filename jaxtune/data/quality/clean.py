@@ -135,17 +135,23 @@ def _row(ex: records.Example, d, settings: Settings) -> dict:
   return fields
 
 
-def write(result: Result, out: str | Path) -> dict[str, Path]:
-  """out/<split>.jsonl per split, out/dropped.jsonl and out/clean.json; returns the split files."""
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+def write(result: Result, out) -> dict[str, Path]:
+  """out/<split>.jsonl per split, out/dropped.jsonl and out/clean.json; returns the split files.
+
+  `out` is a folder path or a checked `jaxtune.outputs.Folder` (the CLI's, built before the
+  work); either way no file jaxtune did not write is replaced."""
+  from jaxtune import outputs
+
+  if not isinstance(out, outputs.Folder):
+    out = outputs.Folder(out, command="jaxtune data clean", flag="--out")
   files = {}
   for name, rows in result.kept.items():
-    files[name] = out / f"{name}.jsonl"
+    files[name] = Path(out.path(f"{name}.jsonl"))
     _write_jsonl(files[name], rows)
-  _write_jsonl(out / "dropped.jsonl", result.dropped)
-  (out / "clean.json").write_text(json.dumps({**result.summary, "files": {k: str(v) for k, v in files.items()}},
-                                             indent=2, ensure_ascii=False) + "\n")
+  _write_jsonl(Path(out.path("dropped.jsonl")), result.dropped)
+  out.path("clean.json").write_text(json.dumps({**result.summary, "files": {k: str(v) for k, v in files.items()}},
+                                               indent=2, ensure_ascii=False) + "\n")
+  out.commit()
   return files
 
 

@@ -163,11 +163,16 @@ def html_page(a: dict) -> str:
           f"<style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 
 
-def write(a: dict, out: str | Path) -> dict[str, Path]:
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  paths = {"json": out / "audit.json", "md": out / "audit.md", "html": out / "audit.html"}
+def write(a: dict, out) -> dict[str, Path]:
+  """out/audit.json, audit.md and audit.html; `out` is a folder path or a checked
+  `jaxtune.outputs.Folder` (no file jaxtune did not write is replaced)."""
+  from jaxtune import outputs
+
+  if not isinstance(out, outputs.Folder):
+    out = outputs.Folder(out, command="jaxtune data audit", flag="--out")
+  paths = {k: Path(out.path(f"audit.{k}")) for k in ("json", "md", "html")}
   paths["json"].write_text(json.dumps(a, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
   paths["md"].write_text(markdown(a), encoding="utf-8")
   paths["html"].write_text(html_page(a), encoding="utf-8")
+  out.commit()
   return paths
