@@ -121,7 +121,7 @@ def _on_process_zero(model: nnx.Module) -> nnx.Module | None:
   leaves, treedef = jax.tree.flatten(state)
   gathered = []
   for x in leaves:
-    if isinstance(x, jax.Array):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # spans several processes
       x = multihost_utils.process_allgather(x, tiled=True)  # numpy, on every process
       x = jax.device_put(x, host) if main else None
     gathered.append(x)
