@@ -34,8 +34,8 @@ weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metri
   given the files on disk, except the wall-clock trigger of ``should_save``: there process 0's
   clock decides and the answer is broadcast, because hosts that disagree about saving deadlock.
 
-``PreemptionGuard`` turns SIGTERM/SIGINT into a flag the driver polls once per step; see its
-docstring for the multi-process story (``reached_preemption_sync_point``).
+``PreemptionGuard`` turns SIGTERM/SIGINT into a stop that every process takes at the same step;
+see its docstring for the multi-process story (``reached_preemption_sync_point``).
 """
 
 from __future__ import annotations
@@ -144,6 +144,10 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
       ),
     )
+    # PreemptionGuard alone feeds JAX's preemption sync point (see its doc). Orbax would report
+    # steps to it too, from its async finalize thread with the step of an earlier save: a
+    # notice arriving then would agree on a step every process has passed, and none would stop.
+    self._manager.reached_preemption = lambda step: False
     self._last_save_time = _now()
     self._complete: set[int] = set()  # steps verified complete (a committed step stays so)
     self._bad: set[int] = set()  # steps that failed to restore
@@ -362,24 +366,31 @@ class CheckpointMismatchError(errors.CheckpointError, RuntimeError):
 
 
 class PreemptionGuard:
-  """Context manager turning SIGTERM/SIGINT into a flag the training loop polls.
+  """Context manager turning SIGTERM/SIGINT into a stop the training loop agrees on.
 
   The handler only sets ``requested`` (nothing else is safe inside a signal handler); the
-  driver calls ``should_stop(step)`` every step and, when true, saves a final checkpoint with
-  ``force=True`` and returns normally. The previous handlers are restored on exit. A second
-  SIGINT while a stop is pending raises ``KeyboardInterrupt``, for an impatient user.
+  driver calls ``should_stop(step)`` after every step and, when true, saves a final checkpoint
+  with ``force=True`` and exits. The previous handlers are restored on exit. A second SIGINT
+  while a stop is pending raises ``KeyboardInterrupt``, for an impatient user. One process:
+  ``should_stop`` is the flag, no host sync.
 
   Multi-process: stopping must happen at the same step on every host, or the final save
-  deadlocks in orbax's barriers; a flag set on one host is not enough. ``should_stop`` then
-  asks ``jax.experimental.multihost_utils.reached_preemption_sync_point(step)``, which agrees a
-  common step through the coordination service. That is unusable without a coordinator: with
-  no ``jax.distributed`` client it always returns False, so single-process runs use the flag
-  alone. When ``jax.distributed`` is initialised, JAX's preemption notifier owns SIGTERM through
-  a native handler; replacing it would blind the sync point, so SIGTERM is left to it (any
-  handler installed outside Python is left alone, since it could not be restored). If the
-  preemption service is disabled, or for SIGINT, the local flags are all-gathered every
-  ``sync_every_steps`` steps (one host sync each). ``should_stop`` must be called at every
-  step by every process, as the sync point requires.
+  deadlocks in orbax's barriers (and the other hosts in their next step's collectives); a flag
+  set on one host is not enough. Two agreements, both the same answer on every process:
+
+  * SIGTERM (the preemption notice of TPU VMs, GKE, SLURM): ``jax.distributed.initialize``
+    starts JAX's preemption service, whose native SIGTERM handler tells every process through
+    the coordination service; ``multihost_utils.reached_preemption_sync_point(step)`` then
+    agrees on a common step (the fastest host's next one) without a collective per step. The
+    guard leaves SIGTERM to that handler: Python's ``signal.getsignal`` cannot see a native
+    handler (it reports the handler Python started with), and replacing it would blind the
+    service.
+  * SIGINT, or SIGTERM with the service disabled (``jax_enable_preemption_service=False``):
+    the local flags are all-gathered every ``sync_every_steps`` steps (one host sync each; the
+    driver aligns them with its log steps, which sync anyway).
+
+  ``should_stop`` must be called at every step by every process, with the same steps, as the
+  sync point requires.
   """
 
   def __init__(
@@ -407,9 +418,11 @@ class PreemptionGuard:
       log.warning("PreemptionGuard outside the main thread: signals are not intercepted")
       return self
     for sig in self.signals:
+      if sig == signal.SIGTERM and jax.process_count() > 1 and _preemption_service_running():
+        continue  # JAX's native handler reports SIGTERM to every process; see class doc
       previous = signal.getsignal(sig)
       if previous is None:
-        # A native handler (e.g. JAX's preemption notifier for SIGTERM); see class doc.
+        # Installed outside Python, so it could not be restored: leave it in place.
         log.info("signal %s has a non-Python handler; leaving it in place", sig)
         continue
       self._previous[sig] = previous
@@ -436,5 +449,13 @@ class PreemptionGuard:
       self.requested = self.requested or stop
     if stop and not self._logged:
       self._logged = True
-      log.warning("stop requested (signal %s) at step %d: saving and exiting", self.signum, step)
+      why = f"signal {self.signum}" if self.signum else "a preemption notice or another process"
+      log.warning("stop requested (%s) at step %d: saving and exiting", why, step)
     return stop
+
+
+def _preemption_service_running() -> bool:
+  """Whether jax.distributed started JAX's preemption sync manager (it owns SIGTERM then)."""
+  from jax._src import distributed as jax_distributed  # no public accessor (jax 0.4.3x-0.10)
+
+  return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None

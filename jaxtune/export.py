@@ -96,7 +96,8 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
   merge_lora = config.export.merge_lora if merge_lora is None else merge_lora
   dtype = (config.export.dtype if dtype is None else dtype) or None
   adapter = config.lora.rank > 0 and not merge_lora
-  if jax.process_index() == 0:
+  model = _on_process_zero(model)  # every process joins the gather; only process 0 writes
+  if model is not None:
     folder = output_folder(final, workdir, overwrite=overwrite, flag=flag, hint=hint)
     local = folder.staging()
     try:
@@ -109,8 +110,34 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
       folder.publish(local)
     finally:
       shutil.rmtree(local, ignore_errors=True)
-  log.info("exported the model to %s", final)
+    log.info("exported the model to %s", final)
   return final
+
+
+def _on_process_zero(model: nnx.Module) -> nnx.Module | None:
+  """`model` with every array whole in process 0's host memory, or None on other processes.
+
+  Multi-process: weights sharded over several hosts are gathered by all processes together
+  (a collective that process 0 alone would wait in forever), one array at a time and in the
+  same order everywhere; process 0 keeps them on its CPU device, so unstacking layers, folding
+  LoRA adapters and writing run on process 0 alone, and the accelerators' memory is untouched.
+  Every process must call this. One process: `model` itself.
+  """
+  if jax.process_count() == 1:
+    return model
+  from jax.experimental import multihost_utils
+
+  main = jax.process_index() == 0
+  host = jax.local_devices(backend="cpu")[0]
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  gathered = []
+  for x in leaves:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # spans several processes
+      x = multihost_utils.process_allgather(x, tiled=True)  # numpy, on every process
+      x = jax.device_put(x, host) if main else None
+    gathered.append(x)
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, gathered)) if main else None
 
 
 def model_card(config, workdir: str | Path | None, *, adapter: bool) -> str:

@@ -242,7 +242,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   # host-to-device copy) overlaps the running step without changing what any step sees.
   batches = prefetch.Prefetcher(lambda i: pipeline.to_device(batcher.host_batch(i), batch_sh),
                                 s, total_steps, depth=PREFETCH_DEPTH)
-  with checkpoint.PreemptionGuard() as guard, sharding.use_mesh(mesh), batches:
+  # On several processes the guard agrees on the stop step; its fallback host sync (SIGINT) runs
+  # at log steps, which wait for the device anyway.
+  guard = checkpoint.PreemptionGuard(sync_every_steps=config.train.log_every)
+  with guard, sharding.use_mesh(mesh), batches:
     while s < total_steps and not stopped_early:
       batch = batches.get(s)
       state, m = train_fn(state, batch, frozen)
@@ -293,7 +296,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         save(state, s, scalars, force=True)
       elif ckpt.should_save(s) and s < total_steps:
         save(state, s)
-      if guard.requested:
+      if guard.should_stop(s):  # every process stops at the same step (orbax saves together)
         log.warning("preemption requested: saving step %d and exiting", s)
         save(state, s, force=True)
         ckpt.close()

@@ -323,3 +323,35 @@ def test_preemption_guard_sets_flag_and_restores_handlers():
       os.kill(os.getpid(), signal.SIGINT)
       _wait_for(lambda: False, timeout=2.0)
   assert signal.getsignal(signal.SIGINT) == before_int
+
+
+def test_preemption_guard_leaves_sigterm_to_jax_on_several_processes(monkeypatch):
+  """jax.distributed's preemption service catches SIGTERM natively and agrees a stop step for
+  every process; a Python handler would replace it unseen (getsignal reports Python's initial
+  handler), so only SIGINT is the guard's there."""
+  from jax._src import distributed as jax_distributed
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax_distributed.global_state, "preemption_sync_manager", object())
+  before_term = signal.getsignal(signal.SIGTERM)
+  with PreemptionGuard() as guard:
+    assert signal.getsignal(signal.SIGTERM) == before_term
+    assert signal.getsignal(signal.SIGINT) == guard._handle
+  monkeypatch.setattr(jax_distributed.global_state, "preemption_sync_manager", None)
+  with PreemptionGuard() as guard:  # service disabled: the guard catches SIGTERM itself
+    assert signal.getsignal(signal.SIGTERM) == guard._handle
+
+
+def test_saves_report_no_step_to_the_preemption_sync_point(tmp_path, monkeypatch):
+  """Only the guard may tell JAX's sync point which step a process is at: orbax's finalize thread
+  would report an earlier save's step, and a notice agreed then would name a passed step."""
+  from jax.experimental import multihost_utils
+
+  reported = []
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      lambda step: reported.append(step) or False)
+  with Checkpointer(tmp_path, save_every_steps=1, save_every_minutes=0, keep_last=1, keep_best=0,
+                    best_metric="eval/loss", best_mode="min") as ck:
+    for step in (1, 2):
+      ck.save(step, _tiny(step), meta={"step": step})
+  assert reported == []

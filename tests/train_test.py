@@ -152,27 +152,40 @@ def _run_until_checkpoint(workdir, sig, min_step=10):
   return proc.returncode, out
 
 
-def test_sigkill_and_rerun_matches_uninterrupted_run_bitwise(tmp_path):
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  cmd, env = _cli(straight)
+@pytest.fixture(scope="module")
+def straight_cli_run(tmp_path_factory):
+  """An uninterrupted `jaxtune train` of `_cli`'s run: what interrupted runs must end equal to."""
+  workdir = tmp_path_factory.mktemp("straight")
+  cmd, env = _cli(workdir)
   subprocess.run(cmd, env=env, check=True, capture_output=True)
-  code, out = _run_until_checkpoint(killed, signal.SIGKILL)
-  assert code == -signal.SIGKILL, out
-  cmd, env = _cli(killed)
+  return workdir
+
+
+def _resume_and_compare(straight, workdir, resumed_from: int | None = None):
+  """Rerun the interrupted run in `workdir`; its final state must equal `straight`'s bit for bit."""
+  cmd, env = _cli(workdir)
   done = subprocess.run(cmd, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "resumed from step" in done.stderr
-  a, b = final_state(straight, 40), final_state(killed, 40)
-  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+  assert f"resumed from step {resumed_from if resumed_from is not None else ''}" in done.stderr
+  a, b = final_state(straight, 40), final_state(workdir, 40)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  steps = [r["step"] for r in read_metrics(killed) if "train/loss" in r]
+  steps = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
   assert steps == sorted(set(steps)), "metrics.jsonl repeats steps after the resume"
 
 
-def test_sigterm_saves_and_exits(tmp_path):
+def test_sigkill_and_rerun_matches_uninterrupted_run_bitwise(straight_cli_run, tmp_path):
+  code, out = _run_until_checkpoint(tmp_path, signal.SIGKILL)
+  assert code == -signal.SIGKILL, out
+  _resume_and_compare(straight_cli_run, tmp_path)
+
+
+def test_sigterm_saves_exits_and_rerun_matches_uninterrupted_run_bitwise(straight_cli_run, tmp_path):
   code, out = _run_until_checkpoint(tmp_path, signal.SIGTERM, min_step=5)
   assert code == 143, out[-3000:]
-  assert "preemption requested" in out
+  saved = int(out.split("preemption requested: saving step ", 1)[1].split()[0])
+  assert saved < 40 and (tmp_path / "checkpoints" / str(saved)).is_dir(), out[-3000:]
+  _resume_and_compare(straight_cli_run, tmp_path, resumed_from=saved)
 
 
 @pytest.mark.parametrize("flag, message", [
