@@ -181,11 +181,17 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
 
 def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
   """An HF fast tokenizer from an HF directory, hub id, or a .gguf file's metadata."""
+  from jaxtune.data import templates
+
   path = resolve(source, revision=revision)
   if path.suffix == ".gguf":
     from jaxtune.hf import gguf
 
-    return gguf.load_tokenizer(path)
+    tok = gguf.load_tokenizer(path)
+    templates.set_template_origin(tok, f"{path} (tokenizer.chat_template)")
+    return tok
   from transformers import AutoTokenizer
 
-  return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)
+  tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)
+  templates.set_template_origin(tok, templates.template_origin(tok))  # the file in `path`
+  return tok
