@@ -49,7 +49,7 @@ import jinja2.utils
 
 from jaxtune.errors import TemplateError
 
-TIME_LIMIT_S = 10.0  # one render; a real template renders a conversation in well under 10 ms
+TIME_LIMIT_S = 5.0  # one render; a real template renders a conversation in well under 10 ms
 MAX_CHARS = 1_000_000  # output limit: this plus INPUT_FACTOR characters per character of input
 INPUT_FACTOR = 8
 BUDGET_FACTOR = 64  # all values built in one render together, in output limits
@@ -442,9 +442,11 @@ def _plain(x):
 
 
 def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False,
-           time_limit: float = TIME_LIMIT_S, max_chars: int = MAX_CHARS) -> str:
+           time_limit: float | None = None, max_chars: int | None = None) -> str:
   """`tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`,
   rendered with the limits of this module (see the module docstring)."""
+  time_limit = TIME_LIMIT_S if time_limit is None else time_limit
+  max_chars = MAX_CHARS if max_chars is None else max_chars
   origin = template_origin(tokenizer)
   try:
     source = tokenizer.get_chat_template()
