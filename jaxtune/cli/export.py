@@ -29,6 +29,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   from jaxtune import export
 
+  export.check_dtype(_DTYPE.value, "--dtype")  # before the model is restored
   run = export.load_run(_WORKDIR.value, step=_STEP.value)
   out = export.save(run.model, _OUT.value, run.tokenizer, run.config, workdir=run.workdir,
                     merge_lora=_MERGE.value, dtype=_DTYPE.value)
