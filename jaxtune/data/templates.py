@@ -146,7 +146,9 @@ def _format_size(fmt: str, args, kwargs) -> int:
   values = [*(args if isinstance(args, tuple | list) else (args,)), *(kwargs or {}).values()]
   if isinstance(args, dict):
     values += list(args.values())
-  ints = sum(abs(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
+  ints = 0
+  if "*" in fmt or re.search(r"\{[^{}]*\{", fmt):  # '%*s', '{:{w}}': a width from the arguments
+    ints = sum(abs(v) for v in values if isinstance(v, int) and not isinstance(v, bool))
   fields = fmt.count("%") + fmt.count("{") + 1
   cap = _budget().cap
   return len(fmt) + widths + fields * (sum(_size(v, cap) for v in values) + ints)
@@ -163,8 +165,7 @@ def _predict_str_method(self_, name: str, args, kwargs) -> int | None:
   cap = _budget().cap
   n = len(self_)
   if name == "join" and args:
-    items = args[0] if isinstance(args[0], list | tuple | str) else list(args[0])
-    return _size(list(items), cap) + n * len(items)
+    return _size(list(args[0]), cap) + n * len(args[0])
   if name == "replace" and len(args) >= 2:
     old, new = args[0], args[1]
     return n + (self_.count(old) + 1) * len(new) if isinstance(new, str | bytes) else n
@@ -187,12 +188,12 @@ def _guard_filter(name: str, f):
   def guarded(*args, **kwargs):
     _tick()
     what = f"the filter {name!r}"
-    _check_int_args(args, kwargs, what)
     values = [a for a in args if not isinstance(a, jinja2.runtime.Context | jinja2.Environment |
                                                    jinja2.nodes.EvalContext)]
     cap = _budget().cap
     if values:
       value, rest = values[0], values[1:]
+      _check_int_args(rest, kwargs, what)  # widths, counts; the value itself may be any number
       if name == "join":
         sep = rest[0] if rest else kwargs.get("d", "")
         if not isinstance(value, list | tuple | str | dict):
@@ -400,7 +401,10 @@ class _Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
     name = getattr(target, "__name__", "a function")
     what = f"{name}()"
     if isinstance(self_, str | bytes | bytearray | int) and not isinstance(self_, bool):
-      _check_int_args(args, kwargs, what)
+      if name == "join" and args and not isinstance(args[0], list | tuple | str):
+        args = (list(args[0]), *args[1:])  # a generator: counted here, joined below
+      if name not in ("format", "format_map"):  # whose numbers are values, widths are checked below
+        _check_int_args(args, kwargs, what)  # ljust(10**10), to_bytes(10**10), ...
       if not isinstance(self_, int):
         predicted = _predict_str_method(self_, name, args, kwargs)
         if predicted is not None:

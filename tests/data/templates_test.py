@@ -73,6 +73,7 @@ FEATURES = """{% set ns = namespace(n=0) %}
 {% endfor %}
 {{ ns.n }} {{ dict(a=1)|tojson }} {{ strftime_now('%Y') }} {{ '%05d|%s'|format(7, 'x') }}
 {{ messages|map(attribute='role')|join(',') }} {{ '{:>6}'.format('r') }} {{ 'ab' * 3 }}
+{{ 1700000000|int }} {{ '{:d}'.format(1700000000) }} {{ '-'.join(messages|map(attribute='role')) }}
 {% if add_generation_prompt %}>>{% endif %}"""
 
 
