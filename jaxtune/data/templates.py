@@ -43,6 +43,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 import jinja2.runtime
 import jinja2.sandbox
 import jinja2.utils
