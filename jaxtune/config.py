@@ -122,6 +122,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
   _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
+  _check(c.export.dtype in ("", "float32", "bfloat16", "float16"), "export.dtype", c.export.dtype,
+         "float32|bfloat16|float16, or '' for the dtype the run trained in")
   data_config.check(c.data)
 
 

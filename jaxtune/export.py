@@ -20,7 +20,18 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
+from jaxtune.errors import ConfigError
+
 log = logging.getLogger(__name__)
+DTYPES = ("float32", "bfloat16", "float16")  # what --dtype / export.dtype may be ('' = as trained)
+
+
+def check_dtype(dtype: str | None, name: str) -> None:
+  """Refuse a weight dtype that is not a float: casting weights to int8 makes them all zeros."""
+  if dtype and dtype not in DTYPES:
+    raise ConfigError(f"{name}={dtype!r}: exported weights must be one of {', '.join(DTYPES)} "
+                      "(leave it empty to keep the dtype the run trained in); jaxtune does not "
+                      "quantize to integers")
 
 
 @dataclasses.dataclass
@@ -94,6 +105,8 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
 
   final = epath.Path(out)
   merge_lora = config.export.merge_lora if merge_lora is None else merge_lora
+  check_dtype(config.export.dtype if dtype is None else dtype,
+              "export.dtype" if dtype is None else "dtype")
   dtype = (config.export.dtype if dtype is None else dtype) or None
   adapter = config.lora.rank > 0 and not merge_lora
   model = _on_process_zero(model)  # every process joins the gather; only process 0 writes

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtune.data import templates
+
 PAD_MULTIPLE = 16
 
 
@@ -237,7 +239,7 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str = "") -> list[int]
       raise ValueError("--chat: the tokenizer has no chat template")
     messages = ([{"role": "system", "content": system}] if system else [])
     messages.append({"role": "user", "content": prompt})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = templates.render(tokenizer, messages, add_generation_prompt=True)  # sandboxed, limited
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
   ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
   if ids and len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:

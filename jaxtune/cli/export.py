@@ -32,7 +32,8 @@ def main(argv):
   from jaxtune import export, workdir_lock
 
   workdir = workdir_lock.require(_WORKDIR.value)
-  # Refuse a bad --out before the (possibly long) restore; save checks again as it writes.
+  # Refuse a bad --dtype or --out before the (possibly long) restore; save checks again.
+  export.check_dtype(_DTYPE.value, "--dtype")
   export.output_folder(_OUT.value, workdir, overwrite=_OVERWRITE.value)
   run = export.load_run(workdir, step=_STEP.value)
   out = export.save(run.model, _OUT.value, run.tokenizer, run.config, workdir=run.workdir,

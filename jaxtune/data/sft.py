@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 
-from jaxtune.data import packing
+from jaxtune.data import packing, templates
 from jaxtune.data.classification import RowError, pad_token_id, text_field
 from jaxtune.data.pipeline import Dataset
 from jaxtune.data.readers import BadRows, DataError, Row, reason_kind
@@ -81,11 +81,12 @@ def chat_messages(value, column: str, system_prompt: str = "") -> list[dict]:
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+  # In a sandbox with time and size limits: a hostile template stops the run (TemplateError
+  # naming its file); one that raises for this conversation makes a bad row.
   try:
-    return tokenizer.apply_chat_template(messages, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
-  except Exception as e:  # noqa: BLE001 - jinja raises what the template author chose
-    raise RowError(f"the chat template rejected the conversation: {type(e).__name__}: {e}") from e
+    return templates.render(tokenizer, messages, add_generation_prompt=generation_prompt)
+  except templates.TemplateRejected as e:
+    raise RowError(str(e)) from e
 
 
 def assistant_spans(tokenizer, messages: list[dict], full: str | None = None,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxtune.errors import ConfigError
 from jaxtune.hf import convert
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError, read_json
 from jaxtune.hf.families import family_for_model_type, family_for_module
@@ -150,6 +151,9 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
   from jaxtune import lora
   from jaxtune.models import layers
 
+  if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+    raise ConfigError(f"dtype={dtype!r}: weights are written as floats (float32, bfloat16, "
+                      "float16); casting them to integers would make them zeros")
   layers.unstack_layers(model)  # scanned layers (model.scan_layers) back to the HF layout, in place
   if adapter_only:
     out = lora.save_adapter(model, out_dir, base_model_name_or_path=base_model_name_or_path,
@@ -181,11 +185,17 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
 
 def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
   """An HF fast tokenizer from an HF directory, hub id, or a .gguf file's metadata."""
+  from jaxtune.data import templates
+
   path = resolve(source, revision=revision)
   if path.suffix == ".gguf":
     from jaxtune.hf import gguf
 
-    return gguf.load_tokenizer(path)
+    tok = gguf.load_tokenizer(path)
+    templates.set_template_origin(tok, f"{path} (tokenizer.chat_template)")
+    return tok
   from transformers import AutoTokenizer
 
-  return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)
+  tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)
+  templates.set_template_origin(tok, templates.template_origin(tok))  # the file in `path`
+  return tok

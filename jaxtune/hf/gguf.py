@@ -144,13 +144,20 @@ def _cached_reader(path: str, size: int, mtime_ns: int):
   # vocabulary. `load` and `load_tokenizer` on the same file share one parse; only the last
   # file's is kept (the weights themselves stay memory-mapped, not resident). The key changes
   # if the file is rewritten.
-  del size, mtime_ns
+  del mtime_ns
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic != b"GGUF":
+    what = f"it is {size} bytes, truncated" if size < 4 else f"it starts with {magic!r}"
+    raise CheckpointError(f"{path}: not a readable GGUF file ({what}; a GGUF file starts "
+                          "with b'GGUF')")
   try:
     return _reader_class()(path)
   except _TensorTableError as e:
     raise CheckpointError(f"{path}: {e}") from None
   except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{path}: not a readable GGUF file (corrupt or truncated header: {e})") from e
+    raise CheckpointError(f"{path}: not a readable GGUF file (corrupt or truncated header: the "
+                          f"metadata does not fit in its {size} bytes; {e})") from e
 
 
 def _reader(path: str | os.PathLike):

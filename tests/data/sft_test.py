@@ -100,6 +100,31 @@ def test_template_without_assistant_turns_is_an_error_that_says_so(tmp_path, mak
     _build(tmp_path, make_cfg, str(path), [{"messages": CONV}], on_bad_row="skip")
 
 
+def test_hostile_template_stops_the_build_naming_its_file(tmp_path, make_cfg, monkeypatch):
+  from jaxtune.data import templates
+  from jaxtune.errors import TemplateError
+
+  monkeypatch.setattr(templates, "TIME_LIMIT_S", 0.5)
+  path = tmp_path / "tok"
+  for template, limit in [
+    ("{% set x = range(99999)|list %}{% for a in x %}{% for b in x %}{% endfor %}{% endfor %}",
+     "time limit"),
+    ("{% for m in messages %}{{ m.content * 10**9 }}{% endfor %}", "output-size limit"),
+  ]:
+    byte_tokenizer(chat_template=template).save_pretrained(str(path))
+    # Not a bad row to skip: the template, not the data, is at fault.
+    with pytest.raises(TemplateError, match=rf"{path}/\S+: the chat template hit the {limit}"):
+      _build(tmp_path, make_cfg, str(path), [{"messages": CONV}], on_bad_row="skip")
+
+
+def test_template_that_raises_rejects_the_row_naming_the_template(tmp_path, make_cfg):
+  path = tmp_path / "tok"
+  byte_tokenizer(chat_template="{{ raise_exception('only one turn') }}").save_pretrained(str(path))
+  with pytest.raises(DataError, match=rf"row 1: the chat template rejected the conversation: "
+                                      rf"TemplateError: only one turn \(template from {path}/"):
+    _build(tmp_path, make_cfg, str(path), [{"messages": CONV}])
+
+
 def test_tokenizer_without_chat_template(tmp_path, make_cfg):
   path = tmp_path / "tok"
   byte_tokenizer(chat_template=None).save_pretrained(str(path))

@@ -275,6 +275,14 @@ def test_truncated_file_names_file_and_tensor(tiny, tmp_path):
   head.write_bytes(data[:200])  # inside the metadata
   with pytest.raises(CheckpointError, match=r"head\.gguf: not a readable GGUF file"):
     jgguf.open_gguf(head)
+  for n, why in [(0, "it is 0 bytes, truncated"), (3, "it is 3 bytes, truncated"),
+                 (24, "metadata does not fit in its 24 bytes")]:
+    head.write_bytes(data[:n])
+    with pytest.raises(CheckpointError, match=rf"head\.gguf: not a readable GGUF file \(.*{why}"):
+      jgguf.load_tokenizer(head)
+  head.write_bytes(b"<html>not found</html>")  # a download that went wrong
+  with pytest.raises(CheckpointError, match=r"head\.gguf: .*it starts with b'<htm'"):
+    jgguf.open_gguf(head)
 
 
 def test_refuses_llama3_rope_freqs(tmp_path):

@@ -29,3 +29,18 @@ def test_sharded_save_loads_in_transformers_and_back(tmp_path):
   np.testing.assert_allclose(ours, ref, atol=1e-5)
   again = hf.load(out)
   np.testing.assert_allclose(np.asarray(again(ids)), ours, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "bool"])
+def test_integer_dtype_is_refused_before_writing(tmp_path, dtype):
+  from jaxtune import export
+  from jaxtune.errors import ConfigError
+
+  model = presets.init("tiny-llama")
+  with pytest.raises(ConfigError, match=rf"dtype='{dtype}'"):  # int8 used to write all-zero weights
+    hf.save(model, tmp_path / "out", dtype=dtype)
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(ConfigError, match=rf"--dtype='{dtype}': exported weights must be one of"):
+    export.check_dtype(dtype, "--dtype")
+  export.check_dtype("bfloat16", "--dtype")
+  export.check_dtype("", "export.dtype")
