@@ -150,6 +150,7 @@ class Checkpointer:
     self._warned: set[int] = set()
     self._scores: dict[int, float | None] = {}
     self._pending_step: int | None = None  # last save started here; may still be in flight
+    self._protected: set[int] = set()  # kept whatever keep_last/keep_best say
 
   # ---------------------------------------------------------------- queries
 
@@ -184,10 +185,18 @@ class Checkpointer:
         log.warning("checkpoint %s has no commit marker; ignoring it", self.step_dir(step))
     return steps
 
-  def latest_step(self) -> int | None:
-    """Newest complete checkpoint; a save still in flight counts once it has committed."""
-    steps = self._valid_steps()
+  def latest_step(self, at_most: int | None = None) -> int | None:
+    """Newest complete checkpoint (no newer than `at_most` if given); a save still in flight
+    counts once it has committed."""
+    steps = [s for s in self._valid_steps() if at_most is None or s <= at_most]
     return steps[-1] if steps else None
+
+  def protect(self, step: int) -> None:
+    """Retention never deletes `step` (the last good checkpoint before a non-finite step)."""
+    self._protected.add(step)
+
+  def protected(self) -> set[int]:
+    return set(self._protected)
 
   def _score(self, step: int) -> float | None:
     if step not in self._scores:
@@ -280,7 +289,7 @@ class Checkpointer:
     valid = self._valid_steps()
     if not valid:
       return
-    keep = set(valid[-self.keep_last :]) | set(self._best(valid)[: self.keep_best])
+    keep = set(valid[-self.keep_last :]) | set(self._best(valid)[: self.keep_best]) | self._protected
     newest = valid[-1]
     for step in list(self._manager.all_steps()):
       stale = step not in valid and step < newest  # incomplete/unreadable, superseded
