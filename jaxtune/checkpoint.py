@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -85,6 +86,108 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]
     value = float(np.asarray(value))
     out[str(key)] = value if math.isfinite(value) else None
   return out
+
+
+# ------------------------------------------------------------------------------- checksums
+#
+# Each checkpoint's meta record holds a checksum of every array of the state, taken from the
+# arrays handed to `save` (before the step that follows may donate them, and before an async
+# save writes them) and verified after `restore`: orbax reads a file whose bytes were flipped
+# without noticing (tensorstore's raw chunks carry no checksum).
+#
+# Choice for multi-host and async saves: the checksum is a function of each array's *global*
+# value, computed where the array lives (one jitted reduction per array, no extra copy to host
+# memory) and fetched to the host as two 32-bit words. Per element i with bits b_i it adds
+# fmix32(b_i ^ fmix32(i * K + seed)) modulo 2**32 for two seeds; integer sums modulo 2**32 do
+# not depend on the order of addition, so the value is the same on every process, for every
+# sharding and mesh (a run restored into another mesh verifies too), and process 0's record
+# (the one orbax writes) holds the checksum of the whole array, not only of its own shards.
+# A changed element changes the sum unless a 64-bit collision occurs.
+
+CHECKSUM_ALGORITHM = "jaxtune-fmix32-sum-v1"
+_SEEDS = (0x9E3779B9, 0x85EBCA77)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+_WORD = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # by itemsize
+
+
+def _checksummed(dtype) -> bool:
+  """Whether `_array_checksum` takes this dtype (every real, integer, bool and key dtype)."""
+  return (jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.bool_ or
+          (dtype.itemsize in _WORD and not jnp.issubdtype(dtype, jnp.complexfloating)))
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of each element as uint32 (64-bit types folded into one word)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  w = jax.lax.bitcast_convert_type(x, _WORD[x.dtype.itemsize])
+  if x.dtype.itemsize == 8:  # bitcast to a narrower type adds a trailing axis of 2 words
+    return w[..., 0] ^ _fmix32(w[..., 1] + jnp.uint32(_SEEDS[0]))
+  return w.astype(jnp.uint32)
+
+
+@jax.jit
+def _array_checksum(x: jax.Array) -> jax.Array:
+  """uint32[2]: the order-independent checksum of `x` described above."""
+  w = _words(x)
+  index = jnp.zeros(w.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(w.ndim)):  # the flat index, modulo 2**32
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
+    stride = (stride * w.shape[axis]) % 2**32
+  return jnp.stack([
+    jnp.sum(_fmix32(w ^ _fmix32(index * jnp.uint32(0x27D4EB2F) + jnp.uint32(seed))),
+            dtype=jnp.uint32)
+    for seed in _SEEDS
+  ])
+
+
+def checksums(state: Any) -> dict[str, dict[str, Any]]:
+  """{path: {"dtype", "shape", "sum"}} for every array leaf of `state` (see the note above)."""
+  entries, sums = [], []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    x = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+    if not _checksummed(x.dtype):
+      continue
+    entries.append((jax.tree_util.keystr(path), x))
+    sums.append(_array_checksum(x))
+  out = {}
+  for (path, x), words in zip(entries, jax.device_get(sums), strict=True):
+    out[path] = {"dtype": str(x.dtype), "shape": list(x.shape),
+                 "sum": "".join(f"{int(v):08x}" for v in words)}
+  return out
+
+
+def _verify(step_dir: epath.Path, record: dict | None, state: Any) -> None:
+  """Raises CheckpointCorruptError if a restored array differs from its checksum at save.
+  Checkpoints written before checksums existed have none and are not verified."""
+  if not record or record.get("algorithm") != CHECKSUM_ALGORITHM:
+    return
+  saved = record["arrays"]
+  now = checksums(state)
+  # Only arrays restored as they were saved can be compared (a dtype change is a cast).
+  common = [p for p in now if p in saved and (saved[p]["dtype"], saved[p]["shape"]) ==
+            (now[p]["dtype"], now[p]["shape"])]
+  bad = [p for p in common if saved[p]["sum"] != now[p]["sum"]]
+  if bad:
+    raise CheckpointCorruptError(
+      f"{step_dir}: {len(bad)} array(s) differ from the checksum written when it was saved "
+      f"(first: state{bad[0]}); its files were changed or damaged on disk"
+    )
+  if saved and not common:
+    log.warning("checkpoint %s: no restored array matches its recorded checksums; not verified",
+                step_dir)
 
 
 class Checkpointer:
@@ -268,7 +371,8 @@ class Checkpointer:
       self._manager.delete(step)
       self._forget(step)
     clean = _clean_metrics(metrics)
-    record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean}
+    record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean,
+              "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(state)}}
     self._manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
@@ -331,6 +435,7 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
       ),
     )
+    _verify(self.step_dir(step), out["meta"].get("checksums"), out["state"])
     return out["state"], out["meta"]["meta"]
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -342,9 +447,16 @@ class Checkpointer:
     """
     self._manager.wait_until_finished()
     first_error: Exception | None = None
+    all_corrupt = True
     for step in reversed(self._valid_steps()):
       try:
         state, meta = self.restore(step, abstract_state)
+      except CheckpointCorruptError as e:
+        log.warning("checkpoint %s is corrupt (%s); falling back to the previous one",
+                    self.step_dir(step), e)
+        self._bad.add(step)
+        first_error = first_error or e
+        continue
       except Exception as e:  # noqa: BLE001 - any read failure means: try the older one
         log.warning(
           "checkpoint %s is unreadable (%s: %s); falling back to the previous one",
@@ -354,8 +466,15 @@ class Checkpointer:
         )
         self._bad.add(step)
         first_error = first_error or e
+        all_corrupt = False
         continue
       return step, state, meta
+    if first_error is not None and all_corrupt:
+      raise CheckpointCorruptError(
+        f"{self.directory}: every checkpoint is corrupt (newest error: {first_error}). Restore "
+        "the directory from a backup, or move it away (or start a new --workdir) to train from "
+        "the start."
+      ) from first_error
     if first_error is not None:
       raise CheckpointMismatchError(
         f"{self.directory}: no checkpoint could be restored into this run's state (newest error: "
@@ -368,6 +487,10 @@ class Checkpointer:
 
 class CheckpointMismatchError(errors.CheckpointError, RuntimeError):
   """Every checkpoint in a directory failed to restore into the state this run expects."""
+
+
+class CheckpointCorruptError(errors.CheckpointError, RuntimeError):
+  """A checkpoint's arrays differ from the checksums written when it was saved."""
 
 
 class PreemptionGuard:

@@ -323,3 +323,90 @@ def test_preemption_guard_sets_flag_and_restores_handlers():
       os.kill(os.getpid(), signal.SIGINT)
       _wait_for(lambda: False, timeout=2.0)
   assert signal.getsignal(signal.SIGINT) == before_int
+
+
+# ------------------------------------------------------------------------------- checksums
+
+
+def _random(seed: int):
+  # Random values do not compress, so the array file stores them raw: a flipped byte changes
+  # values instead of breaking decompression (which orbax would notice by itself).
+  return {"x": jax.random.normal(jax.random.key(seed), (256, 64)), "n": jnp.arange(5) + seed}
+
+
+def _flip_bytes(step_dir) -> str:
+  """Inverts 4 bytes in the middle of the largest array file of a checkpoint; returns its path."""
+  files = [os.path.join(root, f) for root, _, fs in os.walk(step_dir / "state")
+           if os.path.basename(root) == "d" for f in fs]
+  path = max(files, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    chunk = f.read(4)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in chunk))
+  return path
+
+
+def test_checksum_is_the_same_for_any_sharding_and_sees_one_changed_bit():
+  mesh = _mesh()
+  x = jax.random.normal(jax.random.key(0), (8, 16))
+  tree = {"x": x, "b": x.astype(jnp.bfloat16), "i": jnp.arange(7), "k": jax.random.key(3),
+          "m": jnp.array([True, False]), "s": jnp.float32(2.5)}
+  ref = ckpt_lib.checksums(tree)
+  assert set(ref) == {"['x']", "['b']", "['i']", "['k']", "['m']", "['s']"}
+  for spec in (P("data", "model"), P("model", None), P()):
+    sharded = dict(tree, x=jax.device_put(x, NamedSharding(mesh, spec)))
+    assert ckpt_lib.checksums(sharded) == ref
+  bits = np.asarray(x).copy().view(np.uint32)
+  bits[3, 5] ^= 1  # the lowest mantissa bit of one element
+  assert ckpt_lib.checksums(dict(tree, x=jnp.asarray(bits.view(np.float32))))["['x']"] != ref["['x']"]
+  # Swapping two elements keeps a plain sum but not this one (each term depends on its index).
+  swapped = np.asarray(x).copy()
+  swapped[0, 0], swapped[0, 1] = swapped[0, 1], swapped[0, 0]
+  assert ckpt_lib.checksums(dict(tree, x=jnp.asarray(swapped)))["['x']"] != ref["['x']"]
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  d = tmp_path / "ck"
+  with _ckpt(d, keep_last=3) as ck:
+    for s in (1, 2):
+      ck.save(s, _random(s), meta={"step": s}, force=True)
+  _flip_bytes(d / "2")
+  abstract = _abstract(_random(0))
+  with caplog.at_level(logging.WARNING, logger="jaxtune.checkpoint"):
+    with _ckpt(d, keep_last=3) as ck:
+      with pytest.raises(ckpt_lib.CheckpointCorruptError, match=r"differ from the checksum.*\['x'\]"):
+        ck.restore(2, abstract)
+      step, state, meta = ck.restore_latest(abstract)
+  assert step == 1 and meta == {"step": 1}
+  _assert_bitwise(state, _random(1))
+  assert f"checkpoint {d / '2'} is corrupt" in caplog.text
+  assert "falling back to the previous one" in caplog.text
+
+
+def test_every_checkpoint_corrupt_raises_naming_the_directory(tmp_path):
+  d = tmp_path / "ck"
+  with _ckpt(d, keep_last=3) as ck:
+    for s in (1, 2):
+      ck.save(s, _random(s), meta={"step": s}, force=True)
+  for s in (1, 2):
+    _flip_bytes(d / str(s))
+  with _ckpt(d, keep_last=3) as ck:
+    with pytest.raises(ckpt_lib.CheckpointCorruptError,
+                       match=rf"{d}: every checkpoint is corrupt .*backup.*new --workdir"):
+      ck.restore_latest(_abstract(_random(0)))
+
+
+def test_checkpoint_without_checksums_still_restores(tmp_path):
+  d = tmp_path / "ck"
+  with _ckpt(d) as ck:
+    ck.save(1, _random(1), meta={"step": 1}, force=True)
+  record_file = d / "1" / "meta" / "metadata"
+  record = json.loads(record_file.read_text())
+  assert record["checksums"]["algorithm"] == ckpt_lib.CHECKSUM_ALGORITHM
+  del record["checksums"]  # as written by jaxtune before checksums
+  record_file.write_text(json.dumps(record))
+  with _ckpt(d) as ck:
+    step, state, meta = ck.restore_latest(_abstract(_random(0)))
+  assert step == 1 and meta == {"step": 1}
+  _assert_bitwise(state, _random(1))
