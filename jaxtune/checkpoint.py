@@ -57,7 +57,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxtune import errors
+from jaxtune import errors, storage
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,21 @@ log = logging.getLogger(__name__)
 # through the manager (`metadata(step)`) also loads every array's metadata.
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 _COMMIT_SUCCESS_FILE = "commit_success.txt"
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+  """Orbax logs a failed background save with its traceback from each of its threads (three or
+  four for one full disk), then raises the same error in `wait_until_finished`, where
+  `Checkpointer` reports it once (a StorageError, or a bug with its traceback). The logged
+  copies keep their message and lose the traceback."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())  # orbax logs through absl.logging
 
 
 def _now() -> float:
@@ -238,15 +253,16 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.time_check_every_steps = max(1, int(time_check_every_steps))
-    self._manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=None,  # retention is ours, see module doc
-        create=True,
-        cleanup_tmp_directories=True,  # leftovers of a killed save
-        enable_async_checkpointing=async_save,
-      ),
-    )
+    with storage.translate(self.directory):
+      self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=None,  # retention is ours, see module doc
+          create=True,
+          cleanup_tmp_directories=True,  # leftovers of a killed save
+          enable_async_checkpointing=async_save,
+        ),
+      )
     self._last_save_time = _now()
     self._complete: set[int] = set()  # steps verified complete (a committed step stays so)
     self._bad: set[int] = set()  # steps that failed to restore
@@ -360,8 +376,11 @@ class Checkpointer:
       return False
     # The previous save must be committed before retention looks at the disk; orbax's save
     # would block on it anyway.
-    self._manager.wait_until_finished()
+    self._wait_for_save()
     self._prune()
+    # A full or read-only disk is found here, in this thread, before orbax's background writer
+    # starts: its failures arrive late and as several tracebacks from its threads.
+    self.check_writable()
     if step in self._manager.all_steps():
       if step not in self._bad and self._is_complete(step):
         log.info("checkpoint for step %d already exists; not saving it again", step)
@@ -373,15 +392,37 @@ class Checkpointer:
     clean = _clean_metrics(metrics)
     record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean,
               "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(state)}}
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
-      force=True,  # our should_save decided; orbax's interval policy must not veto it
-    )
+    with storage.translate(self.step_dir(step), self._intact_note()):
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
+        force=True,  # our should_save decided; orbax's interval policy must not veto it
+      )
     self._scores[step] = clean.get(self.best_metric)
     self._pending_step = step
     self._last_save_time = _now()
     return True
+
+  def check_writable(self) -> None:
+    """Raises StorageError now if the directory cannot be written (a trainer asks before its
+    first step, not after the steps up to its first save)."""
+    storage.check_writable(self.directory, self._intact_note())
+
+  def _intact_note(self) -> str:
+    done = self._valid_steps()
+    return (f"The checkpoints already in {self.directory} (steps {', '.join(map(str, done))}) are "
+            "intact." if done else "")
+
+  def _wait_for_save(self) -> None:
+    """Blocks until the in-flight save is committed; its storage failure as StorageError."""
+    step = self._pending_step
+    try:
+      with storage.translate(self.step_dir(step) if step is not None else self.directory):
+        self._manager.wait_until_finished()
+    except errors.StorageError as e:
+      self._pending_step = None
+      note = self._intact_note()
+      raise errors.StorageError(f"{e}{' ' + note if note else ''}") from e.__cause__
 
   def _forget(self, step: int) -> None:
     for cache in (self._complete, self._bad, self._warned):
@@ -399,12 +440,13 @@ class Checkpointer:
       stale = step not in valid and step < newest  # incomplete/unreadable, superseded
       if (step in valid and step not in keep) or stale:
         log.info("deleting checkpoint %s", self.step_dir(step))
-        self._manager.delete(step)
+        with storage.translate(self.step_dir(step)):
+          self._manager.delete(step)
         self._forget(step)
 
   def wait(self) -> None:
     """Blocks until the in-flight save is committed, then applies retention."""
-    self._manager.wait_until_finished()
+    self._wait_for_save()
     self._prune()
 
   def close(self) -> None:

@@ -30,6 +30,7 @@ from jaxtune import (
   optim,
   sharding,
   step,
+  storage,
   writer,
 )
 from jaxtune.config import parse_overrides, validate
@@ -99,6 +100,7 @@ def _state_shardings(state, mesh):
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
+@storage.reports_storage_errors
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
                        on_eval=None) -> dict:
   """Train, evaluate and return {step, eval, results, ...}.
@@ -174,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric,
     best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
   )
+  ckpt.check_writable()
   abstract = built.abstract()
   stopper = monitor.EarlyStopping(config.checkpoint.best_mode, config.train.early_stopping_patience,
                                   config.train.early_stopping_min_delta)

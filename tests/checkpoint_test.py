@@ -1,5 +1,7 @@
-"""Tests for jaxtune.checkpoint: bitwise sharded roundtrip, retention, save triggers, crash safety."""
+"""Tests for jaxtune.checkpoint: bitwise sharded roundtrip, retention, save triggers, crash safety,
+checksums, full and unwritable disks."""
 
+import errno
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import checkpoint as ckpt_lib
+from jaxtune import errors
 from jaxtune.checkpoint import Checkpointer, PreemptionGuard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -410,3 +413,68 @@ def test_checkpoint_without_checksums_still_restores(tmp_path):
     step, state, meta = ck.restore_latest(_abstract(_random(0)))
   assert step == 1 and meta == {"step": 1}
   _assert_bitwise(state, _random(1))
+
+
+# ------------------------------------------------------------------------ full or unwritable disk
+
+
+def _digests(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      with open(os.path.join(root, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(root, f), directory)] = fh.read()
+  return out
+
+
+def test_disk_full_before_a_save_is_one_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  d = tmp_path / "ck"
+  ck = _ckpt(d)
+  ck.save(1, _tiny(1), meta={"step": 1}, force=True)
+  ck.wait()
+  before = _digests(d)
+
+  def full(fd, data):  # what the kernel answers on a full disk
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "write", full)
+  with pytest.raises(errors.StorageError, match=rf"cannot write {d}: no space left on the device.*"
+                     rf"checkpoints already in {d} \(steps 1\) are intact"):
+    ck.save(2, _tiny(2), meta={"step": 2}, force=True)
+  monkeypatch.undo()
+  assert _digests(d) == before  # nothing written, nothing removed
+  ck.close()
+
+
+def test_disk_full_in_the_background_save_is_one_error_without_tracebacks(tmp_path, monkeypatch,
+                                                                           caplog):
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+  d = tmp_path / "ck"
+  ck = _ckpt(d)
+  ck.save(1, _tiny(1), meta={"step": 1}, force=True)
+  ck.wait()
+  before = _digests(d)
+
+  async def full(self, x, directory):  # the disk fills while orbax's threads write step 2
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
+
+  monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full)
+  with caplog.at_level(logging.INFO):
+    ck.save(2, _tiny(2), meta={"step": 2}, force=True)
+    with pytest.raises(errors.StorageError, match=rf"cannot write {d / '2'}: no space left.*"
+                       r"\(steps 1\) are intact"):
+      ck.wait()
+  monkeypatch.undo()
+  assert {k: v for k, v in _digests(d).items() if k.startswith("1/")} == before
+  assert "No space left" in caplog.text  # orbax's own log lines stay, one line each
+  assert "Traceback" not in caplog.text and all(r.exc_info is None for r in caplog.records)
+  assert ck.latest_step() == 1
+
+
+def test_a_file_where_the_checkpoint_directory_goes_is_one_error(tmp_path):
+  # Unwritable in a way that holds for root too (root ignores permission bits).
+  (tmp_path / "ck").write_text("not a directory")
+  with pytest.raises(errors.StorageError, match=rf"cannot write {tmp_path / 'ck'}: a file stands "
+                     "where a directory is needed"):
+    _ckpt(tmp_path / "ck").check_writable()  # what the trainer asks before its first step
