@@ -40,6 +40,7 @@ docstring for the multi-process story (``reached_preemption_sync_point``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -392,7 +393,7 @@ class Checkpointer:
     clean = _clean_metrics(metrics)
     record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean,
               "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(state)}}
-    with storage.translate(self.step_dir(step), self._intact_note()):
+    with self._reporting(self.step_dir(step)):
       self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
@@ -406,23 +407,33 @@ class Checkpointer:
   def check_writable(self) -> None:
     """Raises StorageError now if the directory cannot be written (a trainer asks before its
     first step, not after the steps up to its first save)."""
-    storage.check_writable(self.directory, self._intact_note())
+    with self._reporting(self.directory):
+      storage.check_writable(self.directory)
 
-  def _intact_note(self) -> str:
-    done = self._valid_steps()
-    return (f"The checkpoints already in {self.directory} (steps {', '.join(map(str, done))}) are "
-            "intact." if done else "")
+  @contextlib.contextmanager
+  def _reporting(self, path: epath.Path):
+    """Storage refusals inside the block as one StorageError naming `path` and the committed
+    checkpoints, which a failed save leaves as they were."""
+    try:
+      with storage.translate(path):
+        yield
+    except errors.StorageError as e:
+      done = self._valid_steps()
+      if not done:
+        raise
+      raise errors.StorageError(
+        f"{e} The checkpoints already in {self.directory} (steps {', '.join(map(str, done))}) "
+        "are intact.") from e.__cause__
 
   def _wait_for_save(self) -> None:
     """Blocks until the in-flight save is committed; its storage failure as StorageError."""
     step = self._pending_step
     try:
-      with storage.translate(self.step_dir(step) if step is not None else self.directory):
+      with self._reporting(self.step_dir(step) if step is not None else self.directory):
         self._manager.wait_until_finished()
-    except errors.StorageError as e:
-      self._pending_step = None
-      note = self._intact_note()
-      raise errors.StorageError(f"{e}{' ' + note if note else ''}") from e.__cause__
+    except errors.StorageError:
+      self._pending_step = None  # failed: no longer in flight
+      raise
 
   def _forget(self, step: int) -> None:
     for cache in (self._complete, self._bad, self._warned):
