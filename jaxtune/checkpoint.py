@@ -24,7 +24,9 @@ weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metri
   ``cleanup_tmp_directories``); on top of that a step counts as complete only if it has
   ``commit_success.txt`` or a commit timestamp. So a process SIGKILLed during an async save
   leaves a tmp directory, or on GCS an unmarked one, and both are skipped.
-* **Corrupt but committed** (truncated files, disk trouble): ``restore_latest`` logs a warning
+* **Corrupt but committed** (truncated files, disk trouble, flipped bytes that orbax reads
+  without noticing: each checkpoint's meta record holds a checksum of every array, verified at
+  restore; see "checksums" below): ``restore_latest`` logs a warning
   naming the directory and falls back to the previous complete step. If *no* checkpoint can be
   read it raises the newest error instead of returning None, so a config/shape mismatch never
   silently restarts training from scratch. Steps found unreadable (or incomplete) are replaced
@@ -33,6 +35,10 @@ weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metri
   (orbax synchronises hosts inside save/restore/delete). Every decision here is deterministic
   given the files on disk, except the wall-clock trigger of ``should_save``: there process 0's
   clock decides and the answer is broadcast, because hosts that disagree about saving deadlock.
+
+* **Full or read-only disks** raise one ``StorageError`` naming the path (``jaxtune.storage``);
+  the directory is probed before each save, so orbax's background writer does not start on a
+  disk that refuses writes, and committed checkpoints are never touched by a failed save.
 
 ``PreemptionGuard`` turns SIGTERM/SIGINT into a flag the driver polls once per step; see its
 docstring for the multi-process story (``reached_preemption_sync_point``).
