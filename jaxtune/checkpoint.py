@@ -24,7 +24,9 @@ weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metri
   ``cleanup_tmp_directories``); on top of that a step counts as complete only if it has
   ``commit_success.txt`` or a commit timestamp. So a process SIGKILLed during an async save
   leaves a tmp directory, or on GCS an unmarked one, and both are skipped.
-* **Corrupt but committed** (truncated files, disk trouble): ``restore_latest`` logs a warning
+* **Corrupt but committed** (truncated files, disk trouble, flipped bytes that orbax reads
+  without noticing: each checkpoint's meta record holds a checksum of every array, verified at
+  restore; see "checksums" below): ``restore_latest`` logs a warning
   naming the directory and falls back to the previous complete step. If *no* checkpoint can be
   read it raises the newest error instead of returning None, so a config/shape mismatch never
   silently restarts training from scratch. Steps found unreadable (or incomplete) are replaced
@@ -34,12 +36,17 @@ weights; ``StandardSave``) and ``meta`` (JSON ``{"meta": <driver's meta>, "metri
   given the files on disk, except the wall-clock trigger of ``should_save``: there process 0's
   clock decides and the answer is broadcast, because hosts that disagree about saving deadlock.
 
+* **Full or read-only disks** raise one ``StorageError`` naming the path (``jaxtune.storage``);
+  the directory is probed before each save, so orbax's background writer does not start on a
+  disk that refuses writes, and committed checkpoints are never touched by a failed save.
+
 ``PreemptionGuard`` turns SIGTERM/SIGINT into a stop that every process takes at the same step;
 see its docstring for the multi-process story (``reached_preemption_sync_point``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -51,12 +58,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxtune import errors
+from jaxtune import errors, storage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,21 @@ log = logging.getLogger(__name__)
 # through the manager (`metadata(step)`) also loads every array's metadata.
 _STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 _COMMIT_SUCCESS_FILE = "commit_success.txt"
+
+
+class _OneLineOrbaxErrors(logging.Filter):
+  """Orbax logs a failed background save with its traceback from each of its threads (three or
+  four for one full disk), then raises the same error in `wait_until_finished`, where
+  `Checkpointer` reports it once (a StorageError, or a bug with its traceback). The logged
+  copies keep their message and lose the traceback."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+logging.getLogger("absl").addFilter(_OneLineOrbaxErrors())  # orbax logs through absl.logging
 
 
 def _now() -> float:
@@ -85,6 +108,108 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]
     value = float(np.asarray(value))
     out[str(key)] = value if math.isfinite(value) else None
   return out
+
+
+# ------------------------------------------------------------------------------- checksums
+#
+# Each checkpoint's meta record holds a checksum of every array of the state, taken from the
+# arrays handed to `save` (before the step that follows may donate them, and before an async
+# save writes them) and verified after `restore`: orbax reads a file whose bytes were flipped
+# without noticing (tensorstore's raw chunks carry no checksum).
+#
+# Choice for multi-host and async saves: the checksum is a function of each array's *global*
+# value, computed where the array lives (one jitted reduction per array, no extra copy to host
+# memory) and fetched to the host as two 32-bit words. Per element i with bits b_i it adds
+# fmix32(b_i ^ fmix32(i * K + seed)) modulo 2**32 for two seeds; integer sums modulo 2**32 do
+# not depend on the order of addition, so the value is the same on every process, for every
+# sharding and mesh (a run restored into another mesh verifies too), and process 0's record
+# (the one orbax writes) holds the checksum of the whole array, not only of its own shards.
+# A changed element changes the sum unless a 64-bit collision occurs.
+
+CHECKSUM_ALGORITHM = "jaxtune-fmix32-sum-v1"
+_SEEDS = (0x9E3779B9, 0x85EBCA77)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+_WORD = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # by itemsize
+
+
+def _checksummed(dtype) -> bool:
+  """Whether `_array_checksum` takes this dtype (every real, integer, bool and key dtype)."""
+  return (jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.bool_ or
+          (dtype.itemsize in _WORD and not jnp.issubdtype(dtype, jnp.complexfloating)))
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of each element as uint32 (64-bit types folded into one word)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  w = jax.lax.bitcast_convert_type(x, _WORD[x.dtype.itemsize])
+  if x.dtype.itemsize == 8:  # bitcast to a narrower type adds a trailing axis of 2 words
+    return w[..., 0] ^ _fmix32(w[..., 1] + jnp.uint32(_SEEDS[0]))
+  return w.astype(jnp.uint32)
+
+
+@jax.jit
+def _array_checksum(x: jax.Array) -> jax.Array:
+  """uint32[2]: the order-independent checksum of `x` described above."""
+  w = _words(x)
+  index = jnp.zeros(w.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(w.ndim)):  # the flat index, modulo 2**32
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
+    stride = (stride * w.shape[axis]) % 2**32
+  return jnp.stack([
+    jnp.sum(_fmix32(w ^ _fmix32(index * jnp.uint32(0x27D4EB2F) + jnp.uint32(seed))),
+            dtype=jnp.uint32)
+    for seed in _SEEDS
+  ])
+
+
+def checksums(state: Any) -> dict[str, dict[str, Any]]:
+  """{path: {"dtype", "shape", "sum"}} for every array leaf of `state` (see the note above)."""
+  entries, sums = [], []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    x = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+    if not _checksummed(x.dtype):
+      continue
+    entries.append((jax.tree_util.keystr(path), x))
+    sums.append(_array_checksum(x))
+  out = {}
+  for (path, x), words in zip(entries, jax.device_get(sums), strict=True):
+    out[path] = {"dtype": str(x.dtype), "shape": list(x.shape),
+                 "sum": "".join(f"{int(v):08x}" for v in words)}
+  return out
+
+
+def _verify(step_dir: epath.Path, record: dict | None, state: Any) -> None:
+  """Raises CheckpointCorruptError if a restored array differs from its checksum at save.
+  Checkpoints written before checksums existed have none and are not verified."""
+  if not record or record.get("algorithm") != CHECKSUM_ALGORITHM:
+    return
+  saved = record["arrays"]
+  now = checksums(state)
+  # Only arrays restored as they were saved can be compared (a dtype change is a cast).
+  common = [p for p in now if p in saved and (saved[p]["dtype"], saved[p]["shape"]) ==
+            (now[p]["dtype"], now[p]["shape"])]
+  bad = [p for p in common if saved[p]["sum"] != now[p]["sum"]]
+  if bad:
+    raise CheckpointCorruptError(
+      f"{step_dir}: {len(bad)} array(s) differ from the checksum written when it was saved "
+      f"(first: state{bad[0]}); its files were changed or damaged on disk"
+    )
+  if saved and not common:
+    log.warning("checkpoint %s: no restored array matches its recorded checksums; not verified",
+                step_dir)
 
 
 class Checkpointer:
@@ -135,15 +260,16 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     self.time_check_every_steps = max(1, int(time_check_every_steps))
-    self._manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(
-        max_to_keep=None,  # retention is ours, see module doc
-        create=True,
-        cleanup_tmp_directories=True,  # leftovers of a killed save
-        enable_async_checkpointing=async_save,
-      ),
-    )
+    with storage.translate(self.directory):
+      self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=None,  # retention is ours, see module doc
+          create=True,
+          cleanup_tmp_directories=True,  # leftovers of a killed save
+          enable_async_checkpointing=async_save,
+        ),
+      )
     # PreemptionGuard alone feeds JAX's preemption sync point (see its doc). Orbax would report
     # steps to it too, from its async finalize thread with the step of an earlier save: a
     # notice arriving then would agree on a step every process has passed, and none would stop.
@@ -154,6 +280,7 @@ class Checkpointer:
     self._warned: set[int] = set()
     self._scores: dict[int, float | None] = {}
     self._pending_step: int | None = None  # last save started here; may still be in flight
+    self._protected: set[int] = set()  # kept whatever keep_last/keep_best say
 
   # ---------------------------------------------------------------- queries
 
@@ -188,10 +315,18 @@ class Checkpointer:
         log.warning("checkpoint %s has no commit marker; ignoring it", self.step_dir(step))
     return steps
 
-  def latest_step(self) -> int | None:
-    """Newest complete checkpoint; a save still in flight counts once it has committed."""
-    steps = self._valid_steps()
+  def latest_step(self, at_most: int | None = None) -> int | None:
+    """Newest complete checkpoint (no newer than `at_most` if given); a save still in flight
+    counts once it has committed."""
+    steps = [s for s in self._valid_steps() if at_most is None or s <= at_most]
     return steps[-1] if steps else None
+
+  def protect(self, step: int) -> None:
+    """Retention never deletes `step` (the last good checkpoint before a non-finite step)."""
+    self._protected.add(step)
+
+  def protected(self) -> set[int]:
+    return set(self._protected)
 
   def _score(self, step: int) -> float | None:
     if step not in self._scores:
@@ -252,8 +387,11 @@ class Checkpointer:
       return False
     # The previous save must be committed before retention looks at the disk; orbax's save
     # would block on it anyway.
-    self._manager.wait_until_finished()
+    self._wait_for_save()
     self._prune()
+    # A full or read-only disk is found here, in this thread, before orbax's background writer
+    # starts: its failures arrive late and as several tracebacks from its threads.
+    self.check_writable()
     if step in self._manager.all_steps():
       if step not in self._bad and self._is_complete(step):
         log.info("checkpoint for step %d already exists; not saving it again", step)
@@ -263,16 +401,49 @@ class Checkpointer:
       self._manager.delete(step)
       self._forget(step)
     clean = _clean_metrics(metrics)
-    record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean}
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
-      force=True,  # our should_save decided; orbax's interval policy must not veto it
-    )
+    record = {"meta": json.loads(json.dumps(dict(meta), default=_json_default)), "metrics": clean,
+              "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": checksums(state)}}
+    with self._reporting(self.step_dir(step)):
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)),
+        force=True,  # our should_save decided; orbax's interval policy must not veto it
+      )
     self._scores[step] = clean.get(self.best_metric)
     self._pending_step = step
     self._last_save_time = _now()
     return True
+
+  def check_writable(self) -> None:
+    """Raises StorageError now if the directory cannot be written (a trainer asks before its
+    first step, not after the steps up to its first save)."""
+    with self._reporting(self.directory):
+      storage.check_writable(self.directory)
+
+  @contextlib.contextmanager
+  def _reporting(self, path: epath.Path):
+    """Storage refusals inside the block as one StorageError naming `path` and the committed
+    checkpoints, which a failed save leaves as they were."""
+    try:
+      with storage.translate(path):
+        yield
+    except errors.StorageError as e:
+      done = self._valid_steps()
+      if not done:
+        raise
+      raise errors.StorageError(
+        f"{e} The checkpoints already in {self.directory} (steps {', '.join(map(str, done))}) "
+        "are intact.") from e.__cause__
+
+  def _wait_for_save(self) -> None:
+    """Blocks until the in-flight save is committed; its storage failure as StorageError."""
+    step = self._pending_step
+    try:
+      with self._reporting(self.step_dir(step) if step is not None else self.directory):
+        self._manager.wait_until_finished()
+    except errors.StorageError:
+      self._pending_step = None  # failed: no longer in flight
+      raise
 
   def _forget(self, step: int) -> None:
     for cache in (self._complete, self._bad, self._warned):
@@ -284,18 +455,19 @@ class Checkpointer:
     valid = self._valid_steps()
     if not valid:
       return
-    keep = set(valid[-self.keep_last :]) | set(self._best(valid)[: self.keep_best])
+    keep = set(valid[-self.keep_last :]) | set(self._best(valid)[: self.keep_best]) | self._protected
     newest = valid[-1]
     for step in list(self._manager.all_steps()):
       stale = step not in valid and step < newest  # incomplete/unreadable, superseded
       if (step in valid and step not in keep) or stale:
         log.info("deleting checkpoint %s", self.step_dir(step))
-        self._manager.delete(step)
+        with storage.translate(self.step_dir(step)):
+          self._manager.delete(step)
         self._forget(step)
 
   def wait(self) -> None:
     """Blocks until the in-flight save is committed, then applies retention."""
-    self._manager.wait_until_finished()
+    self._wait_for_save()
     self._prune()
 
   def close(self) -> None:
@@ -326,6 +498,7 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
       ),
     )
+    _verify(self.step_dir(step), out["meta"].get("checksums"), out["state"])
     return out["state"], out["meta"]["meta"]
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -337,9 +510,16 @@ class Checkpointer:
     """
     self._manager.wait_until_finished()
     first_error: Exception | None = None
+    all_corrupt = True
     for step in reversed(self._valid_steps()):
       try:
         state, meta = self.restore(step, abstract_state)
+      except CheckpointCorruptError as e:
+        log.warning("checkpoint %s is corrupt (%s); falling back to the previous one",
+                    self.step_dir(step), e)
+        self._bad.add(step)
+        first_error = first_error or e
+        continue
       except Exception as e:  # noqa: BLE001 - any read failure means: try the older one
         log.warning(
           "checkpoint %s is unreadable (%s: %s); falling back to the previous one",
@@ -349,8 +529,15 @@ class Checkpointer:
         )
         self._bad.add(step)
         first_error = first_error or e
+        all_corrupt = False
         continue
       return step, state, meta
+    if first_error is not None and all_corrupt:
+      raise CheckpointCorruptError(
+        f"{self.directory}: every checkpoint is corrupt (newest error: {first_error}). Restore "
+        "the directory from a backup, or move it away (or start a new --workdir) to train from "
+        "the start."
+      ) from first_error
     if first_error is not None:
       raise CheckpointMismatchError(
         f"{self.directory}: no checkpoint could be restored into this run's state (newest error: "
@@ -363,6 +550,10 @@ class Checkpointer:
 
 class CheckpointMismatchError(errors.CheckpointError, RuntimeError):
   """Every checkpoint in a directory failed to restore into the state this run expects."""
+
+
+class CheckpointCorruptError(errors.CheckpointError, RuntimeError):
+  """A checkpoint's arrays differ from the checksums written when it was saved."""
 
 
 class PreemptionGuard:

@@ -60,6 +60,9 @@ def default() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 32
   c.train.eval_at_start = False  # also evaluate the starting weights (a baseline in metrics.jsonl)
   c.train.on_nonfinite = "stop"  # stop | skip
+  # on_nonfinite='skip': the run fails (NonFiniteError) once more than this share of its steps
+  # were skipped; a run that skips that often is not training.
+  c.train.max_skipped_fraction = 0.1
   c.train.progress = True
   # Early stopping on checkpoint.best_metric (the same metric picks the best checkpoint).
   c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
@@ -120,6 +123,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "train.micro_batches", c.train.micro_batches, f"must divide train.batch_size={c.train.batch_size}")
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
+  _check(0.0 <= c.train.max_skipped_fraction <= 1.0, "train.max_skipped_fraction",
+         c.train.max_skipped_fraction, "must be in [0, 1]")
   _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
   _check(c.export.dtype in ("", "float32", "bfloat16", "float16"), "export.dtype", c.export.dtype,

@@ -2,9 +2,10 @@
 
 The train state is a dict: `step`, `params` (a pure dict of arrays, the master weights),
 `opt_state`, `rng`, `avg` (weight averages or None), `skipped` (non-finite steps skipped) and
-`first_bad_step` (-1 while all steps were finite). A non-finite loss or gradient never reaches
-the parameters: the update is dropped inside the step, and the host decides (at its next log
-step, so dispatch stays asynchronous) whether to stop or carry on.
+`first_bad_step` (-1 while all steps were finite). A non-finite loss, gradient or updated state
+(parameters, optimizer state, averages) never reaches the state: the whole update is dropped
+inside the step, and the host decides (at its next log step, so dispatch stays asynchronous)
+whether to stop or carry on.
 """
 
 from __future__ import annotations
@@ -154,17 +155,22 @@ def train_step(
   loss = loss_sum / jnp.maximum(weight, 1e-6)
   grad_norm = optax.global_norm(grads)
   updates, new_opt = tx.update(grads, state["opt_state"], state["params"])
-  new_params = optax.apply_updates(state["params"], updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
   # Casting back to the stored dtype keeps the state's types fixed (bf16 parameters and their
   # moments would otherwise be promoted by float32 hyperparameters and force a recompile).
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a.astype(b.dtype), b), new, old)
+  cast = lambda new, old: jax.tree.map(lambda a, b: a.astype(b.dtype), new, old)
+  new_params = cast(optax.apply_updates(state["params"], updates), state["params"])
+  new_opt = cast(new_opt, state["opt_state"])
+  new_avg = state["avg"]
+  if new_avg is not None:
+    new_avg = cast(averaging.update(new_avg, new_params, step, cfg.optim_cfg), new_avg)
+  # Finite gradients can still overflow the update (a huge learning rate, a bf16 moment), so the
+  # new state is checked too, after the cast to its stored dtype: one reduction per step.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((new_params, new_opt, new_avg))
+
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   params = keep(new_params, state["params"])
   opt_state = keep(new_opt, state["opt_state"])
-  avg = state["avg"]
-  if avg is not None:
-    avg = keep(averaging.update(avg, params, step, cfg.optim_cfg), avg)
+  avg = state["avg"] if new_avg is None else keep(new_avg, state["avg"])
   new_state = {
     "step": step + 1,
     "params": params,
@@ -182,6 +188,14 @@ def train_step(
     "train/skipped_steps": new_state["skipped"],
   }
   return new_state, metrics
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is free of NaN and Inf (a scalar bool)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, frozen: dict | None,

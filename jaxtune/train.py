@@ -31,6 +31,7 @@ from jaxtune import (
   resume,
   sharding,
   step,
+  storage,
   workdir_lock,
   writer,
 )
@@ -101,6 +102,7 @@ def _state_shardings(state, mesh):
   return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
+@storage.reports_storage_errors
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
                        on_eval=None, *, allow_config_change: bool = False) -> dict:
   """Train, evaluate and return {step, eval, results, ...}.
@@ -189,6 +191,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric,
     best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save,
   )
+  ckpt.check_writable()
   abstract = built.abstract()
   stopper = monitor.EarlyStopping(config.checkpoint.best_mode, config.train.early_stopping_patience,
                                   config.train.early_stopping_min_delta)
@@ -217,7 +220,43 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                "label_names": list(splits.label_names)},
       )
 
+  all_finite = jax.jit(step.all_finite)
+
+  def nonfinite_error(bad: int, what: str) -> NonFiniteError:
+    ckpt.wait()
+    good = ckpt.latest_step(at_most=bad)
+    where = (f"step {good} in {workdir / 'checkpoints'}" if good is not None
+             else f"none (no checkpoint was written before step {bad})")
+    return NonFiniteError(
+      f"{what}; the first at step {bad}, whose update was not applied. Last good checkpoint "
+      f"(from before step {bad}): {where}. Lower optim.learning_rate, enable "
+      "optim.grad_clip_norm, or check the data; train.on_nonfinite='skip' skips such steps."
+    )
+
+  def check_skipped(state, steps: int) -> None:
+    """on_nonfinite='skip': fail once more than max_skipped_fraction of `steps` were skipped."""
+    skipped = int(jax.device_get(state["skipped"]))
+    if skipped > config.train.max_skipped_fraction * steps:
+      bad = int(jax.device_get(state["first_bad_step"]))
+      raise nonfinite_error(bad, f"{skipped} steps had a non-finite loss, gradient or update and "
+                            f"were skipped, more than train.max_skipped_fraction="
+                            f"{config.train.max_skipped_fraction} of {steps} steps")
+
   def save(state, s: int, eval_scalars=None, force=False):
+    # Only a finite state from before the first bad step under 'stop' is checkpointed; under
+    # 'skip' the state stays finite (bad updates are dropped) and the newest checkpoint from
+    # before the first bad step is kept by retention as the last good one.
+    bad = int(jax.device_get(state["first_bad_step"]))
+    if bad >= 0 and config.train.on_nonfinite == "stop":
+      raise nonfinite_error(bad, "non-finite loss, gradient or update")
+    if bad >= 0 and not ckpt.protected():
+      ckpt.wait()
+      good = ckpt.latest_step(at_most=bad)
+      if good is not None:
+        ckpt.protect(good)
+    if not bool(all_finite(_ckpt_tree(state))):
+      raise NonFiniteError(f"the train state at step {s} holds NaN or Inf; not checkpointing it "
+                           f"over the good ones in {workdir / 'checkpoints'}")
     meta = {"step": s, "data_position": batcher.position(s), "total_steps": total_steps,
             "early_stopping": stopper.state(), "overfit_alarm": alarm.state(),
             "stopped_early": stopped_early}
@@ -260,13 +299,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         train_losses.append(row["train/loss"])
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0 and config.train.on_nonfinite == "stop":
-          ckpt.wait()
-          raise NonFiniteError(
-            f"non-finite loss or gradient at step {bad}; the update was not applied. "
-            f"Last good checkpoint: step {ckpt.latest_step()} in {workdir / 'checkpoints'}. "
-            "Lower optim.learning_rate, enable optim.grad_clip_norm, or set "
-            "train.on_nonfinite='skip' to skip such steps."
-          )
+          raise nonfinite_error(bad, "non-finite loss, gradient or update")
+        if bad >= 0:
+          check_skipped(state, total_steps)  # already certain to exceed the share: stop now
         if mw is not None:
           mw.write(s, row)
         if bar is not None:
@@ -303,6 +338,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         raise SystemExit(143)
 
   # ------------------------------------------------------------------------------- final
+  if config.train.on_nonfinite == "skip":
+    check_skipped(state, s)
   with sharding.use_mesh(mesh):
     res, _ = run_eval(eval_params(state), "validation")
   final_scalars = _eval_scalars(res)

@@ -29,6 +29,7 @@ tensorboardX (needs ``google-cloud-storage``), run.json/config.json through epat
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -47,6 +48,7 @@ import numpy as np
 from etils import epath
 
 import jaxtune
+from jaxtune import storage
 
 METRICS_FILE = "metrics.jsonl"
 TEXT_FILE = "text.jsonl"
@@ -75,11 +77,17 @@ def _write_atomic(path: str, text: str) -> None:
     return
   # A crash mid-write must leave either the old file or the new one, never half of one.
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  with storage.translate(path):
+    try:
+      with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except OSError:
+      with contextlib.suppress(OSError):  # a full disk must not keep a partial copy
+        os.remove(tmp)
+      raise
 
 
 def _truncate_jsonl(path: str, step: int) -> int:
@@ -164,7 +172,8 @@ class MetricWriter:
       return
     values = {str(k): float(np.asarray(v)) for k, v in metrics.items()}
     record = {"step": step, **{k: v if math.isfinite(v) else None for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    with storage.translate(os.path.join(self._dir, METRICS_FILE)):
+      self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, step)

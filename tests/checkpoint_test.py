@@ -1,5 +1,7 @@
-"""Tests for jaxtune.checkpoint: bitwise sharded roundtrip, retention, save triggers, crash safety."""
+"""Tests for jaxtune.checkpoint: bitwise sharded roundtrip, retention, save triggers, crash safety,
+checksums, full and unwritable disks."""
 
+import errno
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxtune import checkpoint as ckpt_lib
+from jaxtune import errors
 from jaxtune.checkpoint import Checkpointer, PreemptionGuard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -355,3 +358,156 @@ def test_saves_report_no_step_to_the_preemption_sync_point(tmp_path, monkeypatch
     for step in (1, 2):
       ck.save(step, _tiny(step), meta={"step": step})
   assert reported == []
+
+
+# ------------------------------------------------------------------------------- checksums
+
+
+def _random(seed: int):
+  # Random values do not compress, so the array file stores them raw: a flipped byte changes
+  # values instead of breaking decompression (which orbax would notice by itself).
+  return {"x": jax.random.normal(jax.random.key(seed), (256, 64)), "n": jnp.arange(5) + seed}
+
+
+def _flip_bytes(step_dir) -> str:
+  """Inverts 4 bytes in the middle of the largest array file of a checkpoint; returns its path."""
+  files = [os.path.join(root, f) for root, _, fs in os.walk(step_dir / "state")
+           if os.path.basename(root) == "d" for f in fs]
+  path = max(files, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    chunk = f.read(4)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in chunk))
+  return path
+
+
+def test_checksum_is_the_same_for_any_sharding_and_sees_one_changed_bit():
+  mesh = _mesh()
+  x = jax.random.normal(jax.random.key(0), (8, 16))
+  tree = {"x": x, "b": x.astype(jnp.bfloat16), "i": jnp.arange(7), "k": jax.random.key(3),
+          "m": jnp.array([True, False]), "s": jnp.float32(2.5)}
+  ref = ckpt_lib.checksums(tree)
+  assert set(ref) == {"['x']", "['b']", "['i']", "['k']", "['m']", "['s']"}
+  for spec in (P("data", "model"), P("model", None), P()):
+    sharded = dict(tree, x=jax.device_put(x, NamedSharding(mesh, spec)))
+    assert ckpt_lib.checksums(sharded) == ref
+  bits = np.asarray(x).copy().view(np.uint32)
+  bits[3, 5] ^= 1  # the lowest mantissa bit of one element
+  assert ckpt_lib.checksums(dict(tree, x=jnp.asarray(bits.view(np.float32))))["['x']"] != ref["['x']"]
+  # Swapping two elements keeps a plain sum but not this one (each term depends on its index).
+  swapped = np.asarray(x).copy()
+  swapped[0, 0], swapped[0, 1] = swapped[0, 1], swapped[0, 0]
+  assert ckpt_lib.checksums(dict(tree, x=jnp.asarray(swapped)))["['x']"] != ref["['x']"]
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  d = tmp_path / "ck"
+  with _ckpt(d, keep_last=3) as ck:
+    for s in (1, 2):
+      ck.save(s, _random(s), meta={"step": s}, force=True)
+  _flip_bytes(d / "2")
+  abstract = _abstract(_random(0))
+  with caplog.at_level(logging.WARNING, logger="jaxtune.checkpoint"):
+    with _ckpt(d, keep_last=3) as ck:
+      with pytest.raises(ckpt_lib.CheckpointCorruptError, match=r"differ from the checksum.*\['x'\]"):
+        ck.restore(2, abstract)
+      step, state, meta = ck.restore_latest(abstract)
+  assert step == 1 and meta == {"step": 1}
+  _assert_bitwise(state, _random(1))
+  assert f"checkpoint {d / '2'} is corrupt" in caplog.text
+  assert "falling back to the previous one" in caplog.text
+
+
+def test_every_checkpoint_corrupt_raises_naming_the_directory(tmp_path):
+  d = tmp_path / "ck"
+  with _ckpt(d, keep_last=3) as ck:
+    for s in (1, 2):
+      ck.save(s, _random(s), meta={"step": s}, force=True)
+  for s in (1, 2):
+    _flip_bytes(d / str(s))
+  with _ckpt(d, keep_last=3) as ck:
+    with pytest.raises(ckpt_lib.CheckpointCorruptError,
+                       match=rf"{d}: every checkpoint is corrupt .*backup.*new --workdir"):
+      ck.restore_latest(_abstract(_random(0)))
+
+
+def test_checkpoint_without_checksums_still_restores(tmp_path):
+  d = tmp_path / "ck"
+  with _ckpt(d) as ck:
+    ck.save(1, _random(1), meta={"step": 1}, force=True)
+  record_file = d / "1" / "meta" / "metadata"
+  record = json.loads(record_file.read_text())
+  assert record["checksums"]["algorithm"] == ckpt_lib.CHECKSUM_ALGORITHM
+  del record["checksums"]  # as written by jaxtune before checksums
+  record_file.write_text(json.dumps(record))
+  with _ckpt(d) as ck:
+    step, state, meta = ck.restore_latest(_abstract(_random(0)))
+  assert step == 1 and meta == {"step": 1}
+  _assert_bitwise(state, _random(1))
+
+
+# ------------------------------------------------------------------------ full or unwritable disk
+
+
+def _digests(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      with open(os.path.join(root, f), "rb") as fh:
+        out[os.path.relpath(os.path.join(root, f), directory)] = fh.read()
+  return out
+
+
+def test_disk_full_before_a_save_is_one_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  d = tmp_path / "ck"
+  ck = _ckpt(d)
+  ck.save(1, _tiny(1), meta={"step": 1}, force=True)
+  ck.wait()
+  before = _digests(d)
+
+  def full(fd, data):  # what the kernel answers on a full disk
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "write", full)
+  with pytest.raises(errors.StorageError, match=rf"cannot write {d}: no space left on the device.*"
+                     rf"checkpoints already in {d} \(steps 1\) are intact"):
+    ck.save(2, _tiny(2), meta={"step": 2}, force=True)
+  monkeypatch.undo()
+  assert _digests(d) == before  # nothing written, nothing removed
+  ck.close()
+
+
+def test_disk_full_in_the_background_save_is_one_error_without_tracebacks(tmp_path, monkeypatch,
+                                                                           caplog):
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+  d = tmp_path / "ck"
+  ck = _ckpt(d)
+  ck.save(1, _tiny(1), meta={"step": 1}, force=True)
+  ck.wait()
+  before = _digests(d)
+
+  async def full(self, x, directory):  # the disk fills while orbax's threads write step 2
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
+
+  monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full)
+  with caplog.at_level(logging.INFO):
+    ck.save(2, _tiny(2), meta={"step": 2}, force=True)
+    with pytest.raises(errors.StorageError, match=rf"cannot write {d / '2'}: no space left.*"
+                       r"\(steps 1\) are intact"):
+      ck.wait()
+  monkeypatch.undo()
+  assert {k: v for k, v in _digests(d).items() if k.startswith("1/")} == before
+  assert "No space left" in caplog.text  # orbax's own log lines stay, one line each
+  assert "Traceback" not in caplog.text and all(r.exc_info is None for r in caplog.records)
+  assert ck.latest_step() == 1
+  ck.close()  # the failure was reported once: closing does not raise it again
+
+
+def test_a_file_where_the_checkpoint_directory_goes_is_one_error(tmp_path):
+  # Unwritable in a way that holds for root too (root ignores permission bits).
+  (tmp_path / "ck").write_text("not a directory")
+  with pytest.raises(errors.StorageError, match=rf"cannot write {tmp_path / 'ck'}: a file stands "
+                     "where a directory is needed"):
+    _ckpt(tmp_path / "ck").check_writable()  # what the trainer asks before its first step
