@@ -176,7 +176,8 @@ def test_read_only_checkpoints_fail_before_training_and_stay_intact(copy_of_run)
   before = Snapshot(checkpoints)
   _read_only(checkpoints)
   try:
-    result = train_unprivileged(copy_of_run, "--config.train.steps=40")
+    # A longer run changes the schedule, which a resume only takes with --allow_config_change.
+    result = train_unprivileged(copy_of_run, "--config.train.steps=40", "--allow_config_change")
   finally:
     _writable(checkpoints)
   expect_error(result, "train", f"cannot write {checkpoints}", "permission denied",
