@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import flags
 from ml_collections import config_flags
 
 from jaxtune.cli import run_app
+from jaxtune.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Optional run recipe (configs/<recipe>.py[:variant]): its data section decides "
@@ -103,7 +103,8 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   commands = list(argv[1:])
   if len(commands) != 1 or commands[0] not in _COMMANDS:
-    sys.exit(f"usage: jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [flags] (got {commands})")
+    raise ConfigError(f"expected one command, audit or clean, got {commands or 'none'}: "
+                      "jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [flags]")
   from jaxtune.data import load_tokenizer
   from jaxtune.data.quality import audit, clean, dedup, report
 
@@ -130,4 +131,4 @@ def main(argv):
 
 
 def run(argv):
-  run_app(__name__, main, argv)
+  run_app(__name__, main, argv, positional=True)
