@@ -53,9 +53,7 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
   )
-  chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
-  if chosen is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to restore")
+  chosen = choose_step(ckpt, step, workdir)
   params = train.eval_params(train.restore_step(ckpt, chosen, built))
   ckpt.close()
   model = step_lib.merge(built.eval_graphdef, params, built.frozen)
@@ -64,6 +62,24 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   source = config.data.tokenizer or config.model.source
   tokenizer = None if source.startswith("preset:") else data_lib.load_tokenizer(source)
   return Run(config, model, tokenizer, int(chosen), workdir)
+
+
+def choose_step(ckpt, step: int, workdir: Path) -> int:
+  """`step` (-1: the best checkpoint, else the latest) when the run has it, else an error
+  naming the steps it has."""
+  from jaxtune import config as jt_config
+
+  steps = ckpt._valid_steps()
+  if not steps:
+    raise jt_config.NotARunError(
+      f"--workdir={workdir}: the run has no checkpoint yet ({ckpt.directory} holds none); "
+      "train it (or resume it) with `jaxtune train` first")
+  if step < 0:
+    return ckpt.best_step() or steps[-1]
+  if step not in steps:
+    raise jt_config.NotARunError(f"--step={step}: {ckpt.directory} has no checkpoint of that step; "
+                                 f"it has {', '.join(map(str, steps))} (or leave --step out)")
+  return step
 
 
 def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str | Path | None = None,

@@ -84,9 +84,11 @@ def data_config():
   if f["seq_len"].present or config is None:
     seq_len = _SEQ_LEN.value
   if not d.source:
-    raise ValueError("--data: no data set given (and no --config with data.source)")
+    raise ConfigError("--data: no data set given (and no --config with data.source); pass "
+                      "--data=FILE_OR_NAME")
   if d.kind != "classification":
-    raise ValueError(f"config: data.kind={d.kind!r}: `jaxtune data` audits text classification data")
+    raise ConfigError(f"config: data.kind={d.kind!r}: `jaxtune data` audits text classification "
+                      "data only")
   d = data_lib._with_builtin_defaults(d)
   data_cfg.split_fractions(d.split)
   return d, tokenizer, seq_len
