@@ -106,6 +106,9 @@ def parse_flags(module_name: str, argv: list[str], *, positional: bool = False) 
     raise found from e
   for name, value in recipes:
     config = flags.FLAGS[name].value
+    if config is None:
+      raise errors.ConfigError(f"--{name}={value}: get_config() returned None; it must return the "
+                               "ConfigDict (a missing return statement?)")
     if type(config).__name__ == "_ErrorConfig":  # ml_collections defers an IOError to first use
       cause = config.__dict__["_error"]
       raise (_recipe_failure([(name, value)], cause) or errors.ConfigError(
@@ -168,6 +171,9 @@ def _recipe_failure(recipes, e: BaseException) -> errors.JaxtuneError | None:
   (an import that fails, a NameError, a recipe's own ValueError for a bad variant)."""
   root = _root(e)
   for name, value in recipes:
+    if isinstance(root, AttributeError) and f"'{name}_config' has no attribute 'get_config'" in str(root):
+      return errors.ConfigError(f"--{name}={value}: the file defines no get_config(arg=None) function; "
+                                "a recipe returns its ConfigDict from one")
     path = Path(value.split(":", 1)[0]).resolve()
     lines = [f.lineno for f in traceback.extract_tb(root.__traceback__)
              if Path(f.filename).resolve() == path]
@@ -239,6 +245,10 @@ def _illegal_value(module_name: str, argv, recipes, e: flags.IllegalFlagValueErr
     missing = [n for n in _module_flags(module_name) if flags.FLAGS[n].value is None and any(
       "must have a value other than None" in getattr(v, "message", "")
       for v in flags.FLAGS[n].validators)]
+    for n, value in recipes:
+      if n in missing:
+        return errors.ConfigError(f"--{n}={value}: get_config() returned None; it must return the "
+                                  "ConfigDict (a missing return statement?)")
     names = " and ".join(f"--{n}" for n in missing) or msg
     what = "are required flags" if len(missing) > 1 else "is a required flag"
     return errors.ConfigError(f"{names} {what}; {argv[0]} --help describes the flags")

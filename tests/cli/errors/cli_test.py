@@ -41,6 +41,8 @@ def files(tmp_path) -> dict[str, Path]:
     "prompts_json": tmp_path / "garbled.jsonl", "notrun": tmp_path / "notrun",
   }
   out["syntax"].write_text("from jaxtune import config\n\ndef get_config(arg=None:\n  return config.default()\n")
+  out["no_get_config"] = r / "no_get_config.py"
+  out["no_get_config"].write_text("from jaxtune import config\n\nSTEPS = 3\n")
   out["imports"].write_text("import jaxtune_no_such_module\n\ndef get_config(arg=None):\n  return None\n")
   out["search_syntax"].write_text("def get_config(arg=None)\n  pass\n")
   out["search_key"].write_text(
@@ -75,6 +77,8 @@ CASES = {
                                 ["syntax.py line 3", "syntax"]),
   "train_recipe_import_error": (["train", "--config={f[imports]}", "--workdir={tmp}/w"],
                                 ["imports.py line 1", "ModuleNotFoundError", "jaxtune_no_such_module"]),
+  "train_recipe_without_get_config": (["train", "--config={f[no_get_config]}", "--workdir={tmp}/w"],
+                                      ["no_get_config.py", "defines no get_config"]),
   "train_unknown_config_key": (["train", TINY, "--workdir={tmp}/w", "--config.train.stepz=3"],
                                ["--config.train.stepz", "no such config key", "did you mean train.steps?"]),
   "train_unknown_config_section": (["train", TINY, "--workdir={tmp}/w", "--config.trian.steps=3"],
