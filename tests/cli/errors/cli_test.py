@@ -196,6 +196,13 @@ def test_battery_covers_every_subcommand():
   assert subs == {"train", "eval", "export", "generate", "data", "tune"} and len(CASES) >= 25
 
 
+def test_unknown_subcommand_is_one_line():
+  result = harness.run("trian", TINY)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, str(result)
+  assert result.stderr.strip() == ("jaxtune: error: unknown subcommand 'trian'; did you mean train? "
+                                   "(jaxtune --help lists them: train, eval, generate, export, data, tune)")
+
+
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(how, tmp_path):
   args = ["train", TINY, f"--workdir={tmp_path}/w", "--config.train.stepz=3"]
