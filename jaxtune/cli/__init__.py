@@ -32,15 +32,15 @@ def debug_requested(argv: list[str]) -> bool:
 
 
 def _reporting(prog: str, fn, debug: bool):
-  """`fn` with the project's errors printed as one line (exit 2) and anything else reported
-  as the bug it is (traceback, exit 1)."""
+  """`fn` with the project's errors printed as one line (exit 2; after their traceback with
+  --debug) and anything else reported as the bug it is (traceback, exit 1)."""
 
   def wrapped(*args):
     try:
       return fn(*args)
     except errors.JaxtuneError as e:
       if debug:
-        raise
+        traceback.print_exc()
       print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
       sys.exit(2)
     except (KeyboardInterrupt, SystemExit):

@@ -207,8 +207,9 @@ def test_unknown_subcommand_is_one_line():
 def test_debug_shows_the_traceback(how, tmp_path):
   args = ["train", TINY, f"--workdir={tmp_path}/w", "--config.train.stepz=3"]
   result = harness.run(*args, "--debug") if how == "flag" else harness.run(*args, env={"JAXTUNE_DEBUG": "1"})
-  assert result.returncode != 0 and "Traceback" in result.stderr, str(result)
+  assert result.returncode == 2 and "Traceback" in result.stderr, str(result)
   assert "ConfigError: --config.train.stepz: no such config key" in result.stderr, str(result)
+  assert result.stderr.rstrip().splitlines()[-1].startswith("jaxtune train: error: --config.train.stepz")
   assert not (tmp_path / "w").exists()
 
 
