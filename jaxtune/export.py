@@ -43,6 +43,8 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
 
   workdir = Path(workdir)
   config = jt_config.read_run_config(workdir)
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise no_checkpoint_yet(workdir)
   run_file = workdir / "run.json"
   run = json.loads(run_file.read_text()) if run_file.exists() else {}
   label_names = tuple(run.get("extra", {}).get("label_names") or ())
@@ -64,16 +66,24 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   return Run(config, model, tokenizer, int(chosen), workdir)
 
 
+def no_checkpoint_yet(workdir: Path) -> Exception:
+  from jaxtune import config as jt_config
+
+  return jt_config.NotARunError(
+    f"--workdir={workdir}: the run has no checkpoint yet ({Path(workdir) / 'checkpoints'} holds "
+    "none); train it (or resume it) with `jaxtune train` first")
+
+
 def choose_step(ckpt, step: int, workdir: Path) -> int:
   """`step` (-1: the best checkpoint, else the latest) when the run has it, else an error
-  naming the steps it has."""
+  naming the steps it has (with `ckpt` closed)."""
   from jaxtune import config as jt_config
 
   steps = ckpt._valid_steps()
+  if not steps or step >= 0 and step not in steps:
+    ckpt.close()  # orbax's start-up threads must finish before the error ends the process
   if not steps:
-    raise jt_config.NotARunError(
-      f"--workdir={workdir}: the run has no checkpoint yet ({ckpt.directory} holds none); "
-      "train it (or resume it) with `jaxtune train` first")
+    raise no_checkpoint_yet(workdir)
   if step < 0:
     return ckpt.best_step() or steps[-1]
   if step not in steps:

@@ -48,6 +48,8 @@ def classify(workdir: str | epath.PathLike, texts: Sequence[str], *, step: int =
                       "the run never read its data (resume it with `jaxtune train`)")
   names = label_names or tuple(str(i) for i in range(num_labels))
 
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise export.no_checkpoint_yet(workdir)
   mesh = sharding.make_mesh(**config.mesh)
   built = train.build_state(config, mesh, num_labels, 10**9, label_names)
   ckpt = checkpoint.Checkpointer(

@@ -34,6 +34,8 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
 
   workdir = Path(workdir)
   config = jt_config.read_run_config(workdir)
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise export.no_checkpoint_yet(workdir)
   run_file = workdir / "run.json"
   run = json.loads(run_file.read_text()) if run_file.exists() else {}
   if text_column:

@@ -179,6 +179,7 @@ def test_one_line_error(name, tmp_path, files, tiny_run):
     minilm = "preset:tiny-llama"
   _fake_run(tmp_path / "cls", {"model": {"source": minilm, "task": "seq_cls"},
                                "data": {"kind": "classification", "source": "train.jsonl"}})
+  (tmp_path / "cls" / "checkpoints").mkdir()  # so eval gets as far as the data
   args = [a.format(tmp=tmp_path, run=tiny_run, f=files) for a in args]
   snap = Snapshot(tmp_path, tiny_run, REPO / "configs")
   result = harness.run(*args)
