@@ -11,7 +11,7 @@ import ml_collections
 
 from jaxtune import lora, optim
 from jaxtune.data import config as data_config
-from jaxtune.errors import ConfigError
+from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
 
 TASKS = ("causal_lm", "seq_cls")
@@ -132,6 +132,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   data_config.check(c.data)
 
 
+class NotARunError(WorkdirError, FileNotFoundError):
+  """A --workdir that does not exist, holds no `jaxtune train` run, or no checkpoint of one."""
+
+
 def read_run_config(workdir) -> ml_collections.ConfigDict:
   """A run's workdir/config.json over today's defaults: a run written by an older jaxtune
   reads fields added since (e.g. model.pooling) as their defaults, which is what it ran with."""
@@ -141,8 +145,15 @@ def read_run_config(workdir) -> ml_collections.ConfigDict:
 
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{path}: not found; --workdir must be a `jaxtune train` run")
-  stored = json.loads(path.read_text())
+    if not path.parent.is_dir():
+      raise NotARunError(f"--workdir={workdir}: no such directory; give the workdir of a "
+                         "`jaxtune train` run")
+    raise NotARunError(f"--workdir={workdir}: not a `jaxtune train` run (it has no config.json); "
+                       "give the directory that `jaxtune train --workdir` wrote")
+  try:
+    stored = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise NotARunError(f"{path}: unreadable JSON ({e}); the run's config is damaged") from e
   merged = default().to_dict()
 
   def overlay(base: dict, new: dict) -> None:

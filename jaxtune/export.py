@@ -53,6 +53,8 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
 
   workdir = Path(workdir)
   config = jt_config.read_run_config(workdir)
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise no_checkpoint_yet(workdir)
   run_file = workdir / "run.json"
   run = json.loads(run_file.read_text()) if run_file.exists() else {}
   label_names = tuple(run.get("extra", {}).get("label_names") or ())
@@ -63,9 +65,7 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
   )
-  chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
-  if chosen is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to restore")
+  chosen = choose_step(ckpt, step, workdir)
   params = train.eval_params(train.restore_step(ckpt, chosen, built))
   ckpt.close()
   model = step_lib.merge(built.eval_graphdef, params, built.frozen)
@@ -88,6 +88,32 @@ def output_folder(out, workdir=None, *, overwrite: bool = False, flag: str = "--
     inputs = [w / "checkpoints", w / "config.json", w / "run.json", w / "results.json"]
   return outputs.Folder(out, command="jaxtune export", flag=flag, overwrite=overwrite,
                         inputs=inputs, expected=("config.json", "README.md"), hint=hint)
+
+
+def no_checkpoint_yet(workdir: Path) -> Exception:
+  from jaxtune import config as jt_config
+
+  return jt_config.NotARunError(
+    f"--workdir={workdir}: the run has no checkpoint yet ({Path(workdir) / 'checkpoints'} holds "
+    "none); train it (or resume it) with `jaxtune train` first")
+
+
+def choose_step(ckpt, step: int, workdir: Path) -> int:
+  """`step` (-1: the best checkpoint, else the latest) when the run has it, else an error
+  naming the steps it has (with `ckpt` closed)."""
+  from jaxtune import config as jt_config
+
+  steps = ckpt._valid_steps()
+  if not steps or step >= 0 and step not in steps:
+    ckpt.close()  # orbax's start-up threads must finish before the error ends the process
+  if not steps:
+    raise no_checkpoint_yet(workdir)
+  if step < 0:
+    return ckpt.best_step() or steps[-1]
+  if step not in steps:
+    raise jt_config.NotARunError(f"--step={step}: {ckpt.directory} has no checkpoint of that step; "
+                                 f"it has {', '.join(map(str, steps))} (or leave --step out)")
+  return step
 
 
 def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str | Path | None = None,

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtune.data import templates
+from jaxtune.errors import ConfigError, DataError
 
 PAD_MULTIPLE = 16
 
@@ -41,11 +42,11 @@ class Sampling:
 
   def __post_init__(self):
     if self.temperature < 0:
-      raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+      raise ConfigError(f"--temperature={self.temperature}: must be >= 0 (0 is greedy)")
     if self.top_k < 0:
-      raise ValueError(f"top_k={self.top_k} must be >= 0 (0 turns it off)")
+      raise ConfigError(f"--top_k={self.top_k}: must be >= 0 (0 turns it off)")
     if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+      raise ConfigError(f"--top_p={self.top_p}: must be in (0, 1] (1 turns it off)")
 
 
 def filter_logits(logits_BV: jax.Array, sampling: Sampling) -> jax.Array:
@@ -130,9 +131,11 @@ class Generator:
 
   def __init__(self, model: nnx.Module, *, pad_id: int = 0):
     if not hasattr(model, "cached_hidden_states"):
-      raise ValueError(f"{type(model).__name__} cannot generate (no KV-cached forward)")
+      raise ConfigError(f"{type(model).__name__} cannot generate (it has no KV-cached forward); "
+                        "generate with a decoder model (Llama, Qwen, SmolLM, ...)")
     if getattr(model, "task", "causal_lm") != "causal_lm":
-      raise ValueError(f"generation needs a causal LM, got task={model.task!r}")
+      raise ConfigError(f"generation needs a causal LM, got a model with task={model.task!r}; for "
+                        "a classifier use `jaxtune eval` or jaxtune.predict.classify")
     model.eval()
     self.graphdef, self.state = nnx.split(model)
     self.pad_id = int(pad_id)
@@ -159,10 +162,11 @@ class Generator:
     """
     state = self.state if state is None else state
     if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+      raise ConfigError(f"--max_new_tokens={max_new_tokens}: must be >= 1")
     for i, p in enumerate(prompts):
       if not p:
-        raise ValueError(f"prompt {i} is empty: generation needs at least one token")
+        raise ConfigError(f"prompt {i} encodes to no tokens: generation needs at least one; give "
+                          "it some text")
     stop_ids = tuple(sorted({int(s) for s in stop_ids}))
     batch_size = batch_size or len(prompts)
     out, total, seconds, compile_s = [], 0, 0.0, 0.0
@@ -211,24 +215,40 @@ def prompts_from_split(arrays: dict[str, np.ndarray], n: int, max_len: int = 64)
   return out
 
 
+class PromptsFileError(DataError, FileNotFoundError):
+  """A --prompts_file that is missing or not a file."""
+
+
 def read_prompts(prompts: list[str], prompts_file: str) -> list[str]:
   out = list(prompts)
   if prompts_file:
     path = Path(prompts_file)
     if not path.exists():
-      raise FileNotFoundError(f"--prompts_file={prompts_file}: no such file")
+      raise PromptsFileError(f"--prompts_file={prompts_file}: no such file")
+    if path.is_dir():
+      raise PromptsFileError(f"--prompts_file={prompts_file}: a directory, not a file")
+    try:
+      text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+      raise DataError(f"--prompts_file={prompts_file}: not UTF-8 text ({e.reason} at byte "
+                      f"{e.start}); give a .txt or .jsonl file") from e
     if path.suffix in (".jsonl", ".json"):
-      for i, line in enumerate(path.read_text().splitlines(), 1):
+      for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
           continue
-        row = json.loads(line)
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{i}: not JSON ({e.msg}); each line must be an object "
+                          'like {"prompt": "..."}') from e
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-          raise ValueError(f"{path}:{i}: expected a JSON object with a string 'prompt'")
+          raise DataError(f"{path}:{i}: expected a JSON object with a string 'prompt'")
         out.append(row["prompt"])
     else:
-      out += [line for line in path.read_text().splitlines() if line.strip()]
+      out += [line for line in text.splitlines() if line.strip()]
   if not out:
-    raise ValueError("no prompts: pass --prompt=... or --prompts_file=...")
+    where = f"--prompts_file={prompts_file} holds no prompts" if prompts_file else "no prompts"
+    raise ConfigError(f"{where}: pass --prompt=... or a --prompts_file with at least one")
   return out
 
 
@@ -236,7 +256,8 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str = "") -> list[int]
   """Token ids of one prompt: the chat template with a generation prompt, or BOS + text."""
   if chat:
     if not getattr(tokenizer, "chat_template", None):
-      raise ValueError("--chat: the tokenizer has no chat template")
+      raise ConfigError("--chat: the tokenizer has no chat template; leave --chat out or pass "
+                        "--tokenizer with one")
     messages = ([{"role": "system", "content": system}] if system else [])
     messages.append({"role": "user", "content": prompt})
     text = templates.render(tokenizer, messages, add_generation_prompt=True)  # sandboxed, limited
@@ -262,7 +283,7 @@ def stop_ids(tokenizer, model_config, extra: list[str]) -> set[int]:
     elif s in vocab:
       ids.add(vocab[s])
     else:
-      raise ValueError(f"--stop={s!r}: not a token of the vocabulary nor an integer id")
+      raise ConfigError(f"--stop={s!r}: not a token of the vocabulary nor an integer id")
   return ids
 
 
@@ -272,7 +293,8 @@ def load_source(*, workdir: str | None = None, model: str | None = None, tokeniz
   from jaxtune import hf
 
   if bool(workdir) == bool(model):
-    raise ValueError("pass exactly one of --workdir and --model")
+    raise ConfigError("pass exactly one of --workdir (a `jaxtune train` run) and --model (an HF "
+                      f"directory, hub id, .gguf file or preset:NAME); got {'both' if workdir else 'neither'}")
   if workdir:
     from jaxtune import export
 
@@ -283,16 +305,16 @@ def load_source(*, workdir: str | None = None, model: str | None = None, tokeniz
     if tokenizer:
       tok = hf.load_tokenizer(tokenizer)
     if tok is None:
-      raise ValueError(f"--workdir={workdir}: the run has no tokenizer; pass --tokenizer")
+      raise ConfigError(f"--workdir={workdir}: the run has no tokenizer; pass --tokenizer")
     return m, tok
+  if not tokenizer and model.startswith("preset:"):
+    raise ConfigError(f"--model={model}: a preset has no tokenizer; pass --tokenizer")
   if model.startswith("preset:"):
     from jaxtune.models import presets
 
     m = presets.init(model.removeprefix("preset:"), task="causal_lm", param_dtype=dtype)
   else:
     m = hf.load(model, task="causal_lm", param_dtype=dtype)
-  if not tokenizer and model.startswith("preset:"):
-    raise ValueError(f"--model={model}: a preset has no tokenizer; pass --tokenizer")
   return m, hf.load_tokenizer(tokenizer or model)
 
 

@@ -6,6 +6,7 @@ subcommand's --help shows only its own flags.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
@@ -34,7 +35,10 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(0 if len(argv) >= 2 else 2)
   name = argv[1]
   if name not in SUBCOMMANDS:
-    print(f"jaxtune: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
+    near = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    print(f"jaxtune: error: unknown subcommand {name!r}; {hint}(jaxtune --help lists them: "
+          f"{', '.join(SUBCOMMANDS)})", file=sys.stderr)
     sys.exit(2)
   # Before any subcommand can start a JAX backend: XLA reads XLA_FLAGS only once.
   xla_flags.apply()

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from jaxtune import checkpoint, sharding, train
+from jaxtune import checkpoint, export, sharding, train
 from jaxtune import config as jt_config
 from jaxtune import data as data_lib
 from jaxtune.data import classification
+from jaxtune.errors import ConfigError
 from jaxtune.step import merge, model_kwargs
 
 
@@ -35,25 +36,27 @@ def classify(workdir: str | epath.PathLike, texts: Sequence[str], *, step: int =
   """
   workdir = epath.Path(workdir)
   config = jt_config.read_run_config(workdir)
-  run = json.loads((workdir / "run.json").read_text())
+  run_file = workdir / "run.json"
+  run = json.loads(run_file.read_text()) if run_file.exists() else {}
   if config.model.task != "seq_cls":
-    raise ValueError(f"{workdir / 'config.json'}: model.task={config.model.task!r}; "
-                     "classify needs a classification (seq_cls) run")
+    raise ConfigError(f"{workdir / 'config.json'}: model.task={config.model.task!r}; "
+                      "classify needs a classification (seq_cls) run")
   label_names = tuple(run.get("extra", {}).get("label_names") or ())
   num_labels = config.model.num_labels or len(label_names)
   if not num_labels:
-    raise ValueError(f"{workdir / 'run.json'}: no label_names and config model.num_labels is 0")
+    raise ConfigError(f"{workdir / 'run.json'}: no label_names and config model.num_labels is 0; "
+                      "the run never read its data (resume it with `jaxtune train`)")
   names = label_names or tuple(str(i) for i in range(num_labels))
 
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise export.no_checkpoint_yet(workdir)
   mesh = sharding.make_mesh(**config.mesh)
   built = train.build_state(config, mesh, num_labels, 10**9, label_names)
   ckpt = checkpoint.Checkpointer(
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
   )
-  chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
-  if chosen is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to classify with")
+  chosen = export.choose_step(ckpt, step, workdir)
   params = train.eval_params(train.restore_step(ckpt, chosen, built))
   ckpt.close()
 

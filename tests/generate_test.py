@@ -179,6 +179,27 @@ def test_prompts_encoding_and_stop_tokens(tmp_path):
     generate.read_prompts([], "")
 
 
+def test_bad_prompts_files_are_data_errors_naming_the_line(tmp_path):
+  from jaxtune import errors
+
+  (tmp_path / "p.jsonl").write_text('{"prompt": "x"}\nnot json\n')
+  with pytest.raises(errors.DataError, match=r"p\.jsonl:2: not JSON"):
+    generate.read_prompts([], str(tmp_path / "p.jsonl"))
+  (tmp_path / "p.txt").write_bytes(b"\xff\xfe")
+  with pytest.raises(errors.DataError, match="not UTF-8"):
+    generate.read_prompts([], str(tmp_path / "p.txt"))
+  with pytest.raises(FileNotFoundError, match="no such file") as missing:
+    generate.read_prompts([], str(tmp_path / "none.txt"))
+  assert isinstance(missing.value, errors.DataError)
+  with pytest.raises(errors.DataError, match="a directory"):
+    generate.read_prompts([], str(tmp_path))
+  (tmp_path / "empty.txt").write_text("\n\n")
+  with pytest.raises(errors.ConfigError, match="empty.txt holds no prompts"):
+    generate.read_prompts([], str(tmp_path / "empty.txt"))
+  with pytest.raises(errors.ConfigError, match="--top_p=0"):
+    generate.Sampling(top_p=0.0)
+
+
 def test_prompts_from_split_cut_where_the_loss_starts():
   arrays = {
     "input_ids": np.array([[7, 8, 9, 10, 11, 0], [5, 6, 7, 8, 3, 4]]),

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 from absl import flags
 from ml_collections import config_flags
 
 from jaxtune.cli import run_app
+from jaxtune.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Optional run recipe (configs/<recipe>.py[:variant]): its data section decides "
@@ -88,9 +88,11 @@ def data_config():
   if f["seq_len"].present or config is None:
     seq_len = _SEQ_LEN.value
   if not d.source:
-    raise ValueError("--data: no data set given (and no --config with data.source)")
+    raise ConfigError("--data: no data set given (and no --config with data.source); pass "
+                      "--data=FILE_OR_NAME")
   if d.kind != "classification":
-    raise ValueError(f"config: data.kind={d.kind!r}: `jaxtune data` audits text classification data")
+    raise ConfigError(f"config: data.kind={d.kind!r}: `jaxtune data` audits text classification "
+                      "data only")
   d = data_lib._with_builtin_defaults(d)
   data_cfg.split_fractions(d.split)
   return d, tokenizer, seq_len
@@ -119,7 +121,8 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   commands = list(argv[1:])
   if len(commands) != 1 or commands[0] not in _COMMANDS:
-    sys.exit(f"usage: jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [flags] (got {commands})")
+    raise ConfigError(f"expected one command, audit or clean, got {commands or 'none'}: "
+                      "jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR [flags]")
   from jaxtune.data import load_tokenizer
   from jaxtune.data.quality import audit, clean, dedup, report
 
@@ -147,4 +150,4 @@ def main(argv):
 
 
 def run(argv):
-  run_app(__name__, main, argv)
+  run_app(__name__, main, argv, positional=True)

@@ -43,7 +43,7 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
                   label_column: str = "", step: int = -1, overwrite: bool = False) -> dict:
   import jax
 
-  from jaxtune import checkpoint, evaluate, sharding, train, workdir_lock
+  from jaxtune import checkpoint, evaluate, export, sharding, train, workdir_lock
   from jaxtune import config as jt_config
   from jaxtune import data as data_lib
 
@@ -51,7 +51,10 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
   name = name or Path(data).stem
   folder = output_folder(workdir, data, name, overwrite=overwrite)
   config = jt_config.read_run_config(workdir)
-  run = json.loads((workdir / "run.json").read_text())
+  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
+    raise export.no_checkpoint_yet(workdir)
+  run_file = workdir / "run.json"
+  run = json.loads(run_file.read_text()) if run_file.exists() else {}
   if text_column:
     config.data.text_column = text_column
   if label_column:
@@ -65,9 +68,7 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
   )
-  chosen = step if step >= 0 else (ckpt.best_step() or ckpt.latest_step())
-  if chosen is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+  chosen = export.choose_step(ckpt, step, workdir)
   params = train.eval_params(train.restore_step(ckpt, chosen, built))
   ckpt.close()
   eval_fn = train.make_eval_fn(built.eval_graphdef, config, mesh)

@@ -18,6 +18,7 @@ from pathlib import Path
 from absl import flags
 
 from jaxtune.cli import run_app
+from jaxtune.errors import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A `jaxtune train` run to generate with (its best weights).")
 _MODEL = flags.DEFINE_string("model", None, "Or a model: HF directory, hub id, .gguf file or 'preset:NAME'.")
@@ -45,11 +46,15 @@ def main(argv):
 
   if flags.FLAGS["workdir"].present:
     workdir_lock.require(_WORKDIR.value)
+  # Everything the flags alone decide is checked before a model is loaded.
+  sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+  for name, value in (("max_new_tokens", _MAX_NEW.value), ("batch_size", _BATCH.value)):
+    if value < 1:
+      raise ConfigError(f"--{name}={value}: must be >= 1")
   prompts = generate.read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   model, tok = generate.load_source(workdir=_WORKDIR.value, model=_MODEL.value,
                                     tokenizer=_TOKENIZER.value, dtype=_DTYPE.value, step=_STEP.value)
   ids = [generate.encode(tok, p, chat=_CHAT.value, system=_SYSTEM.value) for p in prompts]
-  sampling = generate.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   gen = generate.Generator(model, pad_id=generate.pad_id(tok))
   res = gen(ids, max_new_tokens=_MAX_NEW.value, sampling=sampling, seed=_SEED.value,
             stop_ids=generate.stop_ids(tok, model.config, _STOP.value),

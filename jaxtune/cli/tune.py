@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxtune.cli import run_app
+from jaxtune.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Recipe file (configs/<recipe>.py[:variant]); override fields with --config.a.b=v.",
@@ -49,13 +50,17 @@ def main(argv):
 
   import optuna
 
-  from jaxtune.tune import pbt, report, study
+  from jaxtune.tune import pbt, report, space, study
 
   # Heartbeats and the matplotlib plots are marked experimental in Optuna; we rely on both.
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
   workdir = Path(_WORKDIR.value)
   search = _SEARCH.value
+  try:  # up front, so a mistake in the search file is named before any trial starts
+    space.check(search, _CONFIG.value)
+  except ConfigError as e:
+    raise ConfigError(f"--search={flags.FLAGS['search'].config_filename}: {e}") from e
   if search.algorithm == "pbt":
     vmapped = {"auto": None, "on": True, "off": False}[_POPULATION.value]
     s = pbt.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, vmapped=vmapped)

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtune.data import config as data_config
 from jaxtune.data import readers
 from jaxtune.data.pipeline import Dataset
+from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def build_eval(config, source: str, workdir: str | Path) -> Splits:
   d = ml_collections.ConfigDict(config.data.to_dict())
   data_config.check(d)
   if d.kind == "synthetic":
-    raise ValueError("config: data.kind='synthetic' has no files to score")
+    raise ConfigError("config: data.kind='synthetic': the run trained on generated data, so it has "
+                      "no columns or tokenizer to read a file with; evaluate a run that read files")
   d.source = source
   d.class_weights = ""  # training-only; 'balanced' would fail on a file lacking a class
   bad = readers.BadRows(d.on_bad_row)
@@ -133,7 +135,7 @@ def load_tokenizer(source: str):
   MiniLM's tokenizer.json pads to 128 and truncates; here lengths are decided by data.seq_len.
   """
   if not source or source.startswith("preset:"):
-    raise ValueError(
+    raise ConfigError(
       f"config: data.tokenizer is empty and model.source={source!r} has no tokenizer; "
       "set data.tokenizer to an HF directory, .gguf file or hub id"
     )
@@ -156,7 +158,8 @@ def _with_builtin_defaults(d: ml_collections.ConfigDict) -> ml_collections.Confi
   d = ml_collections.ConfigDict(d.to_dict())
   implied = builtin.DEFAULTS[d.source]
   if d.kind != implied["kind"]:
-    raise ValueError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
+    raise ConfigError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} "
+                      f"data; set data.kind={implied['kind']!r}")
   defaults = data_config.default_data_config()
   for key, value in implied.items():
     if d[key] == defaults[key]:

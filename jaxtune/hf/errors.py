@@ -5,11 +5,15 @@ from pathlib import Path
 
 from jaxtune.errors import CheckpointError
 
-__all__ = ["CheckpointError", "UnsupportedConfigError", "read_json"]
+__all__ = ["CheckpointError", "ModelNotFoundError", "UnsupportedConfigError", "read_json"]
 
 
 class UnsupportedConfigError(CheckpointError):
   """An HF config attribute (or value) that jaxtune does not implement."""
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+  """A model source that is neither a local path nor a hub id that could be downloaded."""
 
 
 def read_json(path: Path, *, missing: str):

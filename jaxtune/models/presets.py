@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtune import sharding
+from jaxtune.errors import ConfigError
 
 _LLAMA3_ROPE = {
   "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
@@ -58,7 +59,7 @@ def init(
   from jaxtune.hf.families import family_for_model_type
 
   if name not in PRESETS:
-    raise ValueError(f"config: model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
+    raise ConfigError(f"model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
   hf = dict(PRESETS[name])
   if task == "seq_cls" and num_labels:
     hf["num_labels"] = num_labels

@@ -20,6 +20,7 @@ import numpy as np
 import optuna
 
 from jaxtune import writer
+from jaxtune.errors import ConfigError
 from jaxtune.tune import population, space
 from jaxtune.tune import study as study_lib
 
@@ -31,8 +32,8 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
   space.check(search, config)
   p = search.pbt
   if p.population < 2 or p.interval < 1 or p.generations < 1 or not 0 < p.quantile <= 0.5:
-    raise ValueError(f"search.pbt={p.to_dict()}: needs population >= 2, interval >= 1, "
-                     "generations >= 1 and 0 < quantile <= 0.5")
+    raise ConfigError(f"search.pbt={p.to_dict()}: needs population >= 2, interval >= 1, "
+                      "generations >= 1 and 0 < quantile <= 0.5")
   workdir = Path(workdir)
   pdir = workdir / "pbt"
   pdir.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,15 @@ A search file's `get_config()` returns a ConfigDict with:
 
 from __future__ import annotations
 
+import difflib
 import math
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 import optuna
+
+from jaxtune.errors import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 ALGORITHMS = ("grid", "random", "tpe", "gp", "pbt")
@@ -70,18 +74,18 @@ def space_items(search: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
   """(key, distribution) pairs, checked: a bad one names its key."""
   items = list(search.space.items())
   if not items:
-    raise ValueError("search: `space` is empty; name at least one config key to search")
+    raise ConfigError("search: `space` is empty; name at least one config key to search")
   for key, dist in items:
     if not isinstance(dist, tuple) or not dist or dist[0] not in KINDS:
-      raise ValueError(f"search.space[{key!r}]={dist!r} is not one of choice/uniform/"
-                       "loguniform/intrange(...)")
+      raise ConfigError(f"search.space[{key!r}]={dist!r} is not one of choice/uniform/"
+                        "loguniform/intrange(...)")
     kind, *args = dist
     if kind == "choice" and not args:
-      raise ValueError(f"search.space[{key!r}]: choice() needs at least one value")
+      raise ConfigError(f"search.space[{key!r}]: choice() needs at least one value")
     if kind != "choice" and (len(args) != 2 or not args[0] < args[1]):
-      raise ValueError(f"search.space[{key!r}]={dist!r}: needs low < high")
+      raise ConfigError(f"search.space[{key!r}]={dist!r}: needs low < high")
     if kind == "loguniform" and args[0] <= 0:
-      raise ValueError(f"search.space[{key!r}]={dist!r}: loguniform needs low > 0")
+      raise ConfigError(f"search.space[{key!r}]={dist!r}: loguniform needs low > 0")
   return items
 
 
@@ -92,22 +96,24 @@ def check(search: ml_collections.ConfigDict, config: ml_collections.ConfigDict) 
   for key in search.fixed:
     lookup(config, key)
   if search.algorithm not in ALGORITHMS:
-    raise ValueError(f"search.algorithm={search.algorithm!r} is not one of {ALGORITHMS}")
+    raise ConfigError(f"search.algorithm={search.algorithm!r} is not one of {ALGORITHMS}")
   if search.pruner not in PRUNERS:
-    raise ValueError(f"search.pruner={search.pruner!r} is not one of {PRUNERS}")
+    raise ConfigError(f"search.pruner={search.pruner!r} is not one of {PRUNERS}")
   if search.objective.direction not in ("minimize", "maximize"):
-    raise ValueError(f"search.objective.direction={search.objective.direction!r} must be "
-                     "'minimize' or 'maximize'")
+    raise ConfigError(f"search.objective.direction={search.objective.direction!r} must be "
+                      "'minimize' or 'maximize'")
   if not search.objective.metric.startswith("eval/"):
-    raise ValueError(f"search.objective.metric={search.objective.metric!r} must be a validation "
-                     "metric ('eval/...')")
+    raise ConfigError(f"search.objective.metric={search.objective.metric!r} must be a validation "
+                      "metric ('eval/...')")
 
 
 def lookup(config: ml_collections.ConfigDict, key: str):
   node = config
   for part in key.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise ValueError(f"search.space key {key!r}: the run config has no field {part!r} there")
+      near = difflib.get_close_matches(part, list(node.keys()), n=2) if hasattr(node, "keys") else []
+      hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+      raise ConfigError(f"search key {key!r}: the run config has no field {part!r} there{hint}")
     node = node[part]
   return node
 
@@ -162,7 +168,7 @@ def grid(search) -> dict[str, list]:
   and grid_points evenly (log-)spaced points of a continuous range."""
   n = int(search.grid_points)
   if n < 1:
-    raise ValueError(f"search.grid_points={n} must be >= 1")
+    raise ConfigError(f"search.grid_points={n} must be >= 1")
   out = {}
   for key, (kind, *args) in space_items(search):
     if kind == "choice":
@@ -224,8 +230,8 @@ def load(path: str) -> ml_collections.ConfigDict:
 
   file, _, arg = path.partition(":")
   spec = importlib.util.spec_from_file_location("_jaxtune_search", file)
-  if spec is None:
-    raise ValueError(f"--search={path!r}: no such python file")
+  if spec is None or not Path(file).is_file():
+    raise ConfigError(f"--search={path!r}: no such python file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg or None)

@@ -22,6 +22,7 @@ import ml_collections
 import optuna
 
 from jaxtune import metrics
+from jaxtune.errors import ConfigError
 from jaxtune.tune import space
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def make_sampler(search: ml_collections.ConfigDict, seed: int | None = None
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, search.budget.trials // 4))
   if search.algorithm == "gp":
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, search.budget.trials // 4))
-  raise ValueError(f"search.algorithm={search.algorithm!r} has no Optuna sampler (pbt runs "
-                   "through jaxtune.tune.pbt)")
+  raise ConfigError(f"search.algorithm={search.algorithm!r} has no Optuna sampler (pbt runs "
+                    "through jaxtune.tune.pbt)")
 
 
 def make_pruner(search: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
@@ -152,8 +153,8 @@ def make_objective(config, search, workdir: Path):
 
     def on_eval(step: int, scalars: dict) -> bool:
       if metric not in scalars:
-        raise ValueError(f"search.objective.metric={metric!r} is not among the validation "
-                         f"metrics {sorted(scalars)}")
+        raise ConfigError(f"search.objective.metric={metric!r} is not among the validation "
+                          f"metrics {sorted(scalars)}; set it to one of them in the search file")
       trial.report(scalars[metric], step)
       if trial.should_prune():
         pruned.append(step)
@@ -166,8 +167,8 @@ def make_objective(config, search, workdir: Path):
     trial.set_user_attr("steps", int(result["step"]))
     val = {f"eval/{k}": v for k, v in metrics.scalars(result["results"]["val"]).items()}
     if metric not in val:
-      raise ValueError(f"search.objective.metric={metric!r} is not among the validation "
-                       f"metrics {sorted(val)}")
+      raise ConfigError(f"search.objective.metric={metric!r} is not among the validation "
+                        f"metrics {sorted(val)}; set it to one of them in the search file")
     for split in ("test",):
       if split in result["results"]:
         for k, v in metrics.scalars(result["results"][split]).items():

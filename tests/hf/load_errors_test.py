@@ -174,3 +174,16 @@ def test_label_names_follow_hf_config_rules():
     names({}, 0)
   assert convert.label_config(("neg", "pos")) == {
     "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1}}
+
+
+def test_missing_sources_name_the_path(tmp_path):
+  from jaxtune import errors
+
+  with pytest.raises(FileNotFoundError, match="no such file or directory; give an HF model") as e:
+    hf.load(tmp_path / "nothing_here", task="causal_lm")
+  assert isinstance(e.value, errors.CheckpointError)
+  (tmp_path / "notes.txt").write_text("no tokenizer\n")
+  with pytest.raises(errors.CheckpointError, match=f"{tmp_path}: no tokenizer in this directory"):
+    hf.load_tokenizer(tmp_path)
+  with pytest.raises(errors.ConfigError, match="task='regression'"):
+    hf.load(tmp_path, task="regression")
