@@ -47,6 +47,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxtune import sharding
+from jaxtune.errors import ConfigError
 from jaxtune.models import layers
 from jaxtune.patterns import compile_pattern
 
@@ -104,21 +105,21 @@ def resolve(cfg: Mapping | None) -> LoRASpec:
       cfg = cfg["lora"]
     unknown = sorted(set(cfg.keys()) - set(c.keys()))
     if unknown:
-      raise ValueError(
+      raise ConfigError(
         f"unknown LoRA config key(s) {['lora.' + k for k in unknown]}; known: {sorted(c)}"
       )
     for k in cfg.keys():
       c[k] = cfg[k]
   if int(c.rank) != c.rank or c.rank < 0:
-    raise ValueError(f"lora.rank={c.rank!r} must be an integer >= 0 (0 = LoRA off)")
+    raise ConfigError(f"lora.rank={c.rank!r} must be an integer >= 0 (0 = LoRA off)")
   if not c.alpha > 0:
-    raise ValueError(f"lora.alpha={c.alpha!r} must be > 0")
+    raise ConfigError(f"lora.alpha={c.alpha!r} must be > 0")
   if not 0.0 <= c.dropout < 1.0:
-    raise ValueError(f"lora.dropout={c.dropout!r} must be in [0, 1)")
+    raise ConfigError(f"lora.dropout={c.dropout!r} must be in [0, 1)")
   if c.init not in INITS:
-    raise ValueError(f"lora.init={c.init!r}: expected one of {INITS}")
+    raise ConfigError(f"lora.init={c.init!r}: expected one of {INITS}")
   if not c.targets:
-    raise ValueError("lora.targets is empty: it must name the modules to adapt")
+    raise ConfigError("lora.targets is empty: it must name the modules to adapt")
   _compile("targets", c.targets)
   _compile("train_also", c.train_also)
   return LoRASpec(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
@@ -257,7 +258,7 @@ def apply(model: nnx.Module, cfg: Mapping | None, *, seed: int = 0) -> nnx.Modul
   chosen = [(p, m) for p, m in linears if targets.search(_path(p))]
   if not chosen:
     names = sorted({_path(p) for p, _ in linears})
-    raise ValueError(
+    raise ConfigError(
       f"lora.targets={spec.targets!r} matches no linear layer of {type(model).__name__}; "
       f"its linear layers are e.g. {names[:8]}"
     )

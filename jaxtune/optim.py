@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxtune.errors import ConfigError
 from jaxtune.patterns import compile_pattern
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop", "adafactor", "lion")
@@ -134,21 +135,21 @@ def _parse_multipliers(spec: str) -> list[tuple[re.Pattern, float]]:
   for item in spec.split(","):
     regex, sep, mult = item.strip().rpartition("=")
     if not sep or not regex:
-      raise ValueError(
+      raise ConfigError(
         f"optim.lr_multipliers={spec!r}: entry {item!r} is not of the form regex=multiplier"
       )
     try:
       value = float(mult)
     except ValueError:
-      raise ValueError(
+      raise ConfigError(
         f"optim.lr_multipliers={spec!r}: multiplier {mult!r} in {item!r} is not a number"
       ) from None
     if not math.isfinite(value) or value < 0:
-      raise ValueError(f"optim.lr_multipliers={spec!r}: multiplier {mult!r} must be >= 0")
+      raise ConfigError(f"optim.lr_multipliers={spec!r}: multiplier {mult!r} must be >= 0")
     try:
       out.append((re.compile(regex), value))
     except re.error as e:
-      raise ValueError(f"optim.lr_multipliers={spec!r}: {regex!r} is not a valid regex: {e}") from e
+      raise ConfigError(f"optim.lr_multipliers={spec!r}: {regex!r} is not a valid regex: {e}") from e
   return out
 
 
@@ -205,12 +206,12 @@ def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules
   if rules.freeze is not None:
     n = sum(rules.frozen(p) for p in paths)
     if n == 0:
-      raise ValueError(f"optim.freeze={c.freeze!r} matches no parameter (e.g. {paths[0]!r})")
+      raise ConfigError(f"optim.freeze={c.freeze!r} matches no parameter (e.g. {paths[0]!r})")
     if n == len(paths):
-      raise ValueError(f"optim.freeze={c.freeze!r} matches every parameter: nothing to train")
+      raise ConfigError(f"optim.freeze={c.freeze!r} matches every parameter: nothing to train")
   for regex, _ in rules.multipliers:
     if not any(regex.search(p) for p in paths):
-      raise ValueError(
+      raise ConfigError(
         f"optim.lr_multipliers={c.lr_multipliers!r}: regex {regex.pattern!r} matches no "
         f"parameter (e.g. {paths[0]!r})"
       )
@@ -224,6 +225,42 @@ def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules
 # ---------------------------------------------------------------------------------------------
 # Schedules.
 # ---------------------------------------------------------------------------------------------
+
+
+def check(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
+  """The section's names, ranges and regexes, before any parameter exists; with `total_steps`,
+  also the schedule's warmup against it. Raises ConfigError naming the key."""
+  c = _section(cfg)
+  if c.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
+  if c.layerwise_lr_decay <= 0:
+    raise ConfigError(f"optim.layerwise_lr_decay={c.layerwise_lr_decay!r} must be > 0")
+  if c.grad_clip_norm < 0:
+    raise ConfigError(f"optim.grad_clip_norm={c.grad_clip_norm!r} must be >= 0 (0 = off)")
+  if c.unfreeze_every_steps < 0:
+    raise ConfigError(f"optim.unfreeze_every_steps={c.unfreeze_every_steps!r} must be >= 0")
+  if c.unfreeze_start_layers < 0:
+    raise ConfigError(f"optim.unfreeze_start_layers={c.unfreeze_start_layers!r} must be >= 0")
+  for key in ("freeze", "decay_exclude", "embeddings", "penalty_exclude"):
+    _compile(key, c[key])
+  _parse_multipliers(c.lr_multipliers)
+  _check_schedule(c, total_steps)
+
+
+def _check_schedule(c: ml_collections.ConfigDict, total_steps: int | None) -> None:
+  if c.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={c.schedule!r} is not one of {SCHEDULES}")
+  if c.warmup_steps < 0:
+    raise ConfigError(f"optim.warmup_steps={c.warmup_steps!r} must be >= 0")
+  if not 0.0 <= c.min_lr_ratio <= 1.0:
+    raise ConfigError(f"optim.min_lr_ratio={c.min_lr_ratio!r} must be in [0, 1]")
+  if not 0.0 <= c.wsd_decay_fraction <= 1.0:
+    raise ConfigError(f"optim.wsd_decay_fraction={c.wsd_decay_fraction!r} must be in [0, 1]")
+  if total_steps is not None and c.schedule in ("linear", "cosine", "wsd") and total_steps <= c.warmup_steps:
+    raise ConfigError(
+      f"optim.warmup_steps={c.warmup_steps!r} must be < the {total_steps} training steps for a "
+      f"{c.schedule!r} schedule (lower it, or raise train.steps / train.epochs)"
+    )
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
@@ -242,19 +279,7 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
   the learning rate as a state array, so runs that differ only in it share one compiled step).
   """
   c = _section(cfg)
-  if c.schedule not in SCHEDULES:
-    raise ValueError(f"optim.schedule={c.schedule!r} is not one of {SCHEDULES}")
-  if c.warmup_steps < 0:
-    raise ValueError(f"optim.warmup_steps={c.warmup_steps!r} must be >= 0")
-  if not 0.0 <= c.min_lr_ratio <= 1.0:
-    raise ValueError(f"optim.min_lr_ratio={c.min_lr_ratio!r} must be in [0, 1]")
-  if not 0.0 <= c.wsd_decay_fraction <= 1.0:
-    raise ValueError(f"optim.wsd_decay_fraction={c.wsd_decay_fraction!r} must be in [0, 1]")
-  if c.schedule in ("linear", "cosine", "wsd") and total_steps <= c.warmup_steps:
-    raise ValueError(
-      f"optim.warmup_steps={c.warmup_steps!r} must be < total_steps={total_steps} for a "
-      f"{c.schedule!r} schedule"
-    )
+  _check_schedule(c, total_steps)
   lr = float(c.learning_rate if peak is None else peak)
   warmup = int(c.warmup_steps)
   final = lr * float(c.min_lr_ratio)
@@ -393,19 +418,10 @@ def build_optimizer(
   """The optax transformation for `params` and its learning-rate schedule.
 
   `params` is only used to check the config's regexes (and its tree structure must match the
-  gradients later). Raises ValueError naming the config key on any bad setting.
+  gradients later). Raises ConfigError naming the config key on any bad setting.
   """
   c = _section(cfg)
-  if c.name not in OPTIMIZERS:
-    raise ValueError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
-  if c.layerwise_lr_decay <= 0:
-    raise ValueError(f"optim.layerwise_lr_decay={c.layerwise_lr_decay!r} must be > 0")
-  if c.grad_clip_norm < 0:
-    raise ValueError(f"optim.grad_clip_norm={c.grad_clip_norm!r} must be >= 0 (0 = off)")
-  if c.unfreeze_every_steps < 0:
-    raise ValueError(f"optim.unfreeze_every_steps={c.unfreeze_every_steps!r} must be >= 0")
-  if c.unfreeze_start_layers < 0:
-    raise ValueError(f"optim.unfreeze_start_layers={c.unfreeze_start_layers!r} must be >= 0")
+  check(c)
   schedule = make_schedule(c, total_steps)
   rules = _rules(c, params, num_layers)
   knobs = _NUMERIC_KNOBS[c.name]

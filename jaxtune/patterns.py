@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from jaxtune.errors import ConfigError
+
 
 def compile_pattern(key: str, pattern: str) -> re.Pattern | None:
   """`pattern` compiled, None when empty ('' = off); a bad regex is an error naming `key`."""
@@ -12,4 +14,4 @@ def compile_pattern(key: str, pattern: str) -> re.Pattern | None:
   try:
     return re.compile(pattern)
   except re.error as e:
-    raise ValueError(f"{key}={pattern!r} is not a valid regex: {e}") from e
+    raise ConfigError(f"{key}={pattern!r} is not a valid regex: {e}") from e

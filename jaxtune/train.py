@@ -32,9 +32,9 @@ from jaxtune import (
   step,
   writer,
 )
-from jaxtune.config import parse_overrides, validate
+from jaxtune.config import check_best_metric, parse_overrides, validate
 from jaxtune.data import pipeline, prefetch
-from jaxtune.errors import NonFiniteError
+from jaxtune.errors import ConfigError, NonFiniteError
 from jaxtune.models import layers, presets
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
   if m.source.startswith("preset:"):
     model = presets.init(m.source.removeprefix("preset:"), task=m.task, num_labels=num_labels,
                          param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh,
-                         seed=config.seed, pooling=m.pooling)
+                         seed=config.seed, pooling=m.pooling,
+                         config_overrides=parse_overrides(m.config_overrides))
   else:
     from jaxtune import hf
     from jaxtune.hf import convert
@@ -120,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   per_pass = config.train.batch_size // config.train.micro_batches
   if per_pass % data_ways or config.train.batch_size % jax.process_count():
-    raise ValueError(
+    raise ConfigError(
       f"config: train.batch_size={config.train.batch_size} / train.micro_batches="
       f"{config.train.micro_batches} = {per_pass} must divide over the data x fsdp mesh axes "
       f"({mesh.shape['data']} x {mesh.shape['fsdp']}) and the {jax.process_count()} processes"
@@ -128,6 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
   # -------------------------------------------------------------------------------- data
   splits = data.build(config, workdir)
+  if config.model.task == "seq_cls":
+    check_best_metric(config, splits.label_names)  # per-class metrics name the data's labels
   batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
                              length_buckets=config.train.length_buckets)
   if config.train.epochs > 0:
@@ -368,7 +371,7 @@ def check_vocab(model_config, splits, config) -> None:
   for name, ds in splits.splits.items():
     top = int(ds.arrays["input_ids"].max(initial=0))
     if vocab is not None and top >= vocab:
-      raise ValueError(
+      raise ConfigError(
         f"data: the {name} split has token id {top}, but the model's vocabulary has {vocab} "
         f"entries: data.tokenizer={config.data.tokenizer or config.model.source!r} does not "
         f"match model.source={config.model.source!r}"

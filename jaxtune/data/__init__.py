@@ -20,6 +20,7 @@ import numpy as np
 from jaxtune.data import config as data_config
 from jaxtune.data import readers
 from jaxtune.data.pipeline import Dataset
+from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def build_eval(config, source: str, workdir: str | Path) -> Splits:
   d = ml_collections.ConfigDict(config.data.to_dict())
   data_config.check(d)
   if d.kind == "synthetic":
-    raise ValueError("config: data.kind='synthetic' has no files to score")
+    raise ConfigError("config: data.kind='synthetic' has no files to score")
   d.source = source
   d.class_weights = ""  # training-only; 'balanced' would fail on a file lacking a class
   bad = readers.BadRows(d.on_bad_row)
@@ -108,10 +109,13 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
   tokenizer = load_tokenizer(d.tokenizer or config.model.source)
   rows_read = sum(len(r) for r in rows.values())
   if d.kind == "classification":
-    from jaxtune.data import classification as task
+    from jaxtune.data import classification
+
+    splits = classification.build(rows, d, tokenizer, bad, num_labels=config.model.num_labels)
   else:
-    from jaxtune.data import sft as task
-  splits = task.build(rows, d, tokenizer, bad)
+    from jaxtune.data import sft
+
+    splits = sft.build(rows, d, tokenizer, bad)
   if jax.process_index() == 0:
     bad.write(workdir, skipped_name)
   per_split = splits.stats.pop("splits")
@@ -133,7 +137,7 @@ def load_tokenizer(source: str):
   MiniLM's tokenizer.json pads to 128 and truncates; here lengths are decided by data.seq_len.
   """
   if not source or source.startswith("preset:"):
-    raise ValueError(
+    raise ConfigError(
       f"config: data.tokenizer is empty and model.source={source!r} has no tokenizer; "
       "set data.tokenizer to an HF directory, .gguf file or hub id"
     )
@@ -156,7 +160,7 @@ def _with_builtin_defaults(d: ml_collections.ConfigDict) -> ml_collections.Confi
   d = ml_collections.ConfigDict(d.to_dict())
   implied = builtin.DEFAULTS[d.source]
   if d.kind != implied["kind"]:
-    raise ValueError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
+    raise ConfigError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
   defaults = data_config.default_data_config()
   for key, value in implied.items():
     if d[key] == defaults[key]:

@@ -52,14 +52,17 @@ PRESETS: dict[str, dict] = {
 def init(
   name: str, *, task: str = "causal_lm", num_labels: int | None = None,
   param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0, pooling: str = "cls",
+  config_overrides: dict | None = None,
 ) -> nnx.Module:
-  """A randomly initialised model of preset `name`, placed on `mesh` as it is created."""
+  """A randomly initialised model of preset `name`, placed on `mesh` as it is created.
+
+  `config_overrides` replaces the preset's HF config attributes, as for an HF checkpoint."""
   from jaxtune.hf.convert import with_pooling
   from jaxtune.hf.families import family_for_model_type
 
   if name not in PRESETS:
     raise ValueError(f"config: model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
-  hf = dict(PRESETS[name])
+  hf = {**PRESETS[name], **(config_overrides or {})}
   if task == "seq_cls" and num_labels:
     hf["num_labels"] = num_labels
   family = family_for_model_type(hf["model_type"], f"preset {name}")
