@@ -280,6 +280,7 @@ def check_best_metric(c: ml_collections.ConfigDict, label_names=()) -> None:
   close = difflib.get_close_matches(name, valid, n=1)
   _check(False, "checkpoint.best_metric", name,
          f"model.task={c.model.task!r} reports {', '.join(valid)}"
+         + (", and eval/precision|recall|f1/<label>" if c.model.task == "seq_cls" and not label_names else "")
          + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
