@@ -245,7 +245,7 @@ def known_variants(recipe: str, arg: str | None, known: tuple[str, ...] = (),
 
 
 def changed_keys(c: ml_collections.ConfigDict) -> list[str]:
-  """The keys of `c` whose values differ from `default()` (what a recipe sets)."""
+  """The READ_WHEN keys whose values in `c` differ from `default()` (what a recipe sets)."""
   defaults = default()
   return [key for key, *_ in READ_WHEN if _get(c, key) != _get(defaults, key)]
 
@@ -333,8 +333,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          or not c.model.source.startswith("preset:"), "data.tokenizer", c.data.tokenizer,
          f"model.source={c.model.source!r} has no tokenizer and data.kind={c.data.kind!r} needs "
          "one: set data.tokenizer to an HF directory, .gguf file or hub id")
-  # The optimizer's, LoRA's and averaging's own checks (names, schedules, regexes), now rather
-  # than after the data is read; with train.epochs the schedule is checked once steps are known.
+  # The optimizer's and LoRA's own checks (names, schedules, regexes), now rather than after the
+  # data is read; with train.epochs the schedule is checked once the steps are known.
   optim.check(c.optim, c.train.steps if c.train.epochs == 0 else None)
   lora.resolve(c.lora)
   data_config.check(c.data)
