@@ -43,7 +43,8 @@ def default() -> ml_collections.ConfigDict:
   # auto (cuDNN flash attention on GPU when it applies, else XLA) | xla | cudnn
   c.model.attention = "auto"
   c.model.allow_pickle = False
-  # HF config attributes to override, as "name=value,name=value" (e.g. dropout rates).
+  # HF config attributes to override (of a checkpoint or a preset), as "name=value,name=value"
+  # (e.g. dropout rates).
   c.model.config_overrides = ""
 
   c.data = data_config.default_data_config()
