@@ -8,8 +8,9 @@ on_bad_row='error' it raises a `DataError` naming the file, row and reason; with
 counted and later written to workdir/skipped_rows.jsonl.
 
 Formats: .jsonl (one object per line), .json (a list of objects), .csv / .tsv (header row,
-standard csv quoting; a quote never closed, or closed mid-field, is a bad row at its line), .parquet, .txt (one example per line, in the `text_key` column). Blank
-lines in .jsonl and .txt separate nothing and are not rows.
+standard csv quoting; a quote never closed, or closed mid-field, is a bad row at its line),
+.parquet, .txt (one example per line, in the `text_key` column). Blank lines in .jsonl and .txt
+separate nothing and are not rows.
 """
 
 from __future__ import annotations
