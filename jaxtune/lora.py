@@ -371,7 +371,7 @@ def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *, base_model_na
     raise ValueError("the model has no LoRA layers: nothing to write as an adapter")
   if getattr(model.config, "pooling", "cls") != "cls":
     # PEFT would load the adapter onto BertForSequenceClassification, which pools [CLS].
-    raise ValueError(
+    raise ConfigError(
       f"model.pooling={model.config.pooling!r}: a PEFT adapter needs a transformers class that "
       "computes the model, and none pools that way; export merged (export.merge_lora=True), "
       "which writes a sentence-transformers directory")
@@ -413,7 +413,7 @@ def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *, base_model_na
   for module in to_save:
     inside = [t for t in targeted if t == module or t.startswith(module + ".")]
     if inside:
-      raise ValueError(
+      raise ConfigError(
         f"{module} is both fully trained (lora.train_also or a task head) and holds LoRA layers "
         f"{inside[:3]}; PEFT cannot express that: narrow lora.targets or lora.train_also"
       )

@@ -227,42 +227,6 @@ def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules
 # ---------------------------------------------------------------------------------------------
 
 
-def check(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
-  """The section's names, ranges and regexes, before any parameter exists; with `total_steps`,
-  also the schedule's warmup against it. Raises ConfigError naming the key."""
-  c = _section(cfg)
-  if c.name not in OPTIMIZERS:
-    raise ConfigError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
-  if c.layerwise_lr_decay <= 0:
-    raise ConfigError(f"optim.layerwise_lr_decay={c.layerwise_lr_decay!r} must be > 0")
-  if c.grad_clip_norm < 0:
-    raise ConfigError(f"optim.grad_clip_norm={c.grad_clip_norm!r} must be >= 0 (0 = off)")
-  if c.unfreeze_every_steps < 0:
-    raise ConfigError(f"optim.unfreeze_every_steps={c.unfreeze_every_steps!r} must be >= 0")
-  if c.unfreeze_start_layers < 0:
-    raise ConfigError(f"optim.unfreeze_start_layers={c.unfreeze_start_layers!r} must be >= 0")
-  for key in ("freeze", "decay_exclude", "embeddings", "penalty_exclude"):
-    _compile(key, c[key])
-  _parse_multipliers(c.lr_multipliers)
-  _check_schedule(c, total_steps)
-
-
-def _check_schedule(c: ml_collections.ConfigDict, total_steps: int | None) -> None:
-  if c.schedule not in SCHEDULES:
-    raise ConfigError(f"optim.schedule={c.schedule!r} is not one of {SCHEDULES}")
-  if c.warmup_steps < 0:
-    raise ConfigError(f"optim.warmup_steps={c.warmup_steps!r} must be >= 0")
-  if not 0.0 <= c.min_lr_ratio <= 1.0:
-    raise ConfigError(f"optim.min_lr_ratio={c.min_lr_ratio!r} must be in [0, 1]")
-  if not 0.0 <= c.wsd_decay_fraction <= 1.0:
-    raise ConfigError(f"optim.wsd_decay_fraction={c.wsd_decay_fraction!r} must be in [0, 1]")
-  if total_steps is not None and c.schedule in ("linear", "cosine", "wsd") and total_steps <= c.warmup_steps:
-    raise ConfigError(
-      f"optim.warmup_steps={c.warmup_steps!r} must be < the {total_steps} training steps for a "
-      f"{c.schedule!r} schedule (lower it, or raise train.steps / train.epochs)"
-    )
-
-
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
                   peak: float | None = None) -> optax.Schedule:
   """Learning rate as a function of the update count (0-based).
@@ -279,7 +243,19 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
   the learning rate as a state array, so runs that differ only in it share one compiled step).
   """
   c = _section(cfg)
-  _check_schedule(c, total_steps)
+  if c.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={c.schedule!r} is not one of {SCHEDULES}")
+  if c.warmup_steps < 0:
+    raise ConfigError(f"optim.warmup_steps={c.warmup_steps!r} must be >= 0")
+  if not 0.0 <= c.min_lr_ratio <= 1.0:
+    raise ConfigError(f"optim.min_lr_ratio={c.min_lr_ratio!r} must be in [0, 1]")
+  if not 0.0 <= c.wsd_decay_fraction <= 1.0:
+    raise ConfigError(f"optim.wsd_decay_fraction={c.wsd_decay_fraction!r} must be in [0, 1]")
+  if c.schedule in ("linear", "cosine", "wsd") and total_steps <= c.warmup_steps:
+    raise ConfigError(
+      f"optim.warmup_steps={c.warmup_steps!r} must be < total_steps={total_steps} for a "
+      f"{c.schedule!r} schedule: lower optim.warmup_steps or raise train.steps"
+    )
   lr = float(c.learning_rate if peak is None else peak)
   warmup = int(c.warmup_steps)
   final = lr * float(c.min_lr_ratio)
@@ -412,16 +388,38 @@ _NUMERIC_KNOBS = {
 }
 
 
+def check(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
+  """The section's names, schedule and regexes, before any parameter exists (ranges are the run
+  config's: `jaxtune.config.validate`); with `total_steps`, the warmup against it too. Raises
+  ConfigError naming the key; `build_optimizer` checks the rest against the parameters."""
+  c = _section(cfg)
+  if c.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
+  for key in ("freeze", "decay_exclude", "embeddings", "penalty_exclude"):
+    _compile(key, c[key])
+  _parse_multipliers(c.lr_multipliers)
+  make_schedule(c, c.warmup_steps + 1 if total_steps is None else total_steps)
+
+
 def build_optimizer(
   cfg: ml_collections.ConfigDict, params: Any, total_steps: int, num_layers: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optax transformation for `params` and its learning-rate schedule.
 
   `params` is only used to check the config's regexes (and its tree structure must match the
-  gradients later). Raises ConfigError naming the config key on any bad setting.
+  gradients later). Raises ValueError naming the config key on any bad setting.
   """
   c = _section(cfg)
-  check(c)
+  if c.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
+  if c.layerwise_lr_decay <= 0:
+    raise ConfigError(f"optim.layerwise_lr_decay={c.layerwise_lr_decay!r} must be > 0")
+  if c.grad_clip_norm < 0:
+    raise ConfigError(f"optim.grad_clip_norm={c.grad_clip_norm!r} must be >= 0 (0 = off)")
+  if c.unfreeze_every_steps < 0:
+    raise ConfigError(f"optim.unfreeze_every_steps={c.unfreeze_every_steps!r} must be >= 0")
+  if c.unfreeze_start_layers < 0:
+    raise ConfigError(f"optim.unfreeze_start_layers={c.unfreeze_start_layers!r} must be >= 0")
   schedule = make_schedule(c, total_steps)
   rules = _rules(c, params, num_layers)
   knobs = _NUMERIC_KNOBS[c.name]

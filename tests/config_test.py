@@ -85,7 +85,7 @@ def test_every_range_holds_for_the_defaults_and_names_real_keys():
 
 
 def test_warmup_must_fit_the_steps():
-  with pytest.raises(ConfigError, match=r"optim.warmup_steps=100 must be < the 60 training steps"):
+  with pytest.raises(ConfigError, match=r"optim.warmup_steps=100 must be < total_steps=60"):
     jt_config.validate(_config(**{"train.steps": 60, "optim.warmup_steps": 100}))
   jt_config.validate(_config(**{"train.steps": 60, "optim.warmup_steps": 100, "optim.schedule": "constant"}))
   with pytest.raises(ConfigError, match="optim.freeze"):

@@ -97,7 +97,7 @@ def build_eval(config, source: str, workdir: str | Path) -> Splits:
   d = ml_collections.ConfigDict(config.data.to_dict())
   data_config.check(d)
   if d.kind == "synthetic":
-    raise ConfigError("config: data.kind='synthetic' has no files to score")
+    raise ValueError("config: data.kind='synthetic' has no files to score")
   d.source = source
   d.class_weights = ""  # training-only; 'balanced' would fail on a file lacking a class
   bad = readers.BadRows(d.on_bad_row)
@@ -109,13 +109,12 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
   tokenizer = load_tokenizer(d.tokenizer or config.model.source)
   rows_read = sum(len(r) for r in rows.values())
   if d.kind == "classification":
-    from jaxtune.data import classification
-
-    splits = classification.build(rows, d, tokenizer, bad, num_labels=config.model.num_labels)
+    from jaxtune.data import classification as task
   else:
-    from jaxtune.data import sft
-
-    splits = sft.build(rows, d, tokenizer, bad)
+    from jaxtune.data import sft as task
+  # A fixed model.num_labels decides the classes the labels must fall in.
+  kw = {"num_labels": config.model.num_labels} if d.kind == "classification" else {}
+  splits = task.build(rows, d, tokenizer, bad, **kw)
   if jax.process_index() == 0:
     bad.write(workdir, skipped_name)
   per_split = splits.stats.pop("splits")
@@ -160,7 +159,7 @@ def _with_builtin_defaults(d: ml_collections.ConfigDict) -> ml_collections.Confi
   d = ml_collections.ConfigDict(d.to_dict())
   implied = builtin.DEFAULTS[d.source]
   if d.kind != implied["kind"]:
-    raise ConfigError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
+    raise ValueError(f"config: data.kind={d.kind!r}: builtin {d.source!r} is {implied['kind']!r} data")
   defaults = data_config.default_data_config()
   for key, value in implied.items():
     if d[key] == defaults[key]:

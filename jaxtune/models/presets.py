@@ -58,7 +58,7 @@ def model_config(name: str, *, task: str = "causal_lm", num_labels: int | None =
   from jaxtune.hf.families import family_for_model_type
 
   if name not in PRESETS:
-    raise ConfigError(f"config: model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
+    raise ConfigError(f"model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
   hf = {**PRESETS[name], **(config_overrides or {})}
   if task == "seq_cls" and num_labels:
     hf["num_labels"] = num_labels

@@ -26,7 +26,7 @@ CONFIG_CASES = [
   ("b2_above_one", ["--config.optim.b2=1.5"], ["optim.b2=1.5", "[0, 1)"]),
   ("eps_zero", ["--config.optim.eps=0"], ["optim.eps=0", "> 0"]),
   ("clip_inf", ["--config.optim.grad_clip_norm=inf"], ["optim.grad_clip_norm=inf", "finite"]),
-  ("warmup_past_steps", ["--config.optim.warmup_steps=100"], ["optim.warmup_steps=100", "60 training steps"]),
+  ("warmup_past_steps", ["--config.optim.warmup_steps=100"], ["optim.warmup_steps=100", "total_steps=60"]),
   ("ema_decay_one", ["--config.optim.ema_decay=1.0"], ["optim.ema_decay=1.0", "[0, 1)"]),
   ("eval_batch_size_zero", ["--config.train.eval_batch_size=0"], ["train.eval_batch_size=0", ">= 1"]),
   ("every_steps_negative", ["--config.checkpoint.every_steps=-5"], ["checkpoint.every_steps=-5", ">= 0"]),
