@@ -328,6 +328,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "train.micro_batches", c.train.micro_batches, f"must divide train.batch_size={c.train.batch_size}")
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
+  _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
   check_best_metric(c, names)
   _check(c.data.kind == "synthetic" or bool(c.data.tokenizer)

@@ -32,9 +32,9 @@ from jaxtune import (
   step,
   writer,
 )
-from jaxtune.config import check_best_metric, parse_overrides, validate
+from jaxtune.config import parse_overrides, validate
 from jaxtune.data import pipeline, prefetch
-from jaxtune.errors import ConfigError, NonFiniteError
+from jaxtune.errors import NonFiniteError
 from jaxtune.models import layers, presets
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
   per_pass = config.train.batch_size // config.train.micro_batches
   if per_pass % data_ways or config.train.batch_size % jax.process_count():
-    raise ConfigError(
+    raise ValueError(
       f"config: train.batch_size={config.train.batch_size} / train.micro_batches="
       f"{config.train.micro_batches} = {per_pass} must divide over the data x fsdp mesh axes "
       f"({mesh.shape['data']} x {mesh.shape['fsdp']}) and the {jax.process_count()} processes"
@@ -129,14 +129,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
   # -------------------------------------------------------------------------------- data
   splits = data.build(config, workdir)
-  if config.model.task == "seq_cls":
-    check_best_metric(config, splits.label_names)  # per-class metrics name the data's labels
   batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
                              length_buckets=config.train.length_buckets)
   if config.train.epochs > 0:
     total_steps = max(1, math.ceil(config.train.epochs * batcher.steps_per_epoch))
   else:
     total_steps = config.train.steps
+  if config.model.task == "seq_cls":  # per-class metrics (eval/f1/<label>) name the data's labels
+    from jaxtune.config import check_best_metric
+
+    check_best_metric(config, splits.label_names)
 
   # ------------------------------------------------------- model, optimizer, state, shardings
   built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,
@@ -371,7 +373,7 @@ def check_vocab(model_config, splits, config) -> None:
   for name, ds in splits.splits.items():
     top = int(ds.arrays["input_ids"].max(initial=0))
     if vocab is not None and top >= vocab:
-      raise ConfigError(
+      raise ValueError(
         f"data: the {name} split has token id {top}, but the model's vocabulary has {vocab} "
         f"entries: data.tokenizer={config.data.tokenizer or config.model.source!r} does not "
         f"match model.source={config.model.source!r}"
