@@ -98,6 +98,8 @@ def _rows(n: int, labels) -> list[dict]:
 
 # (id, file name, content (rows or raw text), extra flags, words): the data is at fault.
 DATA_CASES = [
+  ("batch_larger_than_train_split", "d.jsonl", _rows(8, ["neg", "pos"]), [],
+   ["train.batch_size=16", "larger than the training set (4 examples)"]),
   ("label_id_past_num_labels", "d.jsonl", [*_rows(4, [0, 1]), {"text": "x", "label": 2}, *_rows(7, [0, 1])],
    ["--config.model.num_labels=2"], ["d.jsonl, row 5", "unknown label 2", "model.num_labels=2"]),
   ("named_labels_past_num_labels", "d.jsonl", _rows(12, ["neg", "pos", "mixed"]),
@@ -112,7 +114,7 @@ DATA_CASES = [
    ["d.jsonl, row 5", "column 'text' is not text: got float 3.5"]),
   ("list_text", "d.jsonl", [{"text": ["x", "y"], "label": "a"}, *_rows(4, ["a", "b"])], [],
    ["d.jsonl, row 1", "column 'text' is not text: got list"]),
-  ("per_class_best_metric_unknown_label", "d.jsonl", _rows(8, ["neg", "pos"]),
+  ("per_class_best_metric_unknown_label", "d.jsonl", _rows(40, ["neg", "pos"]),
    ["--config.checkpoint.best_metric=eval/f1/pso", "--config.checkpoint.best_mode=max"],
    ["checkpoint.best_metric='eval/f1/pso'", "did you mean 'eval/f1/pos'"]),
 ]
