@@ -199,6 +199,8 @@ READ_WHEN = (
   *((f"data.{k}", lambda c: bool(c.data.augment), "data.augment")
     for k in ("augment_rate", "augment_copies", "augment_translator")),
   ("model.num_labels", lambda c: c.model.task == "seq_cls", "model.task='seq_cls'"),
+  ("model.allow_pickle", lambda c: not c.model.source.startswith("preset:"),
+   "an HF model.source (a preset has no files)"),
   ("train.text_samples", lambda c: c.model.task == "causal_lm" and c.data.kind != "synthetic",
    "model.task='causal_lm' with a tokenizer (data.kind='sft')"),
   ("train.text_sample_tokens", lambda c: c.train.text_samples > 0, "train.text_samples > 0"),

@@ -99,6 +99,7 @@ def test_warmup_must_fit_the_steps():
   ("optim.momentum", 0.9, {}, "optim.name=sgd|rmsprop"),
   ("optim.b2", 0.99, {"optim.name": "sgd"}, "optim.name=adamw|lion"),
   ("model.num_labels", 3, {}, "model.task='seq_cls'"),
+  ("model.allow_pickle", True, {}, "an HF model.source"),
   ("train.text_samples", 2, {}, "data.kind='sft'"),
   ("train.early_stopping_min_delta", 0.01, {}, "train.early_stopping_patience > 0"),
   ("optim.wsd_decay_fraction", 0.2, {}, "optim.schedule=wsd"),
