@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxtune import config as jt_config
 from jaxtune.data import assets
 
 POSITIVE, NEGATIVE = 450, 50
@@ -57,8 +58,7 @@ def write_subset(c) -> Path:
 
 
 def get_config(arg=None):
-  if arg:
-    raise ValueError(f"configs/sentiment_minilm_imbalanced.py: no variants (got {arg!r})")
+  jt_config.known_variants("configs/sentiment_minilm_imbalanced.py", arg)
   c = _recipe().get_config("quick")
   out = write_subset(c)
   c.data.source = str(out / "train.jsonl")

@@ -7,7 +7,7 @@ from jaxtune import config as jt_config
 
 
 def get_config(arg=None):
-  del arg
+  jt_config.known_variants("configs/tiny.py", arg)
   c = jt_config.default()
   c.model.source = "preset:tiny-llama"
   c.model.task = "causal_lm"

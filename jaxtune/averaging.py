@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxtune.errors import ConfigError
+
 
 class AvgState(NamedTuple):
   """Averaged weights; a field is None when that kind of averaging is off."""
@@ -31,11 +33,11 @@ def _section(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _check(c: ml_collections.ConfigDict) -> tuple[bool, bool]:
   if not 0.0 <= c.ema_decay < 1.0:
-    raise ValueError(f"optim.ema_decay={c.ema_decay!r} must be in [0, 1) (0 = off)")
+    raise ConfigError(f"optim.ema_decay={c.ema_decay!r} must be in [0, 1) (0 = off)")
   if c.swa_start >= 0 and c.swa_every < 1:
-    raise ValueError(f"optim.swa_every={c.swa_every!r} must be >= 1 when SWA is on")
+    raise ConfigError(f"optim.swa_every={c.swa_every!r} must be >= 1 when SWA is on")
   if c.swa_start < -1:
-    raise ValueError(f"optim.swa_start={c.swa_start!r} must be >= 0, or -1 for off")
+    raise ConfigError(f"optim.swa_start={c.swa_start!r} must be >= 0, or -1 for off")
   return c.ema_decay > 0, c.swa_start >= 0
 
 

@@ -7,6 +7,9 @@ unknown key is an error.
 
 from __future__ import annotations
 
+import difflib
+import math
+
 import ml_collections
 
 from jaxtune import lora, optim
@@ -40,7 +43,8 @@ def default() -> ml_collections.ConfigDict:
   # auto (cuDNN flash attention on GPU when it applies, else XLA) | xla | cudnn
   c.model.attention = "auto"
   c.model.allow_pickle = False
-  # HF config attributes to override, as "name=value,name=value" (e.g. dropout rates).
+  # HF config attributes to override (of a checkpoint or a preset), as "name=value,name=value"
+  # (e.g. dropout rates).
   c.model.config_overrides = ""
 
   c.data = data_config.default_data_config()
@@ -98,8 +102,209 @@ def _check(cond: bool, key: str, value, why: str) -> None:
     raise ConfigError(f"config: {key}={value!r}: {why}")
 
 
+def _get(c: ml_collections.ConfigDict, key: str):
+  node = c
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+# Numeric keys and the interval each must lie in: '[' / ']' closed, '(' / ')' open, 'inf' no
+# bound; every value must also be finite. Integer fields are typed by the ConfigDict already.
+RANGES = {
+  "seed": "[0, inf)",
+  "model.num_labels": "[0, inf)",
+  "data.seq_len": "[2, inf)",
+  "data.train_rows": "[1, inf)",
+  "data.eval_rows": "[1, inf)",
+  "data.split_seed": "[0, inf)",
+  "data.max_rows": "[0, inf)",
+  "data.dedup_threshold": "(0, 1)",
+  "data.augment_rate": "(0, 1]",
+  "data.augment_copies": "[1, inf)",
+  "train.steps": "[0, inf)",
+  "train.epochs": "[0, inf)",
+  "train.batch_size": "[1, inf)",
+  "train.micro_batches": "[1, inf)",
+  "train.length_buckets": "[0, inf)",
+  "train.log_every": "[1, inf)",
+  "train.eval_every": "[0, inf)",
+  "train.eval_batch_size": "[1, inf)",
+  "train.early_stopping_patience": "[0, inf)",
+  "train.early_stopping_min_delta": "[0, inf)",
+  "train.overfit_alarm_evals": "[0, inf)",
+  "train.text_samples": "[0, inf)",
+  "train.text_sample_tokens": "[1, inf)",
+  "train.max_skipped_fraction": "[0, 1]",
+  "optim.learning_rate": "(0, inf)",
+  "optim.b1": "[0, 1)",
+  "optim.b2": "[0, 1)",
+  "optim.eps": "(0, inf)",
+  "optim.weight_decay": "[0, inf)",
+  "optim.momentum": "[0, 1)",
+  "optim.rmsprop_decay": "[0, 1)",
+  "optim.adafactor_decay_rate": "(0, 1]",
+  "optim.adafactor_clipping_threshold": "[0, inf)",
+  "optim.adafactor_min_dim_size_to_factor": "[1, inf)",
+  "optim.warmup_steps": "[0, inf)",
+  "optim.min_lr_ratio": "[0, 1]",
+  "optim.wsd_decay_fraction": "[0, 1]",
+  "optim.grad_clip_norm": "[0, inf)",
+  "optim.l1": "[0, inf)",
+  "optim.l2": "[0, inf)",
+  "optim.layerwise_lr_decay": "(0, 1]",
+  "optim.unfreeze_every_steps": "[0, inf)",
+  "optim.unfreeze_start_layers": "[0, inf)",
+  "optim.ema_decay": "[0, 1)",
+  "optim.swa_start": "[-1, inf)",
+  "optim.swa_every": "[1, inf)",
+  "lora.rank": "[0, inf)",
+  "lora.alpha": "(0, inf)",
+  "lora.dropout": "[0, 1)",
+  "checkpoint.every_steps": "[0, inf)",
+  "checkpoint.every_minutes": "[0, inf)",
+  "checkpoint.keep_last": "[1, inf)",
+  "checkpoint.keep_best": "[0, inf)",
+  "mesh.fsdp": "[1, inf)",
+  "mesh.tensor": "[1, inf)",
+}
+
+
+def _in_range(value, interval: str) -> bool:
+  lo, hi = (float(x) for x in interval[1:-1].split(","))
+  above = value >= lo if interval[0] == "[" else value > lo
+  below = value <= hi if interval[-1] == "]" else value < hi
+  return math.isfinite(value) and above and below
+
+
+def _range_text(interval: str) -> str:
+  lo, hi = (x.strip() for x in interval[1:-1].split(","))
+  if hi == "inf":
+    return f"must be a finite number {'>=' if interval[0] == '[' else '>'} {lo}"
+  return f"must be a finite number in {interval}"
+
+
+# Keys read only in some settings: (key, whether it is read, the setting that reads it). A key
+# the user sets where nothing reads it is refused (`check_ignored`), not silently dropped.
+_FILE_DATA = ("source", "validation_source", "test_source", "split", "split_seed", "max_rows",
+              "on_bad_row", "tokenizer", "text_column")
+_CLASSIFICATION_DATA = ("text_pair_column", "label_column", "label_names", "class_weights")
+_SFT_DATA = ("prompt_column", "completion_column", "messages_column", "sft_format",
+             "completion_only", "pack", "system_prompt")
+READ_WHEN = (
+  *((f"data.{k}", lambda c: c.data.kind == "synthetic", "data.kind='synthetic'")
+    for k in ("train_rows", "eval_rows")),
+  *((f"data.{k}", lambda c: c.data.kind != "synthetic", "data.kind='classification' or 'sft'")
+    for k in _FILE_DATA),
+  *((f"data.{k}", lambda c: c.data.kind == "classification", "data.kind='classification'")
+    for k in _CLASSIFICATION_DATA),
+  *((f"data.{k}", lambda c: c.data.kind == "sft", "data.kind='sft'") for k in _SFT_DATA),
+  ("data.dedup_threshold", lambda c: c.data.dedup == "near", "data.dedup='near'"),
+  *((f"data.{k}", lambda c: bool(c.data.augment), "data.augment")
+    for k in ("augment_rate", "augment_copies", "augment_translator")),
+  ("model.num_labels", lambda c: c.model.task == "seq_cls", "model.task='seq_cls'"),
+  ("model.allow_pickle", lambda c: not c.model.source.startswith("preset:"),
+   "an HF model.source (a preset has no files)"),
+  ("train.text_samples", lambda c: c.model.task == "causal_lm" and c.data.kind != "synthetic",
+   "model.task='causal_lm' with a tokenizer (data.kind='sft')"),
+  ("train.text_sample_tokens", lambda c: c.train.text_samples > 0, "train.text_samples > 0"),
+  ("train.early_stopping_min_delta", lambda c: c.train.early_stopping_patience > 0,
+   "train.early_stopping_patience > 0"),
+  ("optim.b1", lambda c: c.optim.name in ("adamw", "lion", "adafactor"), "optim.name=adamw|lion|adafactor"),
+  ("optim.b2", lambda c: c.optim.name in ("adamw", "lion"), "optim.name=adamw|lion"),
+  ("optim.eps", lambda c: c.optim.name in ("adamw", "rmsprop"), "optim.name=adamw|rmsprop"),
+  ("optim.momentum", lambda c: c.optim.name in ("sgd", "rmsprop"), "optim.name=sgd|rmsprop"),
+  ("optim.nesterov", lambda c: c.optim.name in ("sgd", "rmsprop") and c.optim.momentum > 0,
+   "optim.name=sgd|rmsprop with optim.momentum > 0"),
+  ("optim.rmsprop_decay", lambda c: c.optim.name == "rmsprop", "optim.name=rmsprop"),
+  *((f"optim.{k}", lambda c: c.optim.name == "adafactor", "optim.name=adafactor")
+    for k in ("adafactor_decay_rate", "adafactor_clipping_threshold",
+              "adafactor_min_dim_size_to_factor", "adafactor_param_scale")),
+  ("optim.min_lr_ratio", lambda c: c.optim.schedule in ("linear", "cosine", "wsd"),
+   "optim.schedule=linear|cosine|wsd"),
+  ("optim.wsd_decay_fraction", lambda c: c.optim.schedule == "wsd", "optim.schedule=wsd"),
+  ("optim.unfreeze_start_layers", lambda c: c.optim.unfreeze_every_steps > 0,
+   "optim.unfreeze_every_steps > 0"),
+  ("optim.swa_every", lambda c: c.optim.swa_start >= 0, "optim.swa_start >= 0"),
+  *((f"lora.{k}", lambda c: c.lora.rank > 0, "lora.rank > 0")
+    for k in ("alpha", "dropout", "targets", "train_also", "init", "use_rslora")),
+  ("export.merge_lora", lambda c: c.lora.rank > 0, "lora.rank > 0"),
+)
+
+
+def known_variants(recipe: str, arg: str | None, known: tuple[str, ...] = (),
+                   one_of: tuple[str, ...] = ()) -> set[str]:
+  """A recipe's comma-separated variants (`configs/<recipe>.py:a,b`), each checked against
+  `known` (at most one of `one_of`): every recipe refuses a variant it does not define rather
+  than run without it."""
+  args = {a.strip() for a in (arg or "").split(",")} - {""}
+  unknown = sorted(args - set(known))
+  if unknown:
+    close = difflib.get_close_matches(unknown[0], known, n=1)
+    raise ConfigError(
+      f"{recipe}: unknown variant(s) {', '.join(map(repr, unknown))}; known variants: "
+      f"{', '.join(known) if known else 'none (use the recipe without :variant)'}"
+      + (f" (did you mean {close[0]!r}?)" if close else ""))
+  if len(args & set(one_of)) > 1:
+    raise ConfigError(f"{recipe}: variants {', '.join(sorted(args & set(one_of)))} exclude each "
+                      f"other: pick one of {', '.join(one_of)}")
+  return args
+
+
+def changed_keys(c: ml_collections.ConfigDict) -> list[str]:
+  """The READ_WHEN keys whose values in `c` differ from `default()` (what a recipe sets)."""
+  defaults = default()
+  return [key for key, *_ in READ_WHEN if _get(c, key) != _get(defaults, key)]
+
+
+def check_ignored(c: ml_collections.ConfigDict, keys) -> None:
+  """Refuse each of `keys` (those the user set, e.g. `--config.a.b=v`) that `c`'s settings do
+  not read: `data.source` on synthetic data, `lora.alpha` with LoRA off, `optim.momentum` on
+  adamw. A recipe's own values are not blamed, so `--config.lora.rank=0` on a LoRA recipe
+  simply turns LoRA off; recipes are held to this by tests through `changed_keys`."""
+  keys = set(keys)
+  defaults = default()
+  for key, read, setting in READ_WHEN:
+    value = _get(c, key)
+    _check(key not in keys or read(c) or value == _get(defaults, key), key, value,
+           f"only read with {setting}, so this run would ignore it; remove it or set {setting}")
+
+
+def check_best_metric(c: ml_collections.ConfigDict, label_names=()) -> None:
+  """checkpoint.best_metric must be a metric the task's evaluation reports (a misspelt one
+  would never improve: early stopping would end the run and no checkpoint would be best).
+  Per-class metrics (eval/f1/<label>) are checked against `label_names` once known."""
+  from jaxtune import metrics
+
+  name = c.checkpoint.best_metric
+  valid = metrics.eval_metric_names(c.model.task, label_names)
+  if name in valid:
+    return
+  kind, _, label = name.removeprefix("eval/").partition("/")
+  if (c.model.task == "seq_cls" and not label_names and label and name.startswith("eval/")
+      and kind in metrics.PER_CLASS_METRICS):
+    return  # a per-class metric: its label is checked against the data's labels
+  close = difflib.get_close_matches(name, valid, n=1)
+  _check(False, "checkpoint.best_metric", name,
+         f"model.task={c.model.task!r} reports {', '.join(valid)}"
+         + (", and eval/precision|recall|f1/<label>" if c.model.task == "seq_cls" and not label_names else "")
+         + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Check values that types alone do not catch; errors name the key."""
+  """Check values that types alone do not catch, before any data is read or any step
+  compiles; errors name the key."""
+  for key, interval in RANGES.items():
+    value = _get(c, key)
+    _check(_in_range(value, interval), key, value, _range_text(interval))
+  _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data,
+         "must be -1 (the devices the other axes leave) or >= 1")
+  _check(c.model.num_labels != 1, "model.num_labels", c.model.num_labels,
+         "a classifier needs at least 2 labels (0 = from the data)")
+  names = data_config.parse_label_names(c.data.label_names)
+  _check(not (names and c.model.num_labels) or len(names) == c.model.num_labels,
+         "data.label_names", c.data.label_names,
+         f"{len(names)} names for model.num_labels={c.model.num_labels}")
   _check(c.model.task in TASKS, "model.task", c.model.task, f"expected one of {TASKS}")
   _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
          "auto|xla|cudnn")
@@ -107,6 +312,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.pooling == "cls" or c.model.task == "seq_cls", "model.pooling", c.model.pooling,
          f"only sequence classification pools (model.task={c.model.task!r})")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
+  overrides = parse_overrides(c.model.config_overrides)
+  if c.model.source.startswith("preset:"):
+    from jaxtune.models import presets
+
+    # Unknown names and attributes now, not after the data is read (a classifier's label count
+    # may come from the data later; any count checks the overrides alike).
+    presets.model_config(c.model.source.removeprefix("preset:"), task=c.model.task,
+                         num_labels=c.model.num_labels or 2, pooling=c.model.pooling,
+                         config_overrides=overrides)
   if c.model.scan_layers:
     # Stacked weights have no layer index in their paths, so per-layer optimizer rules cannot apply.
     _check(c.optim.layerwise_lr_decay == 1.0, "optim.layerwise_lr_decay", c.optim.layerwise_lr_decay,
@@ -116,19 +330,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for k in ("param_dtype", "compute_dtype"):
     v = c.model[k]
     _check(v in ("float32", "bfloat16", "float16"), f"model.{k}", v, "float32|bfloat16|float16")
-  _check(c.train.batch_size > 0, "train.batch_size", c.train.batch_size, "must be positive")
-  _check(c.train.length_buckets >= 0, "train.length_buckets", c.train.length_buckets,
-         "must be >= 0 (0 = off)")
-  _check(c.train.micro_batches > 0 and c.train.batch_size % c.train.micro_batches == 0,
+  _check(c.train.batch_size % c.train.micro_batches == 0,
          "train.micro_batches", c.train.micro_batches, f"must divide train.batch_size={c.train.batch_size}")
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
-  _check(0.0 <= c.train.max_skipped_fraction <= 1.0, "train.max_skipped_fraction",
-         c.train.max_skipped_fraction, "must be in [0, 1]")
-  _check(c.train.log_every > 0, "train.log_every", c.train.log_every, "must be positive")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
   _check(c.export.dtype in ("", "float32", "bfloat16", "float16"), "export.dtype", c.export.dtype,
          "float32|bfloat16|float16, or '' for the dtype the run trained in")
+  check_best_metric(c, names)
+  _check(c.data.kind == "synthetic" or bool(c.data.tokenizer)
+         or not c.model.source.startswith("preset:"), "data.tokenizer", c.data.tokenizer,
+         f"model.source={c.model.source!r} has no tokenizer and data.kind={c.data.kind!r} needs "
+         "one: set data.tokenizer to an HF directory, .gguf file or hub id")
+  # The optimizer's and LoRA's own checks (names, schedules, regexes), now rather than after the
+  # data is read; with train.epochs the schedule is checked once the steps are known.
+  optim.check(c.optim, c.train.steps if c.train.epochs == 0 else None)
+  lora.resolve(c.lora)
   data_config.check(c.data)
 
 

@@ -388,6 +388,19 @@ _NUMERIC_KNOBS = {
 }
 
 
+def check(cfg: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
+  """The section's names, schedule and regexes, before any parameter exists (ranges are the run
+  config's: `jaxtune.config.validate`); with `total_steps`, the warmup against it too. Raises
+  ConfigError naming the key; `build_optimizer` checks the rest against the parameters."""
+  c = _section(cfg)
+  if c.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={c.name!r} is not one of {OPTIMIZERS}")
+  for key in ("freeze", "decay_exclude", "embeddings", "penalty_exclude"):
+    _compile(key, c[key])
+  _parse_multipliers(c.lr_multipliers)
+  make_schedule(c, c.warmup_steps + 1 if total_steps is None else total_steps)
+
+
 def build_optimizer(
   cfg: ml_collections.ConfigDict, params: Any, total_steps: int, num_layers: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -56,7 +56,8 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
   if m.source.startswith("preset:"):
     model = presets.init(m.source.removeprefix("preset:"), task=m.task, num_labels=num_labels,
                          param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh,
-                         seed=config.seed, pooling=m.pooling)
+                         seed=config.seed, pooling=m.pooling,
+                         config_overrides=parse_overrides(m.config_overrides))
   else:
     from jaxtune import hf
     from jaxtune.hf import convert
@@ -151,6 +152,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     total_steps = max(1, math.ceil(config.train.epochs * batcher.steps_per_epoch))
   else:
     total_steps = config.train.steps
+  if config.model.task == "seq_cls":  # per-class metrics (eval/f1/<label>) name the data's labels
+    from jaxtune.config import check_best_metric
+
+    check_best_metric(config, splits.label_names)
 
   # ------------------------------------------------------- model, optimizer, state, shardings
   built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,

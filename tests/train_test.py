@@ -160,7 +160,7 @@ def test_nonfinite_skip_fails_past_the_share_and_keeps_the_last_good(tmp_path):
 
 
 def test_max_skipped_fraction_is_validated(tmp_path):
-  with pytest.raises(ValueError, match=r"train.max_skipped_fraction=1.5: must be in \[0, 1\]"):
+  with pytest.raises(ValueError, match=r"train.max_skipped_fraction=1.5: must be a finite number in \[0, 1\]"):
     train.train_and_evaluate(tiny_config(**{"train.max_skipped_fraction": 1.5}), tmp_path)
 
 

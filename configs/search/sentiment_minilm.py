@@ -9,12 +9,14 @@ searches only what the population can trace: learning rate and weight decay) and
 (4 trials of 30 steps, for configs/sentiment_minilm.py:quick on a small CPU).
 """
 
+from jaxtune.config import known_variants
 from jaxtune.tune import space
 from jaxtune.tune.space import intrange, loguniform, uniform
 
 
 def get_config(arg=None):
-  args = set((arg or "").split(",")) - {""}
+  args = known_variants("configs/search/sentiment_minilm.py", arg, (*space.ALGORITHMS, "quick"),
+                        one_of=space.ALGORITHMS)
   c = space.default()
   c.space["optim.learning_rate"] = loguniform(1e-5, 3e-4)
   c.space["optim.weight_decay"] = uniform(0.0, 0.1)
@@ -31,7 +33,4 @@ def get_config(arg=None):
   c.pbt.population = 4
   c.pbt.interval = c.trial.eval_every
   c.pbt.generations = 3
-  unknown = args - set(space.ALGORITHMS) - {"quick"}
-  if unknown:
-    raise ValueError(f"configs/search/sentiment_minilm.py: unknown variants {sorted(unknown)}")
   return c

@@ -3,18 +3,20 @@
 Variants: 'grid', 'random', 'tpe', 'gp', 'pbt' (the algorithm; default tpe).
 """
 
+from jaxtune.config import known_variants
 from jaxtune.tune import space
 from jaxtune.tune.space import choice, loguniform
 
 
 def get_config(arg=None):
+  args = known_variants("configs/search/tiny.py", arg, space.ALGORITHMS, one_of=space.ALGORITHMS)
   c = space.default()
   c.space["optim.learning_rate"] = loguniform(1e-3, 3e-2)
   c.space["optim.weight_decay"] = choice(0.0, 0.1)
   c.fixed["optim.warmup_steps"] = 2
   c.objective.metric = "eval/loss"
   c.objective.direction = "minimize"
-  c.algorithm = arg or "tpe"
+  c.algorithm = next(iter(args), "tpe")
   c.pruner = "median"
   c.budget.trials = 3
   c.trial.steps = 6

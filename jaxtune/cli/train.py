@@ -12,6 +12,7 @@ import logging
 from absl import flags
 from ml_collections import config_flags
 
+from jaxtune import config as jt_config
 from jaxtune import distributed
 from jaxtune.cli import run_app
 
@@ -31,6 +32,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   # orbax logs every file operation at INFO through absl; keep the console for our own progress.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # Keys set with --config.a.b=v that this run would not read are refused, before anything runs.
+  jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
   distributed.maybe_initialize()
   from jaxtune import train
 

@@ -55,6 +55,10 @@ def main(argv):
   # Heartbeats and the matplotlib plots are marked experimental in Optuna; we rely on both.
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+  from jaxtune import config as jt_config
+
+  # Keys set with --config.a.b=v that the trials would not read are refused, before any trial.
+  jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
   workdir = Path(_WORKDIR.value)
   search = _SEARCH.value
   try:  # up front, so a mistake in the search file is named before any trial starts

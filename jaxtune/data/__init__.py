@@ -113,7 +113,9 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
     from jaxtune.data import classification as task
   else:
     from jaxtune.data import sft as task
-  splits = task.build(rows, d, tokenizer, bad)
+  # A fixed model.num_labels decides the classes the labels must fall in.
+  kw = {"num_labels": config.model.num_labels} if d.kind == "classification" else {}
+  splits = task.build(rows, d, tokenizer, bad, **kw)
   if jax.process_index() == 0:
     bad.write(workdir, skipped_name)
   per_split = splits.stats.pop("splits")

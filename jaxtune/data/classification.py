@@ -29,11 +29,14 @@ class RowError(Exception):
 
 
 def text_field(fields: dict, column: str) -> str:
-  value = fields.get(column)
-  if value is None:
+  if column not in fields:
     raise RowError(f"missing column {column!r} (row has {sorted(fields)})")
+  value = fields[column]
+  if value is None:
+    raise RowError(f"column {column!r} is null, expected text")
   if not isinstance(value, str):
-    raise RowError(f"column {column!r} is not text (got {type(value).__name__})")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise RowError(f"column {column!r} is not text: got {type(value).__name__} {shown}")
   if not value.strip():
     raise RowError(f"empty text in column {column!r}")
   return value
@@ -70,13 +73,29 @@ def infer_label_names(keys: list) -> tuple[str, ...]:
   return tuple(sorted(unique))
 
 
-def label_id(key, names: tuple[str, ...], index: dict[str, int]) -> int:
+def label_id(key, names: tuple[str, ...], index: dict[str, int], num_labels: int = 0) -> int:
   if str(key) in index:
     return index[str(key)]
   i = _as_int(key)
   if i is not None and 0 <= i < len(names):
     return i
-  raise RowError(f"unknown label {key!r} (known: {', '.join(names)}; or an id 0-{len(names) - 1})")
+  why = f"; model.num_labels={num_labels}" if num_labels else ""
+  raise RowError(f"unknown label {key!r} (known: {', '.join(names)}; or an id 0-{len(names) - 1}{why})")
+
+
+def fit_num_labels(names: tuple[str, ...], num_labels: int, source: str) -> tuple[str, ...]:
+  """Inferred label names against a fixed `model.num_labels`. Integer labels become the ids
+  0..num_labels-1 (a row whose id falls outside is then a bad row, named); named labels must
+  number exactly num_labels. Without this a label past the model's head trains on garbage."""
+  if not num_labels or len(names) == num_labels:
+    return names
+  if all(_as_int(n) is not None for n in names):
+    return tuple(str(i) for i in range(num_labels))
+  raise DataError(
+    f"{source}: the train split has {len(names)} labels ({', '.join(names)}) but "
+    f"model.num_labels={num_labels}: set model.num_labels={len(names)} (or 0 to take it from "
+    "the data), or name the labels in data.label_names"
+  )
 
 
 def balanced_weights(labels: np.ndarray, names: tuple[str, ...]) -> tuple[float, ...]:
@@ -132,11 +151,11 @@ def pad_token_id(tokenizer) -> int:
   return 0  # masked out by attention_mask either way
 
 
-def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
+def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: int = 0):
   """Splits of classification arrays from rows per split (see `jaxtune.data.build`).
 
   The first split (train, or the only one when scoring a file) sets the inferred label names
-  and the balanced class weights.
+  and the balanced class weights; `num_labels` > 0 (model.num_labels) fixes their number.
   """
   from jaxtune.data import Splits
 
@@ -158,7 +177,7 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
 
   names = data_config.parse_label_names(d.label_names)
   if not names:
-    names = infer_label_names([p[3] for p in parsed[first]])
+    names = fit_num_labels(infer_label_names([p[3] for p in parsed[first]]), num_labels, d.source)
   if len(names) < 2:
     raise DataError(f"{d.source}: classification needs at least 2 labels, found {list(names)}")
   index = {n: i for i, n in enumerate(names)}
@@ -168,7 +187,7 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
     kept, ids = [], []
     for r, text, pair, key in items:
       try:
-        ids.append(label_id(key, names, index))
+        ids.append(label_id(key, names, index, num_labels))
         kept.append((r, text, pair))
         continue
       except RowError as e:

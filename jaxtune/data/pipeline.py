@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxtune import sharding
+from jaxtune.errors import ConfigError
 
 # Per-token arrays are [N, T]; per-example arrays (labels, weights) are [N].
 TOKEN_KEYS = ("input_ids", "attention_mask", "loss_mask", "positions", "segment_ids", "token_type_ids")
@@ -87,8 +88,9 @@ class Batcher:
   def __init__(self, data: Dataset, global_batch: int, seed: int, *, shuffle: bool = True,
                length_buckets: int = 0):
     if len(data) < global_batch:
-      raise ValueError(
-        f"train.batch_size={global_batch} is larger than the training set ({len(data)} examples)"
+      raise ConfigError(
+        f"train.batch_size={global_batch} is larger than the training set ({len(data)} examples): "
+        "lower train.batch_size or give more training data"
       )
     self.data = data
     self.global_batch = global_batch

@@ -8,8 +8,9 @@ on_bad_row='error' it raises a `DataError` naming the file, row and reason; with
 counted and later written to workdir/skipped_rows.jsonl.
 
 Formats: .jsonl (one object per line), .json (a list of objects), .csv / .tsv (header row,
-standard csv quoting), .parquet, .txt (one example per line, in the `text_key` column). Blank
-lines in .jsonl and .txt separate nothing and are not rows.
+standard csv quoting; a quote never closed, or closed mid-field, is a bad row at its line),
+.parquet, .txt (one example per line, in the `text_key` column). Blank lines in .jsonl and .txt
+separate nothing and are not rows.
 """
 
 from __future__ import annotations
@@ -202,40 +203,63 @@ def _escaped_repr(obj) -> str:
   return json.dumps(obj, ensure_ascii=True, default=str)
 
 
+def _records(lines: list[str], start: int, delimiter: str):
+  """(first line, last line, fields or None, csv error or '') of each record from 0-based line
+  `start` on, parsed with strict quoting. A record that fails is reported at its first line and
+  parsing restarts on the line after it, so a stray quote costs its own row, not the rows its
+  quoted field swallowed."""
+  while start < len(lines):
+    reader = csv.reader(lines[start:], delimiter=delimiter, strict=True)
+    done = 0  # lines of lines[start:] consumed by complete records
+    try:
+      for values in reader:
+        yield start + done + 1, start + reader.line_num, values, ""
+        done = reader.line_num
+      return
+    except csv.Error as e:
+      yield start + done + 1, start + reader.line_num, None, str(e)
+      start += done + 1
+
+
+def _quote_reason(first: int, last: int, error: str) -> str:
+  if error == "unexpected end of data":
+    return (f"unbalanced quote: the quoted field opened on this row is never closed, so it would "
+            f"swallow lines {first}-{last} (the rest of the file)")
+  if last > first:
+    return (f"unbalanced quote: the quoted field opened on this row runs on to line {last} "
+            f"({error}), merging lines {first}-{last}")
+  return f"unbalanced quote: {error}"
+
+
 def _read_delimited(path: Path, bad: BadRows) -> list[Row]:
+  """Header row, then one row per record. A quoted field may hold line breaks; a quote that
+  is never closed, or is closed mid-field, is a bad row at the line where it opened."""
   delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-  text = _text_with_escapes(path)
-  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-  try:
-    header = next(reader)
-  except StopIteration:
-    raise DataError(f"{path}: empty file, expected a header row") from None
+  lines = io.StringIO(_text_with_escapes(path), newline="").readlines()
+  first, header_end, header, error = next(_records(lines, 0, delimiter), (1, 1, None, "empty"))
+  if error == "empty":
+    raise DataError(f"{path}: empty file, expected a header row")
+  if error:
+    raise DataError(f"{path}, row 1: unreadable header row: {_quote_reason(first, header_end, error)}")
   if _has_bad_utf8(header):
     raise DataError(f"{path}, row 1: invalid UTF-8 in the header row")
   header = [h.strip() for h in header]
   if len(set(header)) != len(header) or not all(header):
     raise DataError(f"{path}, row 1: header has empty or repeated column names: {header}")
   rows = []
-  start = reader.line_num + 1
-  while True:
-    try:
-      values = next(reader)
-    except StopIteration:
-      break
-    except csv.Error as e:
-      bad(str(path), start, f"unparseable row: {e}")
-      start = reader.line_num + 1
-      continue
-    line, start = start, reader.line_num + 1
-    if not values or values == [""]:
+  for first, last, values, error in _records(lines, header_end, delimiter):
+    if error:
+      bad(str(path), first, _quote_reason(first, last, error), "".join(lines[first - 1:last]))
+    elif not values or values == [""]:
       continue  # a blank line
-    if _has_bad_utf8(values):
-      bad(str(path), line, "invalid UTF-8 in row", _escaped_repr(values))
+    elif _has_bad_utf8(values):
+      bad(str(path), first, "invalid UTF-8 in row", _escaped_repr(values))
     elif len(values) != len(header):
-      bad(str(path), line, f"unparseable row: {len(values)} fields, the header has {len(header)}",
+      spans = f" (a quoted field here runs on to line {last}: check for an unbalanced quote)" if last > first else ""
+      bad(str(path), first, f"unparseable row: {len(values)} fields, the header has {len(header)}{spans}",
           delimiter.join(values))
     else:
-      rows.append(Row(dict(zip(header, values)), str(path), line))
+      rows.append(Row(dict(zip(header, values)), str(path), first))
   return rows
 
 

@@ -72,8 +72,10 @@ def chat_messages(value, column: str, system_prompt: str = "") -> list[dict]:
     content = m.get("content", m.get("value"))
     if role not in ROLES:
       raise RowError(f"message {j}: unknown role {role!r} (expected one of {ROLES})")
+    if content is None:
+      raise RowError(f"message {j} ({role}) has no text content (null or missing)")
     if not isinstance(content, str):
-      raise RowError(f"message {j} ({role}) has no text content")
+      raise RowError(f"message {j} ({role}) has no text content: got {type(content).__name__}")
     out.append({"role": role, "content": content})
   if system_prompt and out[0]["role"] != "system":
     out.insert(0, {"role": "system", "content": system_prompt})

@@ -50,22 +50,34 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def init(
-  name: str, *, task: str = "causal_lm", num_labels: int | None = None,
-  param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0, pooling: str = "cls",
-) -> nnx.Module:
-  """A randomly initialised model of preset `name`, placed on `mesh` as it is created."""
+def model_config(name: str, *, task: str = "causal_lm", num_labels: int | None = None,
+                 pooling: str = "cls", config_overrides: dict | None = None):
+  """(family, model config) of preset `name`: checks the name and the overrides (through the
+  family's strict converter) without building anything."""
   from jaxtune.hf.convert import with_pooling
   from jaxtune.hf.families import family_for_model_type
 
   if name not in PRESETS:
     raise ConfigError(f"model.source=preset:{name} is unknown; presets: {sorted(PRESETS)}")
-  hf = dict(PRESETS[name])
+  hf = {**PRESETS[name], **(config_overrides or {})}
   if task == "seq_cls" and num_labels:
     hf["num_labels"] = num_labels
-  family = family_for_model_type(hf["model_type"], f"preset {name}")
-  cfg = family.config_from_hf(hf, task=task, num_labels=num_labels, where=f"preset {name}")
-  cfg = with_pooling(family, cfg, task=task, pooling=pooling, where=f"preset {name}")
+  where = f"preset {name}" + (" with model.config_overrides" if config_overrides else "")
+  family = family_for_model_type(hf["model_type"], where)
+  cfg = family.config_from_hf(hf, task=task, num_labels=num_labels, where=where)
+  return family, with_pooling(family, cfg, task=task, pooling=pooling, where=where)
+
+
+def init(
+  name: str, *, task: str = "causal_lm", num_labels: int | None = None,
+  param_dtype="float32", compute_dtype=None, mesh=None, seed: int = 0, pooling: str = "cls",
+  config_overrides: dict | None = None,
+) -> nnx.Module:
+  """A randomly initialised model of preset `name`, placed on `mesh` as it is created.
+
+  `config_overrides` replaces the preset's HF config attributes, as for an HF checkpoint."""
+  family, cfg = model_config(name, task=task, num_labels=num_labels, pooling=pooling,
+                             config_overrides=config_overrides)
   pd, cd = jnp.dtype(param_dtype), jnp.dtype(compute_dtype) if compute_dtype else None
 
   def build():

@@ -93,7 +93,10 @@ def test_text_pairs_get_token_type_ids(tmp_path, make_cfg, pair_tok_dir):
   ({"text": "   ", "label": "a"}, "empty text in column 'text'"),
   ({"text": "no label"}, "missing label in column 'label'"),
   ({"text": "unknown", "label": "zzz"}, "unknown label 'zzz'"),
-  ({"text": 5, "label": "a"}, "column 'text' is not text"),
+  ({"text": 5, "label": "a"}, "column 'text' is not text: got int 5"),
+  ({"text": None, "label": "a"}, "column 'text' is null, expected text"),
+  ({"text": ["a", "b"], "label": "a"}, "column 'text' is not text: got list"),
+  ({"text": {"x": 1}, "label": "a"}, "column 'text' is not text: got dict"),
 ])
 def test_bad_rows_error_or_skip(tmp_path, make_cfg, pair_tok_dir, row, reason):
   train = [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}, row, {"text": "z", "label": "a"}]
@@ -166,3 +169,34 @@ def test_build_eval_scores_a_whole_file_with_the_run_labels(tmp_path, make_cfg, 
   assert [e["row"] for e in s.examples["eval"]] == [1, 2]
   assert (tmp_path / "skipped_rows_eval.jsonl").read_text().count("\n") == 1
   assert not (tmp_path / "skipped_rows.jsonl").exists()
+
+
+def _build_fixed(tmp_path, make_cfg, tok, train, num_labels, **kw):
+  cfg = make_cfg(kind="classification", tokenizer=tok, split="1,0",
+                 source=_jsonl(tmp_path / "train.jsonl", train),
+                 validation_source=_jsonl(tmp_path / "val.jsonl", train[:2]), **kw)
+  cfg.model.task, cfg.model.num_labels = "seq_cls", num_labels
+  return data.build(cfg, tmp_path / "work")
+
+
+def test_label_id_past_num_labels_names_its_row(tmp_path, make_cfg, pair_tok_dir):
+  # A 3-class file on a 2-label model: before, the labels became 3 classes for a 2-way head.
+  train = [{"text": "x", "label": 0}, {"text": "y", "label": 1}, {"text": "z", "label": 2},
+           {"text": "w", "label": 1}]
+  with pytest.raises(DataError, match=r"train\.jsonl, row 3: unknown label 2 .*model\.num_labels=2"):
+    _build_fixed(tmp_path, make_cfg, pair_tok_dir, train, 2)
+  s = _build_fixed(tmp_path, make_cfg, pair_tok_dir, train, 2, on_bad_row="skip")
+  assert s.num_labels == 2 and s.label_names == ("0", "1") and s.stats["skipped"] == 1
+  np.testing.assert_array_equal(s["train"].arrays["labels"], [0, 1, 1])
+
+
+def test_named_labels_must_number_num_labels(tmp_path, make_cfg, pair_tok_dir):
+  train = [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}, {"text": "z", "label": "c"}]
+  with pytest.raises(DataError, match=r"train\.jsonl: the train split has 3 labels \(a, b, c\) but model\.num_labels=2"):
+    _build_fixed(tmp_path, make_cfg, pair_tok_dir, train, 2)
+
+
+def test_integer_labels_absent_from_train_still_get_their_class(tmp_path, make_cfg, pair_tok_dir):
+  train = [{"text": "x", "label": 0}, {"text": "y", "label": 1}]
+  s = _build_fixed(tmp_path, make_cfg, pair_tok_dir, train, 3)
+  assert s.num_labels == 3 and s.label_names == ("0", "1", "2")

@@ -110,6 +110,14 @@ BAD = {
   "csv_field_count": ("d.csv", b"text,label\nok,pos\nok,pos,extra\n", 3, "3 fields, the header has 2"),
   "tsv_field_count": ("d.tsv", b"text\tlabel\nok\tpos\nmissing tab\n", 3, "1 fields, the header has 2"),
   "txt_bad_utf8": ("d.txt", b"ok\n\xff\xfe bad\n", 2, "invalid UTF-8"),
+  # A quote never closed would swallow the rest of the file into one field; the rows after it
+  # are read on their own.
+  "csv_unclosed_quote": ("d.csv", b'text,label\n"never closed,pos\nok,pos\n', 2,
+                         r"unbalanced quote.*never closed.*lines 2-3"),
+  "tsv_unclosed_quote": ("d.tsv", b'text\tlabel\n"never closed\tpos\nok\tpos\n', 2, "unbalanced quote"),
+  # A quote closed mid-field: csv's lax mode silently dropped the quotes.
+  "csv_quote_mid_field": ("d.csv", b'text,label\n"he said "hi" there,pos\nok,pos\n', 2,
+                          "unbalanced quote: ',' expected after"),
 }
 
 
@@ -149,3 +157,22 @@ def test_unparseable_json_file_is_an_error_even_with_skip(tmp_path):
   p = _write(tmp_path / "d.json", '[{"text": "a"},')
   with pytest.raises(DataError, match=r"d\.json: unparseable JSON.*line 1"):
     readers.read(str(p), BadRows("skip"))
+
+
+def test_stray_quote_costs_its_own_row_not_the_rows_it_swallowed(tmp_path):
+  # Row 2's quote runs on until row 4's opening quote: reported at row 2 (lines 2-4), and rows
+  # 3 and 4 are read again on their own rather than merged into it.
+  p = _write(tmp_path / "d.csv", 'text,label\n"stray,pos\nmiddle,neg\n"quoted",pos\nend,neg\n')
+  with pytest.raises(DataError, match=r"d\.csv, row 2: unbalanced quote.*runs on to line 4.*lines 2-4"):
+    readers.read(str(p), BadRows("error"))
+  bad = BadRows("skip")
+  rows = readers.read(str(p), bad)
+  assert [(r.row, r.fields["text"]) for r in rows] == [(3, "middle"), (4, "quoted"), (5, "end")]
+  assert [b["row"] for b in bad.skipped] == [2]
+  assert bad.skipped[0]["content"].startswith('"stray,pos\nmiddle,neg\n')
+
+
+def test_quoted_line_breaks_and_crlf_still_read(tmp_path):
+  p = _write(tmp_path / "d.csv", b'text,label\r\n"two\r\nlines",pos\r\n"x, ""y""",neg\r\nlast,pos')
+  rows = readers.read(str(p), BadRows("error"))
+  assert [(r.row, r.fields["text"]) for r in rows] == [(2, "two\r\nlines"), (4, 'x, "y"'), (5, "last")]
