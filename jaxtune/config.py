@@ -338,6 +338,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.export.dtype in ("", "float32", "bfloat16", "float16"), "export.dtype", c.export.dtype,
          "float32|bfloat16|float16, or '' for the dtype the run trained in")
   check_best_metric(c, names)
+  data_config.check_files(c.data)  # a missing data file is the first thing to say
   _check(c.data.kind == "synthetic" or bool(c.data.tokenizer)
          or not c.model.source.startswith("preset:"), "data.tokenizer", c.data.tokenizer,
          f"model.source={c.model.source!r} has no tokenizer and data.kind={c.data.kind!r} needs "

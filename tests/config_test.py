@@ -11,7 +11,7 @@ import pytest
 
 from jaxtune import config as jt_config
 from jaxtune import optim
-from jaxtune.errors import ConfigError
+from jaxtune.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"))
@@ -124,7 +124,7 @@ def test_best_metric_must_be_one_the_task_reports():
     jt_config.validate(_config(**{"checkpoint.best_metric": "eval/los"}))
   with pytest.raises(ConfigError, match=r"model.task='causal_lm' reports"):
     jt_config.validate(_config(**{"checkpoint.best_metric": "eval/accuracy"}))
-  cls = {"model.task": "seq_cls", "data.kind": "classification", "data.source": "x.jsonl",
+  cls = {"model.task": "seq_cls", "data.kind": "classification", "data.source": "user/dataset",
          "data.tokenizer": "tok"}
   jt_config.validate(_config(**cls, **{"checkpoint.best_metric": "eval/f1_macro"}))
   jt_config.validate(_config(**cls, **{"checkpoint.best_metric": "eval/f1/pos"}))  # checked on the data
@@ -135,7 +135,7 @@ def test_best_metric_must_be_one_the_task_reports():
 
 
 def test_label_names_must_match_num_labels():
-  cls = {"model.task": "seq_cls", "data.kind": "classification", "data.source": "x.jsonl",
+  cls = {"model.task": "seq_cls", "data.kind": "classification", "data.source": "user/dataset",
          "data.tokenizer": "tok"}
   with pytest.raises(ConfigError, match=r"data.label_names='a,b,c': 3 names for model.num_labels=2"):
     jt_config.validate(_config(**cls, **{"data.label_names": "a,b,c", "model.num_labels": 2}))
@@ -143,7 +143,7 @@ def test_label_names_must_match_num_labels():
 
 def test_file_data_on_a_preset_model_needs_a_tokenizer():
   with pytest.raises(ConfigError, match="config: data.tokenizer=''.*has no tokenizer"):
-    jt_config.validate(_config(**{"data.kind": "sft", "data.source": "x.jsonl"}))
+    jt_config.validate(_config(**{"data.kind": "sft", "data.source": "user/dataset"}))
 
 
 def test_preset_models_honour_config_overrides():
@@ -154,3 +154,13 @@ def test_preset_models_honour_config_overrides():
   c = _config(**{"model.config_overrides": "num_hidden_layers=1"})
   jt_config.validate(c)
   assert train.load_model(c, None, None).config.num_layers == 1
+
+
+def test_a_missing_data_file_is_refused_before_anything_runs(tmp_path):
+  cls = {"model.task": "seq_cls", "data.kind": "classification", "data.tokenizer": "tok"}
+  with pytest.raises(DataError, match=r"data.validation_source='.*val.csv': no such file"):
+    jt_config.validate(_config(**cls, **{"data.source": "user/dataset",
+                                         "data.validation_source": str(tmp_path / "val.csv")}))
+  (tmp_path / "val.csv").write_text("text,label\na,0\n")
+  jt_config.validate(_config(**cls, **{"data.source": "user/dataset",
+                                       "data.validation_source": str(tmp_path / "val.csv")}))

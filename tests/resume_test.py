@@ -72,7 +72,7 @@ def test_changed_config_is_refused_before_anything_is_written(finished_run, tmp_
   with pytest.raises(WorkdirError, match=r"train.batch_size: 16 -> 8; .*--allow_config_change"):
     train.train_and_evaluate(run_config(**{"train.batch_size": 8, "train.steps": 6}), workdir)
   with pytest.raises(WorkdirError, match=r"model.source.*even --allow_config_change"):
-    train.train_and_evaluate(run_config(**{"model.source": "preset:tiny-bert"}), workdir,
+    train.train_and_evaluate(run_config(**{"model.source": "preset:llama-125m"}), workdir,
                              allow_config_change=True)
   assert (workdir / "config.json").read_text() == before
 

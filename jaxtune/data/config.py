@@ -7,9 +7,12 @@ the parse helpers turn the comma-separated strings into Python values in one pla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 
-from jaxtune.errors import ConfigError
+from jaxtune.data.readers import FILE_FORMATS
+from jaxtune.errors import ConfigError, DataError
 
 KINDS = ("synthetic", "classification", "sft")
 SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
@@ -99,6 +102,20 @@ def check(c: ml_collections.ConfigDict) -> None:
   if fr["validation"] == 0 and not c.validation_source:
     _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")
   parse_class_weights(c.class_weights, None)
+
+
+def check_files(c: ml_collections.ConfigDict) -> None:
+  """data.source / data.validation_source naming a local data file that is not there: refused
+  before anything runs (readers.read says the same, only later). Builtin and hub data sets, and
+  remote paths, are checked when they are read."""
+  if c.kind == "synthetic":
+    return
+  for key in ("source", "validation_source"):
+    value = c[key]
+    path = Path(value).expanduser()
+    if value and "://" not in value and path.suffix.lower() in FILE_FORMATS and not path.is_file():
+      raise DataError(f"config: data.{key}={value!r}: no such file; give the path of a "
+                      f"{'/'.join(FILE_FORMATS)} file, a builtin:NAME or a hub data set")
 
 
 def check_quality(c: ml_collections.ConfigDict) -> None:

@@ -112,9 +112,9 @@ def test_stale_lock_of_a_dead_process_is_taken_over(workdir):
 @pytest.mark.parametrize("flags, words", [
   (("--config.data.seq_len=32", "--config.train.batch_size=8"),
    ("data.seq_len: 64 -> 32", "train.batch_size: 16 -> 8", "--allow_config_change", "config.json")),
-  (("--config.model.source=preset:tiny-bert",),
-   ("model.source: 'preset:tiny-llama' -> 'preset:tiny-bert'", "shapes", "new --workdir")),
-  (("--config.model.source=preset:tiny-bert", "--allow_config_change"),
+  (("--config.model.source=preset:llama-125m",),
+   ("model.source: 'preset:tiny-llama' -> 'preset:llama-125m'", "shapes", "new --workdir")),
+  (("--config.model.source=preset:llama-125m", "--allow_config_change"),
    ("model.source", "even --allow_config_change cannot change")),
   (("--config.lora.rank=4", "--allow_config_change"), ("lora.rank: 0 -> 4", "shapes")),
 ], ids=["seq_len_and_batch_size", "model", "model_even_with_flag", "lora_rank_with_flag"])

@@ -167,3 +167,15 @@ def test_data_audit_reports_the_unbalanced_quote_row(tmp_path):
   assert [(r["row"], r["reason"].split(":")[0]) for r in report["unreadable"]["rows"]] == [(10, "unbalanced quote")]
   assert sum(s["rows"] for s in report["splits"].values()) == 16, report["splits"]
   snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("recipe, words", [
+  ("tiny.py:nope", ["tiny.py", "unknown variant", "'nope'"]),
+  ("sentiment_minilm.py:quik", ["sentiment_minilm.py", "'quik'", "quick"]),
+  ("sft_smollm2.py:quick,extra", ["sft_smollm2.py", "'extra'"]),
+], ids=["tiny_variant", "sentiment_variant_misspelt", "sft_extra_variant"])
+def test_unknown_recipe_variants_are_refused(tmp_path, recipe, words):
+  snap = Snapshot(CONFIGS, tmp_path)
+  result = run("train", f"--config={CONFIGS / recipe}", f"--workdir={tmp_path / 'run'}")
+  expect_error(result, "train", *words)
+  snap.assert_unchanged()
