@@ -47,6 +47,25 @@ def check_name(name: str, flag: str) -> str:
   return text
 
 
+def check_new_file(path, *, flag: str, overwrite: bool, inputs: Iterable = ()) -> Path:
+  """A single output file chosen by the user (`jaxtune generate --out`): never one of the
+  command's inputs, and an existing file only with `overwrite`. No manifest: the file stands
+  wherever the user put it, and a folder of theirs gets nothing else."""
+  if not str(path or "").strip():
+    raise OutputError(f"{flag} is empty: give the file to write")
+  real = _real(path)
+  for p in inputs:
+    if p and _real(p) == real:
+      raise OutputError(f"{flag}={path}: is {p}, an input of this command; an output may not "
+                        "replace its own input: choose another file")
+  if os.path.isdir(real):
+    raise OutputError(f"{flag}={path}: a folder, not a file: give a file name")
+  if os.path.exists(real) and not overwrite:
+    raise OutputError(f"{flag}={path}: exists; jaxtune never replaces a file unasked: choose "
+                      "another name, or pass --overwrite to replace it")
+  return Path(path)
+
+
 def _real(path) -> str:
   return os.path.realpath(os.fspath(path))
 

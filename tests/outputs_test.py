@@ -139,3 +139,18 @@ def test_publish_refuses_before_moving_anything(tmp_path):
   with pytest.raises(OutputError, match="would replace"):
     f.publish(stage)
   assert not (tmp_path / "a.bin").exists() and (tmp_path / "config.json").read_text() == "theirs"
+
+
+def test_a_single_output_file_never_replaces_an_input_or_an_existing_file(tmp_path):
+  prompts, out = tmp_path / "prompts.txt", tmp_path / "out.jsonl"
+  prompts.write_text("hi\n")
+  with pytest.raises(OutputError, match="an input of this command"):
+    outputs.check_new_file(str(prompts), flag="--out", overwrite=True, inputs=(str(prompts),))
+  assert outputs.check_new_file(str(out), flag="--out", overwrite=False, inputs=(str(prompts),)) == out
+  out.write_text("earlier\n")
+  with pytest.raises(OutputError, match="exists.*--overwrite"):
+    outputs.check_new_file(str(out), flag="--out", overwrite=False)
+  outputs.check_new_file(str(out), flag="--out", overwrite=True)
+  with pytest.raises(OutputError, match="a folder, not a file"):
+    outputs.check_new_file(str(tmp_path), flag="--out", overwrite=True)
+  assert out.read_text() == "earlier\n" and prompts.read_text() == "hi\n"

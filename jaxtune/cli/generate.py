@@ -37,12 +37,13 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts generated together (one 
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Parameter dtype for --model (float32, bfloat16).")
 _STEP = flags.DEFINE_integer("step", -1, "--workdir checkpoint step (-1: the best, else the latest).")
 _OUT = flags.DEFINE_string("out", "", "Also write {prompt, completion, tokens} rows to this jsonl file.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing --out file.")
 
 
 def main(argv):
   del argv
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  from jaxtune import generate, workdir_lock
+  from jaxtune import generate, outputs, workdir_lock
 
   if flags.FLAGS["workdir"].present:
     workdir_lock.require(_WORKDIR.value)
@@ -51,6 +52,9 @@ def main(argv):
   for name, value in (("max_new_tokens", _MAX_NEW.value), ("batch_size", _BATCH.value)):
     if value < 1:
       raise ConfigError(f"--{name}={value}: must be >= 1")
+  if _OUT.value:  # before the model loads: a refused --out costs nothing
+    outputs.check_new_file(_OUT.value, flag="--out", overwrite=_OVERWRITE.value,
+                           inputs=(_PROMPTS_FILE.value,))
   prompts = generate.read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
   model, tok = generate.load_source(workdir=_WORKDIR.value, model=_MODEL.value,
                                     tokenizer=_TOKENIZER.value, dtype=_DTYPE.value, step=_STEP.value)

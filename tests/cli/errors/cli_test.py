@@ -131,6 +131,11 @@ CASES = {
                                     ["prompts.jsonl:2", "string 'prompt'"]),
   "generate_prompts_file_not_json": (["generate", "--model={tmp}/no_model", "--prompts_file={f[prompts_json]}"],
                                      ["garbled.jsonl:1", "not json"]),
+  "generate_out_over_prompts_file": (["generate", "--model={tmp}/no_model", "--prompts_file={f[prompts_row]}",
+                                      "--out={f[prompts_row]}", "--overwrite"],
+                                     ["--out=", "prompts.jsonl", "input of this command"]),
+  "generate_out_exists": (["generate", "--model={tmp}/no_model", "--prompt=hi", "--out={f[prompts_json]}"],
+                          ["--out=", "garbled.jsonl", "exists", "--overwrite"]),
   "generate_workdir_not_a_run": (["generate", "--workdir={f[notrun]}", "--prompt=hi"],
                                  ["notrun", "not a `jaxtune train` run"]),
   # data: commands, flags, files
