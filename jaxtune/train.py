@@ -28,6 +28,7 @@ from jaxtune import (
   metrics,
   monitor,
   optim,
+  preemption,
   resume,
   sharding,
   step,
@@ -288,7 +289,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                                 s, total_steps, depth=PREFETCH_DEPTH)
   # On several processes the guard agrees on the stop step; its fallback host sync (SIGINT) runs
   # at log steps, which wait for the device anyway.
-  guard = checkpoint.PreemptionGuard(sync_every_steps=config.train.log_every)
+  guard = preemption.PreemptionGuard(sync_every_steps=config.train.log_every)
   with guard, sharding.use_mesh(mesh), batches:
     while s < total_steps and not stopped_early:
       batch = batches.get(s)
