@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-from jaxtune import lora, optim
+from jaxtune import export, lora, optim
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
@@ -335,8 +335,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
-  _check(c.export.dtype in ("", "float32", "bfloat16", "float16"), "export.dtype", c.export.dtype,
-         "float32|bfloat16|float16, or '' for the dtype the run trained in")
+  export.check_dtype(c.export.dtype, "export.dtype")  # the rule `jaxtune export --dtype` uses
   check_best_metric(c, names)
   data_config.check_files(c.data)  # a missing data file is the first thing to say
   _check(c.data.kind == "synthetic" or bool(c.data.tokenizer)
