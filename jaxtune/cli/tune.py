@@ -71,6 +71,8 @@ def main(argv):
   else:
     s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value)
   print(report.leaderboard(s, workdir / "leaderboard.csv"))
+  if search.algorithm != "pbt":  # PBT has no baseline trial: its members start from samples
+    print(report.gain(s))
   recipe = flags.FLAGS["config"].config_filename
   best = report.write_best_config(s, recipe, workdir / "best_config.py", _CONFIG.value)
   plots = report.write_plots(s, workdir / "plots")

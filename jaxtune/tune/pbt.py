@@ -71,6 +71,9 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     start = gen * p.interval
     losses = pop.train(start, p.interval)
     scores = pop.evaluate()
+    if metric not in scores[0]:
+      raise ConfigError(f"search.objective.metric={metric!r} is not among the validation "
+                        f"metrics {sorted(scores[0])}; set it to one of them in the search file")
     end = start + p.interval
     for i in range(pop.size):
       writers[i].write(end, {"train/loss": losses[i], **scores[i]})
@@ -83,6 +86,8 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
                     "workdir": str(pdir / f"member_{i:02d}"),
                     "overrides": json.dumps({**study_lib.trial_overrides(search, pop.hparams[i]),
                                              "train.steps": end})}))
+    log.info("PBT generation %d done at step %d: %s", gen, end,
+             ", ".join(f"member {i} {metric}={scores[i][metric]:.4g}" for i in range(pop.size)))
     if gen + 1 < p.generations:
       order = sorted(range(pop.size), key=lambda i: scores[i][metric], reverse=maximize)
       top, bottom = order[:n_top], order[-n_top:]
@@ -92,7 +97,8 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
         new = space.perturb(search, pop.hparams[j], rng, p.perturb, p.resample_prob)
         pop.set_hparams(i, new)
         book["members"][i]["history"].append({"generation": gen + 1, "parent": j, "hparams": new})
-        log.info("PBT generation %d: member %d <- member %d, %s", gen + 1, i, j, new)
+        log.info("PBT generation %d: member %d (%s=%.4g) <- member %d (%s=%.4g), %s", gen + 1,
+                 i, metric, scores[i][metric], j, metric, scores[j][metric], new)
       for i in range(pop.size):
         if i not in bottom:
           book["members"][i]["history"].append(

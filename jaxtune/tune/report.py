@@ -12,12 +12,23 @@ import optuna
 log = logging.getLogger(__name__)
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
+TITLES = {"optimization_history": "Optimization history of {}",
+          "param_importances": "Hyperparameter importances for {}",
+          "parallel_coordinate": "Parallel coordinates of {}"}
+# How the leaderboard marks the trial that ran the recipe's own values.
+BASELINE_NOTE = "baseline (recipe values)"
+
+
+def metric_name(study: optuna.Study) -> str:
+  """The objective's name: the study's metric name (`set_metric_names`), else the `objective`
+  user attr of studies written before jaxtune set it."""
+  return (study.metric_names or [None])[0] or study.user_attrs.get("objective", "value")
 
 
 def rows(study: optuna.Study) -> list[dict]:
   """Finished trials, best first (pruned trials after completed ones, by their last value)."""
   maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-  metric = study.user_attrs.get("objective", "value")
+  metric = metric_name(study)
   out = []
   for t in study.get_trials(deepcopy=False):
     if t.state == optuna.trial.TrialState.COMPLETE:
@@ -29,7 +40,7 @@ def rows(study: optuna.Study) -> list[dict]:
     row = {"trial": t.number, "state": t.state.name.lower(), metric: value,
            "steps": t.user_attrs.get("steps", ""), "seconds": t.user_attrs.get("seconds", "")}
     if t.user_attrs.get("baseline"):
-      row["note"] = "recipe defaults"
+      row["note"] = BASELINE_NOTE
     for k in ("member", "generation", "parent"):
       if k in t.user_attrs:
         row[k] = t.user_attrs[k]
@@ -61,6 +72,29 @@ def leaderboard(study: optuna.Study, path: str | Path, top: int = 10) -> str:
   lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
   lines += ["  ".join(v.ljust(w) for v, w in zip(s, widths, strict=True)) for s in shown]
   return "\n".join(lines)
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+  """The completed trial that ran the recipe's own values (the last one, if it was retried)."""
+  done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+          if t.user_attrs.get("baseline")]
+  return done[-1] if done else None
+
+
+def gain(study: optuna.Study) -> str:
+  """One line: the best trial against the recipe's own values, at the same budget."""
+  base = baseline_trial(study)
+  if base is None or not study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.COMPLETE,)):
+    return "no completed baseline trial (the recipe's own values): no gain to report"
+  metric, best = metric_name(study), study.best_trial
+  if best.number == base.number:
+    return (f"the recipe's own values (trial {base.number}) are still the best: "
+            f"{metric}={base.value:.5g}")
+  maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+  delta = best.value - base.value if maximize else base.value - best.value
+  return (f"gain over the recipe's values: {metric} {base.value:.5g} (baseline, trial "
+          f"{base.number}) -> {best.value:.5g} (best, trial {best.number}), {delta:+.4g}")
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -103,7 +137,7 @@ def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config
     base, given = _flat(_load_recipe(file, arg)), _flat(config)
     overrides = {k: v for k, v in given.items() if k in base and base[k] != v}
   overrides.update(json.loads(t.user_attrs.get("overrides", "{}")) or dict(t.params))
-  metric = study.user_attrs.get("objective", "value")
+  metric = metric_name(study)
   lines = [
     f'"""Best configuration of study {study.study_name!r}: trial {t.number}, '
     f'{metric}={t.value:.6g}.',
@@ -146,7 +180,6 @@ def write_plots(study: optuna.Study, outdir: str | Path) -> list[Path]:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from optuna import visualization as vis
   from optuna.visualization import matplotlib as vis_mpl
 
   outdir = Path(outdir)
@@ -154,17 +187,43 @@ def write_plots(study: optuna.Study, outdir: str | Path) -> list[Path]:
   written = []
   import warnings
 
+  metric = metric_name(study)
+  base = baseline_trial(study)
   for name in PLOTS:
+    # Optuna labels the objective "Objective Value" unless told its name.
+    title = TITLES[name].format(metric)
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        ax = getattr(vis_mpl, f"plot_{name}")(study)
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        ax = getattr(vis_mpl, f"plot_{name}")(study, target_name=metric)
+        first = ax if hasattr(ax, "figure") else ax.flat[0]
+        for loc in ("left", "right"):  # Optuna puts some of its titles on the left
+          first.set_title("", loc=loc)
+        first.set_title(title)
+        if name == "optimization_history" and base is not None:
+          first.axhline(base.value, color="gray", linestyle="--", linewidth=1,
+                        label=f"baseline (recipe values, trial {base.number})")
+          first.legend(loc="best")
+        fig = first.figure
         fig.savefig(outdir / f"{name}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        getattr(vis, f"plot_{name}")(study).write_html(outdir / f"{name}.html",
-                                                      include_plotlyjs="directory")
+        figure = plotly_figure(study, name, metric, title, base)
+        figure.write_html(outdir / f"{name}.html", include_plotlyjs="directory")
       written += [outdir / f"{name}.png", outdir / f"{name}.html"]
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
       log.info("plot %s skipped: %s", name, e)
   return written
+
+
+def plotly_figure(study: optuna.Study, name: str, metric: str, title: str,
+                  base: optuna.trial.FrozenTrial | None = None):
+  """Optuna's plotly plot `name`, its objective axis and title named for `metric`; the
+  optimization history also draws the baseline trial's value as a dashed line."""
+  from optuna import visualization as vis
+
+  fig = getattr(vis, f"plot_{name}")(study, target_name=metric)
+  fig.update_layout(title=title)
+  if name == "optimization_history" and base is not None:
+    fig.add_hline(y=base.value, line_dash="dash", line_color="gray",
+                  annotation_text=f"baseline (recipe values, trial {base.number})")
+  return fig

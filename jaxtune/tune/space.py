@@ -7,7 +7,8 @@ A search file's `get_config()` returns a ConfigDict with:
   algorithm  'grid' | 'random' | 'tpe' | 'gp' | 'pbt'; pruner 'median' | 'halving' | 'none'
   fixed      dotted overrides applied to every trial ({'optim.warmup_steps': 2})
   budget     {'trials': N, 'minutes': M (0 = no limit)}; trial {'steps': S, 'eval_every': E}
-  baseline   run the recipe's own values as the first trial
+  baseline   run the recipe's own values as the first trial (they must lie inside the space;
+             `baseline()` says which do not)
   grid_points  points per continuous key for the grid algorithm; pbt {...} (see pbt.py).
 """
 
@@ -160,7 +161,36 @@ def contains(dist: tuple, value) -> bool:
   kind, *args = dist
   if kind == "choice":
     return value in args
+  if isinstance(value, bool) or not isinstance(value, int | float):
+    return False
+  if kind == "int" and value != int(value):
+    return False
   return args[0] <= value <= args[1]
+
+
+def _describe(dist: tuple) -> str:
+  kind, *args = dist
+  name = {"int": "intrange"}.get(kind, kind)
+  return f"{name}({', '.join(repr(a) for a in args)})"
+
+
+def baseline(search, config) -> tuple[dict | None, str]:
+  """The recipe's own values of the searched keys, as the first trial's params.
+
+  Returns (values, "") when every value lies inside its distribution, else (None, why) naming
+  each key whose value does not, with its value and range, and what to do.
+  """
+  values = {}
+  for key, dist in space_items(search):
+    value = lookup(config, key)
+    values[key] = int(value) if dist[0] == "int" and isinstance(value, float) else value
+  outside = [f"{k}={values[k]!r} is outside {_describe(d)}" for k, d in space_items(search)
+             if not contains(d, values[k])]
+  if outside:
+    return None, ("no baseline trial with the recipe's values: " + "; ".join(outside)
+                  + ". Widen search.space to include the recipe's values, or set "
+                  "search.baseline=False")
+  return values, ""
 
 
 def grid(search) -> dict[str, list]:

@@ -95,18 +95,40 @@ def open_study(search, workdir: str | Path, storage: str = "", study_name: str =
     sampler=make_sampler(search) if search.algorithm != "pbt" else None,
     pruner=make_pruner(search) if search.algorithm != "pbt" else None,
   )
+  metric = search.objective.metric
   try:
     study = optuna.create_study(**kwargs)
-    study.set_user_attr("objective", search.objective.metric)
+    study.set_user_attr("objective", metric)
+    _set_metric_name(study, metric)
     if baseline:
       study.enqueue_trial(baseline, user_attrs={"baseline": True})
   except optuna.exceptions.DuplicatedStudyError:
     # Another worker, or an earlier run of this one: a sampler seeded like the creator's would
-    # draw the very values already tried.
+    # draw the very values already tried. The baseline is never queued again here: the creator
+    # queued it (or chose not to), and it is in the study's history either way.
     if search.algorithm != "pbt":
       kwargs["sampler"] = make_sampler(search, _worker_seed(int(search.seed)))
     study = optuna.create_study(**kwargs, load_if_exists=True)
+    known = (study.metric_names or [None])[0] or study.user_attrs.get("objective")
+    if known and known != metric:
+      raise ConfigError(
+        f"search.objective.metric={metric!r}, but the existing study {study.study_name!r} "
+        f"optimizes {known!r}: their values are not comparable. Give this search its own "
+        "--workdir or --study_name, or set search.objective.metric back to "
+        f"{known!r}") from None
+    if study.metric_names is None:  # a study created before jaxtune named its metric
+      _set_metric_name(study, metric)
   return study
+
+
+def _set_metric_name(study: optuna.Study, metric: str) -> None:
+  """The objective's name in the storage, so Optuna's own tools (optuna-dashboard,
+  `optuna.load_study(...).metric_names`, the plots) label values with it."""
+  import warnings
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    study.set_metric_names([metric])
 
 
 def _worker_seed(seed: int) -> int:
@@ -206,13 +228,13 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
   workdir = Path(workdir)
   share_compilations(workdir)
   baseline = None
-  if search.baseline and search.algorithm != "grid":
-    baseline = {k: space.lookup(config, k) for k, _ in space.space_items(search)}
-    outside = [k for k, d in space.space_items(search) if not space.contains(d, baseline[k])]
-    if outside:
-      log.warning("the recipe's values of %s lie outside the search space: no baseline trial",
-                  outside)
-      baseline = None
+  if search.baseline and search.algorithm == "grid":
+    log.info("search.algorithm='grid' runs grid points only: no separate baseline trial with "
+             "the recipe's values")
+  elif search.baseline:
+    baseline, why = space.baseline(search, config)
+    if why:
+      log.warning("%s", why)
   study = open_study(search, workdir, storage, study_name, heartbeat_s, baseline)
   budget = int(search.budget.trials)
   if search.algorithm == "grid":

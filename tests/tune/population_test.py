@@ -2,12 +2,15 @@
 records lineage and resumes."""
 
 import json
+import logging
+import re
 
 import numpy as np
 import optuna
 
 from jaxtune import optim
 from jaxtune.tune import pbt, population
+from jaxtune.tune import study as study_lib
 
 
 def test_vmapped_population_matches_members_run_one_by_one(tiny_config, tmp_path):
@@ -35,9 +38,15 @@ def test_untraceable_key_is_refused(tiny_config, tmp_path):
     raise AssertionError("a batch size cannot vary inside one population")
 
 
-def test_pbt_exploits_explores_and_records_lineage(tiny_config, tiny_search, tmp_path):
+def test_pbt_exploits_explores_and_records_lineage(tiny_config, tiny_search, tmp_path, caplog):
   search = tiny_search("pbt")
-  study = pbt.run(tiny_config, search, tmp_path)
+  with caplog.at_level(logging.INFO, logger="jaxtune.tune.pbt"):
+    study = pbt.run(tiny_config, search, tmp_path)
+  # The study and the generation reports name the objective.
+  loaded = optuna.load_study(study_name=tmp_path.name, storage=study_lib.storage_url(tmp_path))
+  assert loaded.metric_names == ["eval/loss"]
+  assert "PBT generation 0 done at step 3: member 0 eval/loss=" in caplog.text
+  assert re.search(r"PBT generation 1: member \d \(eval/loss=[\d.]+\) <- member", caplog.text)
   trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
   assert len(trials) == 8  # 4 members x 2 generations
   book = json.loads((tmp_path / "pbt" / "lineage.json").read_text())

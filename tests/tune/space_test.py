@@ -51,3 +51,35 @@ def test_perturb_stays_in_range_and_moves():
     assert v["optim.name"] in ("adamw", "sgd")  # a neighbour, never the same option
     seen.add(round(v["optim.learning_rate"], 6))
   assert seen == {0.008, 0.01}  # x0.8, or x1.25 clipped to the top of the range
+
+
+@pytest.mark.parametrize("recipe, search, variants", [
+  ("tiny", "tiny", [(None, a) for a in ("random", "tpe", "gp")]),
+  ("sentiment_minilm", "sentiment_minilm", [(None, None), ("quick", "quick"),
+                                            ("quick", "quick,random")]),
+])
+def test_search_files_hold_their_recipes_values(recipe, search, variants, monkeypatch):
+  """The shipped spaces contain their recipe's values, so the baseline trial runs."""
+  import importlib
+
+  from jaxtune.data import assets
+
+  # Only the recipes' optimizer values matter here: no need for the MiniLM weights installed.
+  monkeypatch.setattr(assets, "minilm_dir", lambda: "minilm")
+  for recipe_arg, search_arg in variants:
+    config = importlib.import_module(f"configs.{recipe}").get_config(recipe_arg)
+    s = importlib.import_module(f"configs.search.{search}").get_config(search_arg)
+    values, why = space.baseline(s, config)
+    assert why == "", (recipe_arg, search_arg, why)
+    assert values == {k: space.lookup(config, k) for k in s.space}
+
+
+def test_baseline_outside_the_space_says_which_key_and_what_to_do(tiny_config, tiny_search):
+  s = tiny_search()
+  s.space["optim.learning_rate"] = space.loguniform(1e-2, 3e-2)  # the recipe has 3e-3
+  s.space["optim.warmup_steps"] = space.intrange(0, 5)
+  values, why = space.baseline(s, tiny_config)
+  assert values is None
+  assert "optim.learning_rate=0.003 is outside loguniform(0.01, 0.03)" in why
+  assert "optim.warmup_steps=10 is outside intrange(0, 5)" in why
+  assert "search.baseline=False" in why and "optim.weight_decay" not in why

@@ -1,6 +1,7 @@
 """Studies end to end on the tiny recipe: every sampler, pruning through the driver's hook,
 resumption after a kill, two workers on one SQLite file, and a PostgreSQL storage."""
 
+import logging
 import os
 import pwd
 import re
@@ -16,6 +17,7 @@ import optuna
 import pytest
 
 from jaxtune import train
+from jaxtune.errors import ConfigError
 from jaxtune.tune import report, space, study
 from tests.tune.conftest import cli_args, cli_env
 
@@ -30,10 +32,57 @@ def test_each_sampler_completes_a_tiny_search(algorithm, tiny_config, tiny_searc
     assert tdir.parent == tmp_path / "trials"
     assert (tdir / "results.json").exists() and list((tdir / "tb").iterdir())
     assert set(t.params) == {"optim.learning_rate", "optim.weight_decay"}
+  # Plain Optuna reads the objective's name from the storage.
+  loaded = optuna.load_study(study_name=tmp_path.name, storage=study.storage_url(tmp_path))
+  assert loaded.metric_names == ["eval/loss"]
   if algorithm == "grid":  # grid points only
     for t in done:
       assert t.params["optim.weight_decay"] in (0.0, 0.1)
       assert min(abs(t.params["optim.learning_rate"] - v) for v in (1e-3, 3e-2)) < 1e-12
+    assert not any(t.user_attrs.get("baseline") for t in done)
+    return
+  # The recipe's own values run first, marked as the baseline; the sampler draws the rest.
+  recipe = {"optim.learning_rate": tiny_config.optim.learning_rate,
+            "optim.weight_decay": tiny_config.optim.weight_decay}
+  assert loaded.trials[0].params == recipe and loaded.trials[0].user_attrs["baseline"]
+  assert loaded.trials[1].params != recipe and "baseline" not in loaded.trials[1].user_attrs
+  if algorithm == "tpe":  # a resumed study, with a larger budget, does not queue it again
+    more = tiny_search(algorithm, trials=3)
+    again = study.run(tiny_config, more, tmp_path)
+    assert len(again.get_trials(states=study.FINISHED)) == 3
+    assert [bool(t.user_attrs.get("baseline")) for t in again.trials] == [True, False, False]
+    assert report.BASELINE_NOTE in report.leaderboard(again, tmp_path / "leaderboard.csv")
+
+
+def test_study_names_its_metric_and_queues_the_baseline_once(tiny_search, tmp_path):
+  search = tiny_search("random")
+  base = {"optim.learning_rate": 3e-3, "optim.weight_decay": 0.01}
+  study.open_study(search, tmp_path, baseline=base)
+  study.open_study(search, tmp_path, baseline=base)  # a resume, or a second worker
+  s = optuna.load_study(study_name=tmp_path.name, storage=study.storage_url(tmp_path))
+  assert s.metric_names == ["eval/loss"]
+  waiting = s.get_trials(states=(optuna.trial.TrialState.WAITING,))
+  assert len(waiting) == 1 and waiting[0].user_attrs == {"baseline": True}
+  assert waiting[0].system_attrs["fixed_params"] == base
+  # A study made without a metric name (by plain Optuna, or an older jaxtune) gets one ...
+  url = f"sqlite:///{tmp_path / 'old.db'}"
+  optuna.create_study(storage=url, study_name="old")
+  study.open_study(search, tmp_path, storage=url, study_name="old")
+  assert optuna.load_study(study_name="old", storage=url).metric_names == ["eval/loss"]
+  # ... and a search for another metric is refused: the values would not be comparable.
+  search.objective.metric = "eval/accuracy"
+  with pytest.raises(ConfigError, match=r"optimizes 'eval/loss'.*--study_name"):
+    study.open_study(search, tmp_path)
+
+
+def test_baseline_outside_the_space_is_skipped_with_a_message(tiny_config, tiny_search,
+                                                                tmp_path, caplog):
+  search = tiny_search("tpe", trials=0)  # no trial runs: only the study is opened
+  search.space["optim.weight_decay"] = space.choice(0.0, 0.1)  # the recipe has 0.01
+  with caplog.at_level(logging.WARNING, logger="jaxtune.tune.study"):
+    s = study.run(tiny_config, search, tmp_path)
+  assert not s.trials
+  assert "optim.weight_decay=0.01 is outside choice(0.0, 0.1)" in caplog.text
 
 
 def test_hook_stops_a_run_like_early_stopping(tiny_config, tmp_path):
@@ -95,6 +144,9 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
   assert retry.params == s.trials[1].params
   assert (tmp_path / "trials" / "0000" / "results.json").stat().st_mtime_ns == done0
   assert "resumed from step" in second.stderr  # trial 1 continued from its checkpoint
+  # Trial 0 ran the recipe's values: the summary sets the best against it, by the metric's name.
+  assert s.trials[0].user_attrs["baseline"] and report.gain(s) in second.stdout
+  assert "eval/loss" in report.gain(s) and "trial 0" in report.gain(s)
   assert (tmp_path / "leaderboard.csv").exists() and (tmp_path / "best_config.py").exists()
 
 
