@@ -184,6 +184,11 @@ def test_unfinished_runs_say_what_is_missing(tmp_path):
   run = records.load(crashed)
   assert run.status.startswith("in progress (at step 4 of 4") and str(os.getpid()) in run.status
 
+  # A lock left by a process that is gone: stopped, not in progress.
+  (crashed / workdir_lock.LOCK_FILE).write_text(json.dumps(
+    {"pid": 2**22 + 17, "host": socket.gethostname(), "since": "then"}))
+  assert records.load(crashed).status.startswith("stopped at step 4 of 4")
+
   # Started but nothing logged yet.
   fresh = tmp_path / "fresh"
   fresh.mkdir()
