@@ -19,6 +19,7 @@ SUBCOMMANDS = {
   "export": "write a run's model as an HF directory: jaxtune export --workdir=DIR --out=DIR",
   "data": "audit or clean a data set: jaxtune data audit|clean --data=FILE_OR_NAME --out=DIR",
   "tune": "hyperparameter search: jaxtune tune --config=.. --search=configs/search/<space>.py",
+  "report": "a run as one HTML page: jaxtune report --workdir=DIR [--compare=DIR2 ...]",
 }
 
 

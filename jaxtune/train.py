@@ -106,7 +106,8 @@ def _state_shardings(state, mesh):
 
 @storage.reports_storage_errors
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.PathLike,
-                       on_eval=None, *, allow_config_change: bool = False) -> dict:
+                       on_eval=None, *, allow_config_change: bool = False,
+                       recipe: str = "") -> dict:
   """Train, evaluate and return {step, eval, results, ...}.
 
   `on_eval(step, eval_scalars) -> bool`, if given, sees every intermediate validation and may
@@ -116,16 +117,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   The workdir is locked while the run trains (`jaxtune.workdir_lock`). A workdir with
   checkpoints resumes, with the run's config and data only (`jaxtune.resume`), unless
   `allow_config_change` (the `jaxtune train --allow_config_change` flag).
+
+  `recipe`, the `configs/<recipe>.py[:variant]` the config came from, is recorded in run.json
+  (`jaxtune report` diffs the run's config against it).
   """
   validate(config)
   workdir = epath.Path(workdir_lock.require(workdir))  # a local path or a URL such as gs://bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lock.hold(workdir):
-    return _train_and_evaluate(config, workdir, on_eval, allow_config_change)
+    return _train_and_evaluate(config, workdir, on_eval, allow_config_change, recipe)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, on_eval,
-                        allow_config_change: bool) -> dict:
+                        allow_config_change: bool, recipe: str = "") -> dict:
   # ------------------------------------------------------------------------------- setup
   is_main = jax.process_index() == 0
   resumed = resume.Check(workdir, config, allow_config_change)  # refuses a changed config now
@@ -223,7 +227,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         workdir, config_json=config.to_json_best_effort(), mesh_shape=dict(mesh.shape),
         data_fingerprint=splits["train"].fingerprint(),
         extra={"total_steps": total_steps, "data_stats": splits.stats,
-               "label_names": list(splits.label_names)},
+               "label_names": list(splits.label_names),
+               **({"recipe": writer.recipe_info(recipe)} if recipe else {})},
       )
 
   all_finite = jax.jit(step.all_finite)

@@ -244,6 +244,24 @@ def acquire(workdir: str | os.PathLike):
   return _acquire_local(os.fspath(workdir))
 
 
+def holder(workdir: str | os.PathLike) -> dict | None:
+  """Who trains in `workdir` now, as its lock file names it (with "checked": False when that is
+  another host, which cannot be checked from here), or None when no live process holds it. Only
+  reads: `jaxtune report` calls it to tell a run in progress from one that stopped."""
+  path = epath.Path(workdir) / LOCK_FILE
+  try:
+    found = _parse(path.read_text()) if path.exists() else None
+  except OSError:
+    return None
+  if not found or found.get("unreadable"):
+    return None
+  if found.get("host") != _host():
+    return {**found, "checked": False}
+  if not _alive(int(found.get("pid", -1)), found.get("pid_start")):
+    return None
+  return {**found, "checked": True}
+
+
 @contextlib.contextmanager
 def hold(workdir: str | os.PathLike) -> Iterator[None]:
   """Hold the workdir's lock for the block (process 0 of a multi-host run; see module doc)."""

@@ -5,7 +5,7 @@ Workdir layout (written by process 0 only; other processes' writers are no-ops):
   metrics.jsonl  one JSON object per ``MetricWriter.write``: ``{"step": 12, "train/loss": 2.31}``
   text.jsonl     one JSON object per ``write_text``: ``{"step": 12, "tag": ..., "text": ...}``
   tb/            TensorBoard event files (tensorboardX), same scalars and texts, plus hparams
-  run.json       versions, devices, mesh, git commit, data fingerprint, start time
+  run.json       versions, devices, mesh, git commit, data fingerprint, start time, recipe
   config.json    the resolved config (written once a resume's checks and restore succeed)
   jaxtune.lock   while a process trains here: its pid, host and start (jaxtune.workdir_lock)
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -368,6 +369,20 @@ def write_run_info(
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     _write_atomic(os.path.join(workdir, "run.json"), json.dumps(info, indent=2, default=str) + "\n")
   return info
+
+
+def recipe_info(recipe: str) -> dict[str, Any]:
+  """What run.json records of the recipe a run started from (`configs/x.py[:variant]` as
+  given): its absolute path and variant, so `jaxtune report` can load it from anywhere, and the
+  SHA-256 of its text then, so the report can say when the file has changed since."""
+  file, _, variant = recipe.partition(":")
+  path = os.path.abspath(file)
+  try:
+    with open(path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+  except OSError:
+    digest = None
+  return {"given": recipe, "file": path, "variant": variant, "sha256": digest}
 
 
 def append_run_info(workdir: str | os.PathLike, key: str, entry: Any) -> None:

@@ -38,7 +38,8 @@ def main(argv):
   from jaxtune import train
 
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                    allow_config_change=_ALLOW_CHANGE.value)
+                                    allow_config_change=_ALLOW_CHANGE.value,
+                                    recipe=flags.FLAGS["config"].config_filename)
   final = {k: v for k, v in result["eval"].items() if isinstance(v, int | float)}
   print(f"done: step {result['step']}; final validation: {final}")
 
