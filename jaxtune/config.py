@@ -72,8 +72,8 @@ def default() -> ml_collections.ConfigDict:
   c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   c.train.early_stopping_min_delta = 0.0
   c.train.overfit_alarm_evals = 3  # warn when train loss falls and eval loss rises this often; 0 = off
-  # Causal LM runs with a tokenizer: greedy completions of this many validation prompts go to
-  # TensorBoard's text tab (and text.jsonl) at every evaluation; 0 = off.
+  # Causal LM runs with a tokenizer: greedy completions of this many validation prompts go
+  # to TensorBoard's text tab (and text.jsonl) at step 0 and every evaluation; 0 = off.
   c.train.text_samples = 0
   c.train.text_sample_tokens = 32  # new tokens per text sample
 

@@ -222,6 +222,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   mw = writer.MetricWriter(workdir) if is_main else None
   if mw is not None:
     mw.truncate_after(start)
+    # Declared now, so a run that is killed or pruned still shows in TensorBoard's HParams tab.
+    mw.start_hparams(_flat_hparams(config), _hparams_metrics(config, splits))
     if start == 0:
       writer.write_run_info(
         workdir, config_json=config.to_json_best_effort(), mesh_shape=dict(mesh.shape),
@@ -287,7 +289,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       res, _ = run_eval(eval_params(state), "validation")
     if mw is not None:
       mw.write(0, _eval_scalars(res))
+      _write_confusion(mw, 0, res, "eval", splits.label_names)
     log.info("validation before training: %s", metrics.scalars(res))
+  if sample_text is not None and start == 0:
+    sample_text(mw, 0, eval_params(state))  # the untrained model's answers, to compare with
   # Batches are a pure function of the step, so building the next ones on a thread (and their
   # host-to-device copy) overlaps the running step without changing what any step sees.
   batches = prefetch.Prefetcher(lambda i: pipeline.to_device(batcher.host_batch(i), batch_sh),
@@ -337,6 +342,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
           scalars["train/stopped_early"] = 1.0
         if mw is not None:
           mw.write(s, scalars)
+          _write_confusion(mw, s, res, "eval", splits.label_names)
         if sample_text is not None:
           sample_text(mw, s, eval_params(state))
         save(state, s, scalars, force=True)
@@ -346,6 +352,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         log.warning("preemption requested: saving step %d and exiting", s)
         save(state, s, force=True)
         ckpt.close()
+        if mw is not None:
+          mw.close()  # TensorBoard's queued events (the hparams among them) reach the disk
         raise SystemExit(143)
 
   # ------------------------------------------------------------------------------- final
@@ -356,6 +364,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   final_scalars = _eval_scalars(res)
   if mw is not None and start < s:
     mw.write(s, final_scalars)
+    _write_confusion(mw, s, res, "eval", splits.label_names)
     if sample_text is not None:
       sample_text(mw, s, eval_params(state))
   save(state, s, final_scalars, force=True)
@@ -379,6 +388,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         log.info("%d misclassified test examples written to %s", n, workdir / "errors.jsonl")
   if is_main:
     (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+  if mw is not None and "test" in results:  # the best checkpoint's test metrics, at the last step
+    mw.write(s, {f"test/{k}": v for k, v in metrics.scalars(results["test"]).items()})
+    _write_confusion(mw, s, results["test"], "test", splits.label_names,
+                     title=f"test, best checkpoint (step {best_step})")
   if config.export.enabled:
     export_model(config, workdir, train_graphdef, best_params, frozen, splits)
   if bar is not None:
@@ -503,6 +516,25 @@ def export_folder(workdir: epath.Path):
   from jaxtune import export
 
   return export.output_folder(workdir / "export", workdir, **_EXPORT_FOLDER)
+
+
+def _write_confusion(mw, s: int, res: dict, prefix: str, label_names, title: str = "") -> None:
+  """Classification: the confusion matrix as an image in TensorBoard (`<prefix>/confusion_matrix`)."""
+  if "confusion" not in res:
+    return
+  from jaxtune import plots  # matplotlib: imported by classification runs only
+
+  title = title or f"validation, step {s}"
+  fig = plots.confusion_matrix_figure(res["confusion"], label_names, title=title)
+  mw.write_image(s, f"{prefix}/confusion_matrix", plots.figure_rgb(fig))
+
+
+def _hparams_metrics(config, splits) -> list[str]:
+  """The scalar tags TensorBoard's HParams tab shows for a run: all it may write at the start."""
+  names = metrics.eval_metric_names(config.model.task, splits.label_names)
+  if "test" in splits:
+    names += tuple("test/" + n.removeprefix("eval/") for n in names)
+  return ["train/loss", *names]
 
 
 def _eval_scalars(res: dict) -> dict[str, float]:

@@ -4,7 +4,9 @@ Workdir layout (written by process 0 only; other processes' writers are no-ops):
 
   metrics.jsonl  one JSON object per ``MetricWriter.write``: ``{"step": 12, "train/loss": 2.31}``
   text.jsonl     one JSON object per ``write_text``: ``{"step": 12, "tag": ..., "text": ...}``
-  tb/            TensorBoard event files (tensorboardX), same scalars and texts, plus hparams
+  tb/            TensorBoard event files (tensorboardX): the same scalars and texts, the hparams
+                 (declared at the start, ended with the final metrics) and images such as the
+                 confusion matrices
   run.json       versions, devices, mesh, git commit, data fingerprint, start time, recipe
   config.json    the resolved config (written once a resume's checks and restore succeed)
   jaxtune.lock   while a process trains here: its pid, host and start (jaxtune.workdir_lock)
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -70,6 +72,15 @@ def _now() -> float:
 def _finite_or_none(value: Any) -> float | None:
   value = float(np.asarray(value))
   return value if math.isfinite(value) else None
+
+
+def _plain(v: Any) -> bool | int | float | str:
+  """An hparam value TensorBoard can show: bool/int/float/str as they are, others as text."""
+  if isinstance(v, (bool, int, float, str)):
+    return v
+  if isinstance(v, np.generic):
+    return v.item()
+  return str(v)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -145,6 +156,7 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     self._text = None
+    self._hparams_started = False
     self._remote = is_remote(self.workdir)
     self._uploaded_at = time.monotonic()
     if not self.enabled:
@@ -190,35 +202,57 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.add_text(tag, text, int(step))
 
-  def write_hparams(
-    self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
-  ) -> None:
-    """Records ``hparams`` for TensorBoard's HPARAMS tab, with ``metrics`` as its columns.
+  def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """Writes an ``(H, W, 3)`` uint8 image (e.g. ``plots.figure_rgb``) to TensorBoard's images
+    tab, PNG-encoded by tensorboardX; the JSONL files keep scalars and text only."""
+    if not self.enabled or self._tb is None:
+      return
+    self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
 
+  def start_hparams(self, hparams: Mapping[str, Any], metric_names: Sequence[str]) -> None:
+    """Declares the run to TensorBoard's HPARAMS tab at its start, with ``metric_names`` (scalar
+    tags such as ``eval/accuracy``) as its columns.
+
+    Written at the start, the run shows in the tab while it trains, and stays there if it is
+    killed, preempted or pruned before ``write_hparams`` ends it: the columns show the last
+    value each tag has so far. TensorBoard keeps the first experiment a run declares (a resumed
+    run declares the same one again), so every metric the run will write must be named now.
     Written into the main run (not a sub-run as tensorboardX's ``add_hparams`` does), so the
-    dashboard links the hparams to every scalar of this run; ``metrics`` names the scalar tags to
-    show (e.g. ``eval/accuracy``) and their values are also written as scalars at ``step``
-    (default: the last step written). Values that are not bool/int/float/str are stringified.
+    dashboard links the hparams to every scalar of this run.
     """
     if not self.enabled or self._tb is None:
       return
     from tensorboardX.summary import hparams as hparams_summary
 
-    def plain(v: Any) -> bool | int | float | str:
-      if isinstance(v, (bool, int, float, str)):
-        return v
-      if isinstance(v, np.generic):
-        return v.item()
-      return str(v)
+    experiment, session_start, _ = hparams_summary(
+      {str(k): _plain(v) for k, v in hparams.items()}, {str(k): 0.0 for k in metric_names}
+    )
+    for summary in (experiment, session_start):
+      self._tb.file_writer.add_summary(summary, self._last_step)
+    self._hparams_started = True
 
-    hp = {str(k): plain(v) for k, v in hparams.items()}
+  def write_hparams(
+    self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
+  ) -> None:
+    """Ends the run's HPARAMS entry: ``metrics`` values as scalars at ``step`` (default: the
+    last step written) and the session's end (status: success).
+
+    Without an earlier ``start_hparams``, declares ``hparams`` with ``metrics`` as the columns
+    first. Values that are not bool/int/float/str are stringified.
+    """
+    if not self.enabled or self._tb is None:
+      return
+    from tensorboardX.summary import hparams as hparams_summary
+
+    if not self._hparams_started:
+      self.start_hparams(hparams, list(metrics))
     values = {str(k): _finite_or_none(v) for k, v in metrics.items()}
-    for summary in hparams_summary(hp, {k: 0.0 for k in values}):
-      self._tb.file_writer.add_summary(summary)
     step = self._last_step if step is None else int(step)
     for k, v in values.items():
       if v is not None:
         self._tb.add_scalar(k, v, step)
+    *_, session_end = hparams_summary({}, {})
+    self._tb.file_writer.add_summary(session_end, step)
 
   def truncate_after(self, step: int) -> None:
     """Forgets everything logged for steps > ``step`` (call on resume; see module doc)."""

@@ -37,7 +37,7 @@ WORKDIR = "runs"                # where the workdirs go (a gs:// path works on C
 TINY_STEPS = 200                # steps of the tiny recipe
 SENTIMENT_STEPS = 0             # 0: the quick variant's 2 epochs
 SENTIMENT_ROWS = 500            # examples per split (the quick variant's 500)
-SHOW_TENSORBOARD = True         # needs the tensorboard package (Colab has it)
+SHOW_TENSORBOARD = True         # TensorBoard inline (the package installs with jaxtune)
 GENERATE_TOKENS = 48            # new tokens from SmolLM2 in `jaxtune generate`; 0 = skip
 """
 

@@ -97,6 +97,19 @@ def test_classification_learns_and_writes_results_errors_and_export(tiny_bert, t
   assert len(errors) == wrong
   assert all({"text", "label", "predicted", "row"} <= set(e) for e in errors)
 
+  # TensorBoard: a confusion matrix per validation, the test split's at the last step, where
+  # its test/* scalars are too.
+  from tensorboard.backend.event_processing import event_accumulator
+
+  acc = event_accumulator.EventAccumulator(str(workdir / "tb"), size_guidance={"images": 0})
+  acc.Reload()
+  assert [e.step for e in acc.Images("eval/confusion_matrix")] == [20, 40, 60]
+  (test_image,) = acc.Images("test/confusion_matrix")
+  assert test_image.step == 60 and test_image.encoded_image_string.startswith(b"\x89PNG")
+  for key in ("accuracy", "f1_macro", "f1/positive", "loss"):
+    (point,) = acc.Scalars(f"test/{key}")
+    assert point.step == 60 and point.value == pytest.approx(results["test"][key], rel=1e-6)
+
   # The exported directory is a transformers sequence classifier with the run's labels.
   model = transformers.AutoModelForSequenceClassification.from_pretrained(workdir / "export")
   assert model.config.id2label == {0: "negative", 1: "positive"}

@@ -214,12 +214,34 @@ def test_sigkill_and_rerun_matches_uninterrupted_run_bitwise(straight_cli_run, t
   _resume_and_compare(straight_cli_run, tmp_path)
 
 
+def hparams_session(workdir):
+  """(hparams, declared metric names, end status or None) of the run, as TensorBoard reads them."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import metadata
+
+  acc = event_accumulator.EventAccumulator(str(Path(workdir) / "tb"))
+  acc.Reload()
+  content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+  start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+  experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+  end = content.get(metadata.SESSION_END_INFO_TAG)
+  return (start.hparams, [m.name.tag for m in experiment.metric_infos],
+          None if end is None else metadata.parse_session_end_info_plugin_data(end).status)
+
+
 def test_sigterm_saves_exits_and_rerun_matches_uninterrupted_run_bitwise(straight_cli_run, tmp_path):
+  from tensorboard.plugins.hparams import api_pb2
+
   code, out = _run_until_checkpoint(tmp_path, signal.SIGTERM, min_step=5)
   assert code == 143, out[-3000:]
   saved = int(out.split("preemption requested: saving step ", 1)[1].split()[0])
   assert saved < 40 and (tmp_path / "checkpoints" / str(saved)).is_dir(), out[-3000:]
+  # Stopped before its end, the run is in TensorBoard's HParams tab already, still open.
+  hparams, metric_names, status = hparams_session(tmp_path)
+  assert hparams["train.steps"].number_value == 40 and status is None
+  assert metric_names == ["train/loss", "eval/loss", "eval/perplexity", "eval/tokens"]
   _resume_and_compare(straight_cli_run, tmp_path, resumed_from=saved)
+  assert hparams_session(tmp_path)[2] == api_pb2.STATUS_SUCCESS  # ended by the resumed run
 
 
 @pytest.mark.parametrize("flag, message", [

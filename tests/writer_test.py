@@ -9,6 +9,7 @@ import struct
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
@@ -136,6 +137,91 @@ def test_hparams(tmp_path):
   assert _scalars(tmp_path / "tb")["eval/accuracy"] == [(10, 0.5), (10, 0.75)]
   # Everything in one run directory: the hparams apply to this run's scalars.
   assert all(os.path.isfile(tmp_path / "tb" / f) for f in os.listdir(tmp_path / "tb"))
+
+
+def _hparams_sessions(logdir):
+  """{run: session group} as TensorBoard's HPARAMS tab lists them, through its own backend."""
+  from tensorboard import context
+  from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+  from tensorboard.plugins import base_plugin
+  from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+  mux = plugin_event_multiplexer.EventMultiplexer()
+  mux.AddRunsFromDirectory(str(logdir))
+  mux.Reload()
+  tb = base_plugin.TBContext(
+    data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)),
+    logdir=str(logdir),
+    multiplexer=mux,
+  )
+  request = api_pb2.ListSessionGroupsRequest(
+    start_index=0, slice_size=10, allowed_statuses=list(api_pb2.Status.values())
+  )
+  groups = (
+    list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request)
+    .run()
+    .session_groups
+  )
+  return {g.name: g for g in groups}
+
+
+def test_hparams_declared_at_start_show_unfinished_runs_and_are_ended_with_final_metrics(tmp_path):
+  from tensorboard.plugins.hparams import api_pb2
+
+  hp = {"optim.learning_rate": 1e-3, "model.source": "preset:tiny"}
+  # A run killed after step 5: it declared its hparams at the start and never reached the end.
+  with MetricWriter(tmp_path / "killed") as w:
+    w.start_hparams(hp, ["train/loss", "eval/accuracy", "test/accuracy"])
+    w.write(5, {"train/loss": 2.0, "eval/accuracy": 0.5})
+  # A run that ends: write_hparams adds the final metrics and the end of the session.
+  with MetricWriter(tmp_path / "done") as w:
+    w.start_hparams({**hp, "optim.learning_rate": 2e-3}, ["train/loss", "eval/accuracy"])
+    w.write(5, {"train/loss": 1.5, "eval/accuracy": 0.6})
+    w.write_hparams(hp, {"eval/accuracy": 0.8})
+
+  groups = _hparams_sessions(tmp_path)
+  killed, done = groups["killed/tb"], groups["done/tb"]
+  assert killed.hparams["optim.learning_rate"].number_value == 1e-3
+  assert killed.hparams["model.source"].string_value == "preset:tiny"
+  assert {m.name.tag: (m.training_step, m.value) for m in killed.metric_values} == {
+    "train/loss": (5, 2.0),
+    "eval/accuracy": (5, 0.5),
+  }
+  assert killed.sessions[0].status == api_pb2.STATUS_UNKNOWN
+  assert done.hparams["optim.learning_rate"].number_value == 2e-3
+  assert {m.name.tag: m.value for m in done.metric_values}["eval/accuracy"] == pytest.approx(0.8)
+  assert done.sessions[0].status == api_pb2.STATUS_SUCCESS
+
+  # The declared columns, as the event reader sees them: the metric names given at the start.
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import metadata
+
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "killed" / "tb"))
+  acc.Reload()
+  content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+  assert metadata.SESSION_END_INFO_TAG not in content
+  experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+  assert [m.name.tag for m in experiment.metric_infos] == [
+    "train/loss",
+    "eval/accuracy",
+    "test/accuracy",
+  ]
+
+
+def test_images_reach_tensorboard_as_png(tmp_path):
+  import matplotlib.image
+  from tensorboard.backend.event_processing import event_accumulator
+
+  image = np.zeros((30, 40, 3), np.uint8)
+  image[:, :20] = (255, 0, 0)
+  with MetricWriter(tmp_path) as w:
+    w.write_image(7, "eval/confusion_matrix", image)
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+  acc.Reload()
+  (event,) = acc.Images("eval/confusion_matrix")
+  assert (event.step, event.width, event.height) == (7, 40, 30)
+  decoded = matplotlib.image.imread(io.BytesIO(event.encoded_image_string), format="png")
+  np.testing.assert_array_equal((decoded[..., :3] * 255).round().astype(np.uint8), image)
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

@@ -111,9 +111,18 @@ def test_export_lora_adapter(sft_run, tmp_path):
 
 
 def test_training_wrote_text_samples(sft_run):
-  """train.text_samples: greedy completions of validation prompts at the final evaluation."""
+  """train.text_samples: greedy completions of validation prompts before training (step 0, to
+  compare with) and at every evaluation, in text.jsonl and TensorBoard's text tab."""
+  from tensorboard.backend.event_processing import event_accumulator
+
   rows = [json.loads(x) for x in (sft_run / "text.jsonl").read_text().splitlines()]
   samples = [r for r in rows if r["tag"] == "samples/validation"]
-  assert [r["step"] for r in samples] == [6]
-  text = samples[0]["text"]
-  assert text.startswith("1. `'count") and "\n\n2. `'count" in text and " → " in text, text
+  assert [r["step"] for r in samples] == [0, 6]
+  for sample in samples:
+    text = sample["text"]
+    assert text.startswith("1. `'count") and "\n\n2. `'count" in text and " → " in text, text
+  acc = event_accumulator.EventAccumulator(str(sft_run / "tb"), size_guidance={"tensors": 0})
+  acc.Reload()
+  events = acc.Tensors("samples/validation/text_summary")
+  assert [e.step for e in events] == [0, 6]
+  assert events[0].tensor_proto.string_val[0].decode() == samples[0]["text"]

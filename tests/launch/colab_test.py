@@ -4,6 +4,7 @@ The run uses small parameters (few steps, no install, no TensorBoard server). Th
 cell asks SmolLM2 for 8 tokens.
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,20 @@ def test_notebook_is_what_make_colab_writes():
   nb = nbformat.reads(committed, as_version=4)
   nbformat.validate(nb)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_tensorboard_cell_needs_only_what_jaxtune_installs():
+  """The TensorBoard cell (`%load_ext tensorboard`) on a runtime without Colab's packages: the
+  `tensorboard` package is a dependency of jaxtune, and it loads as an IPython extension."""
+  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  from IPython.core.interactiveshell import InteractiveShell
+
+  deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+  assert "tensorboard" in {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in deps}
+  assert 'run_line_magic("load_ext", "tensorboard")' in make_colab.TENSORBOARD
+  shell = InteractiveShell.instance()
+  shell.run_line_magic("load_ext", "tensorboard")
+  assert "tensorboard" in shell.magics_manager.magics["line"]
 
 
 def ci_parameters(workdir: Path) -> str:
