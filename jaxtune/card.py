@@ -36,6 +36,7 @@ _CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+?)--([\w.-]+)$")
 # Hub data sets of jaxtune's builtins (the same texts: Pang & Lee's sentence polarity data).
 BUILTIN_DATASETS = {"rotten_tomatoes": ("cornell-movie-review-data/rotten_tomatoes", "en"),
                     "chitchat": (None, "en")}
+_DATA_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 PIPELINE_TAGS = {"causal_lm": "text-generation", "seq_cls": "text-classification"}
 
 
@@ -131,7 +132,8 @@ def dataset_id(source: str) -> str | None:
   if source in BUILTIN_DATASETS:
     return BUILTIN_DATASETS[source][0]
   name = source.split(":")[0]
-  if Path(source).expanduser().exists() or "://" in source or source.startswith(("/", "~", ".")):
+  if (Path(source).expanduser().exists() or "://" in source or source.startswith(("/", "~", "."))
+      or Path(name).suffix in _DATA_FILES):  # a local file, perhaps read on another machine
     return None
   return name if is_hub_id(name) or re.fullmatch(r"[\w.-]+", name) else None
 
