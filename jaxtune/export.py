@@ -233,8 +233,3 @@ def write_generation_config(out: Path, tokenizer, model_config, model_source: st
     base_dir = Path(cached).parent if isinstance(cached, str) else None
   cfg = generation.generation_config(tokenizer, model_config, generation.read_base(base_dir))
   (Path(out) / "generation_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def model_card(config, workdir: str | Path | None, *, adapter: bool) -> str:
-  """README.md for `config`'s export (kept for callers of the old name; see jaxtune.card)."""
-  return card.model_card(config, workdir, adapter=adapter)
