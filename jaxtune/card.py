@@ -190,8 +190,8 @@ def model_card(config, workdir, *, adapter: bool, source: Source | None = None,
   eval_results = None
   split, metrics = next(((s, results[s]) for s in ("test", "val") if results and results.get(s)),
                         (None, {}))
-  numbers = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)}
+  numbers = {k: float(v) for k, v in metrics.items()  # scores, not the split's example count
+             if isinstance(v, int | float) and not isinstance(v, bool) and k != "examples"}
   if numbers and pipeline_tag:
     data_name = _last(data_sources[0]) if data_sources else d.kind
     eval_results = [EvalResult(

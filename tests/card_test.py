@@ -60,6 +60,7 @@ def fake_run(tmp_path: Path, source: str, *, task: str, lora: int = 0, data: str
   workdir = tmp_path / "runs" / "my-run"
   workdir.mkdir(parents=True)
   metrics = {"accuracy": 0.875, "loss": 0.31} if task == "seq_cls" else {"loss": 1.9}
+  metrics["examples"] = 8
   (workdir / "results.json").write_text(json.dumps(
     {"best_step": 40, "val": {"loss": 0.3, "accuracy": 0.86}, "test": metrics}))
   (workdir / "run.json").write_text(json.dumps({"extra": {"data_stats": {"rows_read": 100}}}))
