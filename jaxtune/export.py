@@ -3,7 +3,8 @@
 `load_run` rebuilds a finished (or interrupted) run's model from workdir/config.json and its
 best checkpoint (averaged weights when the run kept them), LoRA adapters included;
 `save` writes it with `jaxtune.hf.save` (merged weights, or a PEFT adapter directory) plus the
-tokenizer and a README.md model card. The train driver's `export.enabled` and `jaxtune export`
+tokenizer (truncating as the run did), a causal LM's generation_config.json (its stop tokens),
+and a README.md model card (`jaxtune.card`). The train driver's `export.enabled` and `jaxtune export`
 both go through `save`.
 """
 
@@ -20,6 +21,7 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
+from jaxtune import card
 from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -140,12 +142,21 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
     folder = output_folder(final, workdir, overwrite=overwrite, flag=flag, hint=hint)
     local = folder.staging()
     try:
+      source = card.describe_source(config.model.source)
+      classifier = config.model.task == "seq_cls"
       if adapter:
         hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
-                base_model_name_or_path=config.model.source)
+                base_model_name_or_path=source.peft_base)
       else:
-        hf.save(model, local, tokenizer, dtype=dtype)
-      (local / "README.md").write_text(model_card(config, workdir, adapter=adapter))
+        hf.save(model, local, tokenizer, dtype=dtype,
+                max_seq_length=config.data.seq_len if classifier else None)
+        if config.model.task == "causal_lm":
+          write_generation_config(local, tokenizer, model.config, config.model.source, source)
+      if tokenizer is not None:
+        fit_tokenizer_config(local, config)
+      chat = isinstance(getattr(tokenizer, "chat_template", None), str)
+      (local / "README.md").write_text(
+        card.model_card(config, workdir, adapter=adapter, source=source, chat=chat))
       folder.publish(local)
     finally:
       shutil.rmtree(local, ignore_errors=True)
@@ -179,53 +190,46 @@ def _on_process_zero(model: nnx.Module) -> nnx.Module | None:
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, gathered)) if main else None
 
 
-def model_card(config, workdir: str | Path | None, *, adapter: bool) -> str:
-  """README.md: HF yaml header, base model, data, training config and final metrics."""
-  import jaxtune
-
-  workdir = epath.Path(workdir) if workdir else None
-  results = _read_json(workdir / "results.json") if workdir else None
-  run = (_read_json(workdir / "run.json") if workdir else None) or {}
-  base = config.model.source
-  on_hub = not base.startswith("preset:") and not Path(base).expanduser().exists()
-  task = {"causal_lm": "text-generation", "seq_cls": "text-classification"}.get(config.model.task)
-  header = ["---", f"library_name: {'peft' if adapter else 'transformers'}"]
-  if on_hub and not base.endswith(".gguf"):
-    header.append(f"base_model: {base}")
-  if task:
-    header.append(f"pipeline_tag: {task}")
-  header += ["tags:", "- jaxtune", *(["- lora"] if config.lora.rank > 0 else []),
-             *([f"- {task}"] if task else []), "---", ""]
-  d = config.data
-  data = d.source or d.kind
-  stats = run.get("extra", {}).get("data_stats") or {}
-  lines = [
-    f"# {Path(str(workdir)).name if workdir else 'jaxtune model'}", "",
-    f"Fine-tuned with jaxtune {jaxtune.__version__} "
-    f"({config.model.task}{f', LoRA rank {config.lora.rank}' if config.lora.rank else ''}"
-    f"{', adapter only' if adapter else ', weights merged' if config.lora.rank else ''}).", "",
-    "## Base model", "", f"`{base}`", "",
-    "## Data", "", f"- kind: `{d.kind}`", f"- source: `{data}`",
-  ]
-  if d.validation_source:
-    lines.append(f"- validation: `{d.validation_source}`")
-  for key in ("rows_read", "skipped", "truncated", "loss_tokens"):
-    if key in stats:
-      lines.append(f"- {key.replace('_', ' ')}: {stats[key]}")
-  lines += ["", "## Final metrics", ""]
-  if results:
-    lines.append(f"Best checkpoint: step {results.get('best_step')}.")
-    lines += ["", "| split | metric | value |", "|---|---|---|"]
-    for split in ("val", "test"):
-      for k, v in (results.get(split) or {}).items():
-        if isinstance(v, int | float):
-          lines.append(f"| {split} | {k} | {v:.6g} |")
-  else:
-    lines.append("No results.json (the run did not finish).")
-  lines += ["", "## Training config", "", "```json",
-            json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True), "```", ""]
-  return "\n".join(header + lines)
+# Keys transformers copies from a tokenizer.json's padding/truncation (MiniLM's pads and cuts at
+# 128) and from load-time arguments into tokenizer_config.json: none says how the model was
+# trained, and a stale max_length contradicts model_max_length.
+_STALE_TOKENIZER_KEYS = ("max_length", "stride", "pad_to_multiple_of", "padding_strategy",
+                         "is_local", "local_files_only")
 
 
-def _read_json(path: epath.Path) -> dict | None:
-  return json.loads(path.read_text()) if path.exists() else None
+def fit_tokenizer_config(out: Path, config) -> None:
+  """Make out/tokenizer_config.json truncate as the run did.
+
+  A classifier saw at most data.seq_len tokens, special tokens included, cut by
+  `tokenizer(..., truncation=True, max_length=seq_len)` (longest first, on the tokenizer's
+  truncation side): model_max_length = seq_len makes `truncation=True` in transformers (the
+  pipeline's or the tokenizer's own) cut the same tokens.
+  """
+  path = Path(out) / "tokenizer_config.json"
+  if not path.exists():
+    return
+  tc = json.loads(path.read_text())
+  for key in _STALE_TOKENIZER_KEYS:
+    tc.pop(key, None)
+  if config.model.task == "seq_cls":
+    tc["model_max_length"] = int(config.data.seq_len)
+    tc["truncation_strategy"] = "longest_first"
+    tc.setdefault("truncation_side", "right")
+  path.write_text(json.dumps(tc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_generation_config(out: Path, tokenizer, model_config, model_source: str,
+                            source: card.Source) -> None:
+  """out/generation_config.json: the base's own (when it has one) with every stop token."""
+  from jaxtune.hf import generation
+
+  base_dir = None
+  if source.kind == "dir":
+    base_dir = Path(model_source).expanduser()
+  elif source.kind == "hub":
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source.hub_id, "generation_config.json")
+    base_dir = Path(cached).parent if isinstance(cached, str) else None
+  cfg = generation.generation_config(tokenizer, model_config, generation.read_base(base_dir))
+  (Path(out) / "generation_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

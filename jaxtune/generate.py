@@ -269,8 +269,11 @@ def encode(tokenizer, prompt: str, *, chat: bool, system: str = "") -> list[int]
 
 
 def stop_ids(tokenizer, model_config, extra: list[str]) -> set[int]:
-  """EOS of the tokenizer and the model config, plus --stop tokens."""
-  ids = set()
+  """EOS of the tokenizer and the model config, the chat template's end-of-turn tokens (as an
+  export's generation_config.json lists them, `jaxtune.hf.generation`), plus --stop tokens."""
+  from jaxtune.hf import generation
+
+  ids = set(generation.chat_stop_ids(tokenizer))
   for eos in (getattr(tokenizer, "eos_token_id", None), getattr(model_config, "eos_token_id", None)):
     if isinstance(eos, int):
       ids.add(eos)

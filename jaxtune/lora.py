@@ -352,19 +352,22 @@ def _peft_lora_weights(row, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, n
   return np.ascontiguousarray(a.T), np.ascontiguousarray(cols(b).T), not torch_layout
 
 
-def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *, base_model_name_or_path: str,
-                 dtype=None) -> Path:
+def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *,
+                 base_model_name_or_path: str | None, dtype=None) -> Path:
   """Write a PEFT LoRA adapter directory: adapter_config.json + adapter_model.safetensors.
 
   Keys are PEFT's (`base_model.model.<HF module>.lora_A.weight` [r, in], `lora_B.weight`
   [out, r]), HF module names come from the family's Row table, and fully trained modules
   (`lora.train_also`, plus task heads a base checkpoint lacks) go under `modules_to_save`.
   `peft.PeftModel.from_pretrained(<base HF model>, out_dir)` then computes what `model` does.
+  `base_model_name_or_path` is what `AutoPeftModel*.from_pretrained(out_dir)` loads: a hub id or
+  an HF directory; None (written as null) when no such base exists (a GGUF file: load it with
+  transformers' `gguf_file=` and attach the adapter with `PeftModel.from_pretrained`).
   """
   from jaxtune.hf.families import family_for_module
   from jaxtune.hf.safetensors_io import write_safetensors
 
-  if not base_model_name_or_path:
+  if base_model_name_or_path is not None and not base_model_name_or_path:
     raise ValueError("save_adapter needs base_model_name_or_path (the HF model the adapter is for)")
   adapters = lora_modules(model)
   if not adapters:
@@ -431,7 +434,7 @@ def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *, base_model_na
   adapter_config = {
     "peft_type": "LORA",
     "task_type": _PEFT_TASKS.get(model.task),
-    "base_model_name_or_path": str(base_model_name_or_path),
+    "base_model_name_or_path": base_model_name_or_path and str(base_model_name_or_path),
     "r": spec.rank,
     "lora_alpha": spec.alpha,
     "lora_dropout": spec.dropout,

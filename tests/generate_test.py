@@ -161,6 +161,24 @@ def _tokenizer():
                                               eos_token="</s>", pad_token="<pad>")
 
 
+def test_chat_template_end_of_turn_tokens_stop():
+  """The end-of-turn token a chat template writes stops generation, here and in an export."""
+  from jaxtune.hf import generation
+
+  tok = _tokenizer()
+  tok.add_tokens(["<|im_end|>"], special_tokens=True)
+  end = tok.convert_tokens_to_ids("<|im_end|>")
+  assert generate.stop_ids(tok, None, []) == {1}  # no template: EOS only
+  tok.chat_template = "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"
+  assert generate.stop_ids(tok, None, []) == {1, end}
+  assert generation.generation_config(tok, None) == {
+    "bos_token_id": 2, "eos_token_id": [1, end], "pad_token_id": 0}
+  # The base model's own file is kept (sampling defaults too) and its EOS comes first.
+  base = {"eos_token_id": 9, "temperature": 0.7, "transformers_version": "4.0"}
+  assert generation.generation_config(tok, None, base) == {
+    "bos_token_id": 2, "eos_token_id": [9, 1, end], "pad_token_id": 0, "temperature": 0.7}
+
+
 def test_prompts_encoding_and_stop_tokens(tmp_path):
   tok = _tokenizer()
   # A post-processor that appends EOS: the prompt continues, so the EOS goes.

@@ -198,6 +198,19 @@ def test_peft_parity_causal_lm(checkpoint, tmp_path, targets):
                              atol=1e-5, rtol=0)
 
 
+def test_adapter_for_a_base_peft_cannot_load_by_name(checkpoint, tmp_path):
+  """A GGUF base: adapter_config.json names no base (null, never the .gguf path), and
+  PeftModel attaches the adapter to a base loaded by hand with the same result."""
+  ids, mask = _batch()
+  model = lora.apply(hf.load(checkpoint()), _cfg(targets=ALL_PROJ))
+  _randomize(model)
+  out = lora.save_adapter(model, tmp_path / "adapter", base_model_name_or_path=None)
+  assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+  want, _ = _peft_logits(checkpoint(), out, "causal_lm", ids, mask)
+  np.testing.assert_allclose(_real(_logits(model, ids, mask), mask, "causal_lm"),
+                             _real(want, mask, "causal_lm"), atol=1e-5, rtol=0)
+
+
 def test_merged_export_loads_in_transformers(checkpoint, tmp_path):
   ids, mask = _batch()
   model = lora.apply(hf.load(checkpoint()), _cfg(targets=ALL_PROJ))

@@ -142,10 +142,12 @@ def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str, num_labels
 
 def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None,
          max_shard_bytes: int | None = None, adapter_only: bool = False,
-         base_model_name_or_path: str = "") -> Path:
+         base_model_name_or_path: str | None = "", max_seq_length: int | None = None) -> Path:
   """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given).
 
-  A BERT classifier on mean pooling is written as a sentence-transformers directory (hf.sbert).
+  A BERT classifier on mean pooling is written as a sentence-transformers directory (hf.sbert)
+  that truncates to `max_seq_length` tokens (default: the model's positions; pass the length
+  the model was trained on, so sentence-transformers cuts texts where jaxtune did).
 
   A model with LoRA layers is written merged (standard HF weights); with `adapter_only=True`
   it is written as a PEFT adapter directory for `base_model_name_or_path` instead.
@@ -177,7 +179,7 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
 
     cfg = model.config
     sbert.write(out, tensors, hidden_size=cfg.hidden_size, num_labels=cfg.num_labels,
-                max_seq_length=cfg.max_position_embeddings, **kwargs)
+                max_seq_length=max_seq_length or cfg.max_position_embeddings, **kwargs)
   else:
     write_sharded(out, tensors, **kwargs)
   (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

@@ -187,6 +187,11 @@ def _scalar(x):
   return x.item()
 
 
+def metadata(path: str | os.PathLike) -> dict:
+  """A .gguf file's metadata (general.*, the architecture's numbers), without the vocabulary."""
+  return _metadata(_reader(path))
+
+
 def _metadata(reader) -> dict:
   """Every metadata field except the big tokenizer arrays (read on demand by load_tokenizer)."""
   big = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
+import numpy as np
 import pytest
 
 from jaxtune import config as jt_config
@@ -45,7 +47,9 @@ def sft_run(tmp_path_factory):
   cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, max_position_embeddings=256,
-                                 tie_word_embeddings=True)
+                                 tie_word_embeddings=True, bos_token_id=1, eos_token_id=0)
+  # eos 0 (<|endoftext|>) in the model's configs, as Qwen's base models have, while the chat
+  # template ends turns with <|im_end|> (2): the export must stop on both.
   torch.manual_seed(0)
   transformers.LlamaForCausalLM(cfg).save_pretrained(tmp / "base")
   words = "one two three four five six seven eight nine ten eleven twelve".split()
@@ -76,10 +80,14 @@ def sft_run(tmp_path_factory):
 def test_export_decodes_like_jaxtune_generate(sft_run, tmp_path):
   out = tmp_path / "hf"
   jaxtune_cli("export", f"--workdir={sft_run}", f"--out={out}", "--merge_lora")
-  card = (out / "README.md").read_text()
-  assert card.startswith("---\nlibrary_name: transformers\n")
-  assert "## Final metrics" in card and "| val | loss |" in card
-  assert '"rank": 4' in card  # the training config
+  card = huggingface_hub.ModelCard.load(out / "README.md")
+  assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-generation")
+  assert card.data.base_model is None  # a local directory with no hub id in its metadata
+  assert "## Final metrics" in card.text and "| val | loss |" in card.text
+  assert '"rank": 4' in card.text  # the training config
+  assert str(sft_run.parent) not in card.content and "/tmp" not in card.content
+  gc = transformers.GenerationConfig.from_pretrained(out)
+  assert (gc.bos_token_id, gc.eos_token_id, gc.pad_token_id) == (1, [0, 2], 2)
   gen = jaxtune_cli("generate", f"--workdir={sft_run}", *[f"--prompt={p}" for p in PROMPTS],
                     "--max_new_tokens=12", f"--out={tmp_path / 'gen.jsonl'}")
   assert "tokens/s" in gen.stderr
@@ -87,15 +95,22 @@ def test_export_decodes_like_jaxtune_generate(sft_run, tmp_path):
 
   model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   tok = transformers.AutoTokenizer.from_pretrained(out)
-  eos = tok.eos_token_id
   for prompt, row in zip(PROMPTS, ours, strict=True):
     ids = torch.tensor([tok(prompt)["input_ids"]])
-    with torch.no_grad():
+    with torch.no_grad():  # stop and pad ids from generation_config.json alone
       ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                           do_sample=False, eos_token_id=eos, pad_token_id=eos)
+                           do_sample=False)
     want = ref[0, ids.shape[1]:].tolist()
     assert row["tokens"] == want, prompt
     assert row["completion"] == tok.decode(want, skip_special_tokens=True)
+  # generate stops on the chat end-of-turn token: make <|im_end|> the likeliest next token.
+  with torch.no_grad():
+    model.get_output_embeddings().weight[2] *= 1000
+    ids = torch.tensor([tok(PROMPTS[0])["input_ids"]])
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                         do_sample=False)
+  new = ref[0, ids.shape[1]:].tolist()
+  assert new[-1] == 2 and len(new) < 12, new  # it ended there, not at max_new_tokens
 
 
 def test_export_lora_adapter(sft_run, tmp_path):
@@ -105,9 +120,18 @@ def test_export_lora_adapter(sft_run, tmp_path):
   run = export.load_run(sft_run, step=6)
   out = export.save(run.model, tmp_path / "adapter", run.tokenizer, run.config, workdir=sft_run,
                     merge_lora=False)
-  assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
-  assert (out / "README.md").read_text().startswith("---\nlibrary_name: peft\n")
+  adapter_config = json.loads((out / "adapter_config.json").read_text())
+  assert adapter_config["r"] == 4
+  assert adapter_config["base_model_name_or_path"] == str((sft_run.parent / "base").resolve())
+  assert huggingface_hub.ModelCard.load(out / "README.md").data.library_name == "peft"
   assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+  # PEFT loads the base from adapter_config.json by itself and computes jaxtune's logits.
+  peft = pytest.importorskip("peft")
+  model = peft.AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  ids = np.array([run.tokenizer("one two three four")["input_ids"]], np.int32)
+  with torch.no_grad():
+    ref = model(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(run.model(ids)), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_training_wrote_text_samples(sft_run):
