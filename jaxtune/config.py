@@ -100,8 +100,8 @@ def default() -> ml_collections.ConfigDict:
 
   # MLflow and W&B (report_to=mlflow,wandb); how a run is reported, never what it trains.
   c.tracking = ml_collections.ConfigDict()
-  # MLflow tracking URI; '' = MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db (a search:
-  # the study dir's).
+  # MLflow tracking URI; '' = MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db (in a
+  # search, the study directory's mlflow.db, for every trial)
   c.tracking.mlflow_uri = ""
   c.tracking.experiment = ""  # MLflow experiment and W&B project; '' = the recipe's name
   c.tracking.run_name = ""  # '' = the workdir's name (a search: the trial's)
