@@ -8,7 +8,7 @@ import os
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jaxtune import train, trackers
+from jaxtune import trackers, train
 
 
 class Boom(RuntimeError):
