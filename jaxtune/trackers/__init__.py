@@ -100,8 +100,13 @@ def uses_runs(config) -> bool:
 
 def from_config(config, workdir: str | os.PathLike) -> list[Tracker]:
   """The MLflow / W&B trackers `config.report_to` names, started for the run in `workdir`
-  (resuming the runs recorded in its trackers.json). Call on process 0 only."""
+  (resuming the runs recorded in its trackers.json); none on processes other than 0, whose
+  writers write nothing either."""
+  import jax
+
   names = check(config.report_to)
+  if jax.process_index() != 0:
+    return []
   out: list[Tracker] = []
   try:
     if "mlflow" in names:
