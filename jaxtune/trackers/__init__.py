@@ -233,6 +233,7 @@ def write_id(workdir, name: str, entry: dict) -> None:
 
   ids = read_ids(workdir)
   ids[name] = entry
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # trackers start before the writer
   writer._write_atomic(os.fspath(epath.Path(workdir) / IDS_FILE), json.dumps(ids, indent=2) + "\n")
 
 

@@ -133,9 +133,10 @@ class MlflowTracker:
         tags["jaxtune.group"] = config.tracking.group
         tags["mlflow.parentRunId"] = _group_parent(self.client, exp_id, config.tracking.group)
       run = self.client.create_run(exp_id, run_name=trackers.run_name(config, workdir), tags=tags)
-      trackers.write_id(workdir, "mlflow", {"run_id": run.info.run_id, "tracking_uri": self.uri})
     self.run_id = run.info.run_id
-    trackers.register(self)
+    trackers.register(self)  # from here on, a failure ends the run FAILED
+    if run.info.run_id != old.get("run_id"):
+      trackers.write_id(workdir, "mlflow", {"run_id": run.info.run_id, "tracking_uri": self.uri})
     self._log_params(trackers.flat_config(config), dict(run.data.params))
 
   def _log_params(self, params: Mapping[str, Any], logged: Mapping[str, str]) -> None:

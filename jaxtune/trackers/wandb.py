@@ -61,9 +61,9 @@ class WandbTracker:
       reinit="create_new",  # one run per tracker: PBT members are open at once
     )
     _live[0] += 1
+    trackers.register(self)  # from here on, a failure ends the run FAILED
     if not old:
       trackers.write_id(workdir, "wandb", {"run_id": run_id, "project": self.run.project})
-    trackers.register(self)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     values = trackers.finite(metrics)

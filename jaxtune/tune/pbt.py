@@ -62,8 +62,9 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
       pop.set_hparams(i, m["history"][-1]["hparams"])
     rng.bit_generator.state = book["rng"]
     log.info("PBT: resumed after generation %d", book["generation"])
-  with trackers.end_on_error(), trackers.study_run(config, workdir, study.study_name):
+  with trackers.end_on_error(), trackers.study_run(config, workdir, study.study_name) as summary:
     _generations(search, study, pop, book, rng, pdir, run_config, workdir)
+    study_lib.log_best(study, search, summary)
   return study
 
 

@@ -230,8 +230,13 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     study.optimize(make_objective(config, search, workdir), timeout=timeout,
                    callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
                    catch=())
-    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-      best = study.best_trial
-      summary({f"best/{search.objective.metric}": best.value, "best/trial": best.number},
-              {f"best.{k}": v for k, v in best.params.items()})
+    log_best(study, search, summary)
   return study
+
+
+def log_best(study: optuna.Study, search, summary) -> None:
+  """The best trial's objective and values, to the study's tracker run (`trackers.study_run`)."""
+  if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    best = study.best_trial
+    summary({f"best/{search.objective.metric}": best.value, "best/trial": best.number},
+            {f"best.{k}": v for k, v in best.params.items()})
