@@ -31,3 +31,26 @@ def test_study_trials_are_nested_mlflow_runs(tiny_config, tmp_path):
     assert child.info.status == "FINISHED"
     assert float(child.data.params["optim.learning_rate"]) == t.params["optim.learning_rate"]
     assert child.data.metrics["eval/loss"] == t.value  # the objective, as the last eval/loss
+
+
+def test_pbt_members_are_nested_mlflow_runs(tiny_config, tmp_path):
+  sys.path.insert(0, str(REPO))
+  from configs.search import tiny
+  from jaxtune.tune import pbt
+
+  search = tiny.get_config("pbt")
+  search.pbt.population, search.pbt.quantile = 2, 0.5
+  c = tiny_config
+  c.report_to = "mlflow"
+  s = pbt.run(c, search, tmp_path / "study", study_name="pbt-search", vmapped=True)
+  client = MlflowClient(f"sqlite:///{tmp_path / 'study'}/mlflow.db")
+  runs = {r.info.run_name: r for r in client.search_runs(
+    [client.get_experiment_by_name("jaxtune").experiment_id])}
+  assert sorted(runs) == ["member-00", "member-01", "pbt-search"]
+  parent = runs.pop("pbt-search")
+  assert parent.info.status == "FINISHED"
+  assert parent.data.metrics["best/eval/loss"] == s.best_value
+  for name, child in runs.items():
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "eval/loss")]
+    assert steps == [3, 6], name  # one point per generation
