@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-from jaxtune import export, lora, optim
+from jaxtune import export, lora, optim, trackers
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
@@ -23,6 +23,9 @@ TASKS = ("causal_lm", "seq_cls")
 def default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Where metrics go besides metrics.jsonl (always written), comma-separated: tensorboard
+  # (events in workdir/tb) | mlflow | wandb; '' = metrics.jsonl only. See docs/guides/tracking.md.
+  c.report_to = "tensorboard"
 
   c.model = ml_collections.ConfigDict()
   # An HF directory, .gguf file or hub id; or 'preset:<name>' for random weights (models.presets).
@@ -94,6 +97,17 @@ def default() -> ml_collections.ConfigDict:
   c.checkpoint.best_metric = "eval/loss"
   c.checkpoint.best_mode = "min"
   c.checkpoint.async_save = True
+
+  # MLflow and W&B (report_to=mlflow,wandb); how a run is reported, never what it trains.
+  c.tracking = ml_collections.ConfigDict()
+  # MLflow tracking URI; '' = MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db (in a
+  # search, the study directory's mlflow.db, for every trial)
+  c.tracking.mlflow_uri = ""
+  c.tracking.experiment = ""  # MLflow experiment and W&B project; '' = the recipe's name
+  c.tracking.run_name = ""  # '' = the workdir's name (a search: the trial's)
+  # Runs of one group (a search sets its study name): MLflow child runs of the group's parent
+  # run, the W&B group.
+  c.tracking.group = ""
   return c
 
 
@@ -229,6 +243,9 @@ READ_WHEN = (
   *((f"lora.{k}", lambda c: c.lora.rank > 0, "lora.rank > 0")
     for k in ("alpha", "dropout", "targets", "train_also", "init", "use_rslora")),
   ("export.merge_lora", lambda c: c.lora.rank > 0, "lora.rank > 0"),
+  *((f"tracking.{k}", lambda c: trackers.uses_runs(c), "report_to=mlflow and/or wandb")
+    for k in ("experiment", "run_name", "group")),
+  ("tracking.mlflow_uri", lambda c: "mlflow" in trackers.parse(c.report_to), "report_to=mlflow"),
 )
 
 
@@ -335,6 +352,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.steps > 0 or c.train.epochs > 0, "train.steps", c.train.steps, "must be positive (or set train.epochs)")
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
+  trackers.check(c.report_to)  # names, and the package of each (mlflow, wandb) installed
   export.check_dtype(c.export.dtype, "export.dtype")  # the rule `jaxtune export --dtype` uses
   check_best_metric(c, names)
   data_config.check_files(c.data)  # a missing data file is the first thing to say

@@ -32,7 +32,7 @@ FREE = ("mesh.", "export.", "train.progress", "train.log_every", "train.eval_bat
         "train.text_samples", "train.text_sample_tokens", "train.micro_batches",
         "model.attention", "model.remat", "model.allow_pickle", "checkpoint.every_steps",
         "checkpoint.every_minutes", "checkpoint.keep_last", "checkpoint.keep_best",
-        "checkpoint.async_save")
+        "checkpoint.async_save", "report_to", "tracking.")
 # Keys that fix the saved state's shapes or structure.
 FROZEN = ("model.source", "model.task", "model.num_labels", "model.param_dtype",
           "model.scan_layers", "model.pooling", "model.config_overrides", "lora.rank",

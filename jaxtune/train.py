@@ -33,6 +33,7 @@ from jaxtune import (
   sharding,
   step,
   storage,
+  trackers,
   workdir_lock,
   writer,
 )
@@ -124,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   validate(config)
   workdir = epath.Path(workdir_lock.require(workdir))  # a local path or a URL such as gs://bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
-  with workdir_lock.hold(workdir):
+  # MLflow / W&B runs end FAILED (KILLED) when the run raises (is interrupted, preempted).
+  with workdir_lock.hold(workdir), trackers.end_on_error():
     return _train_and_evaluate(config, workdir, on_eval, allow_config_change, recipe)
 
 
@@ -219,7 +221,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   if is_main:  # only now: a refused or failed resume leaves the run's config.json as it was
     writer.write_config(workdir, config)
     resumed.record(start)
-  mw = writer.MetricWriter(workdir) if is_main else None
+  mw = writer.MetricWriter(
+    workdir, tensorboard="tensorboard" in trackers.parse(config.report_to),
+    trackers=trackers.from_config(config, workdir)) if is_main else None
   if mw is not None:
     mw.truncate_after(start)
     # Declared now, so a run that is killed or pruned still shows in TensorBoard's HParams tab.
@@ -520,7 +524,7 @@ def export_folder(workdir: epath.Path):
 
 def _write_confusion(mw, s: int, res: dict, prefix: str, label_names, title: str = "") -> None:
   """Classification: the confusion matrix as an image in TensorBoard (`<prefix>/confusion_matrix`)."""
-  if "confusion" not in res:
+  if "confusion" not in res or not mw.has_tensorboard:  # drawing costs ~0.1 s: only for a reader
     return
   from jaxtune import plots  # matplotlib: imported by classification runs only
 

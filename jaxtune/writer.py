@@ -145,13 +145,21 @@ class MetricWriter:
     workdir: run directory (created if missing).
     tensorboard: also write TensorBoard events under ``workdir/tb``.
     enabled: whether this process writes; default: only process 0.
+    trackers: MLflow / W&B trackers (``jaxtune.trackers``) that every write, text, hparams
+      and ``close`` is forwarded to.
   """
 
   def __init__(
-    self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool | None = None
+    self,
+    workdir: str | os.PathLike,
+    *,
+    tensorboard: bool = True,
+    enabled: bool | None = None,
+    trackers: Sequence[Any] = (),
   ):
     self.workdir = os.fspath(workdir)
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.trackers = list(trackers) if self.enabled else []
     self._last_step = 0
     self._tb = None
     self._jsonl = None
@@ -190,6 +198,8 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, step)
+    for t in self.trackers:
+      t.write(step, values)
     self._maybe_upload()
 
   def write_text(self, step: int, tag: str, text: str) -> None:
@@ -201,6 +211,13 @@ class MetricWriter:
     self._text.write(json.dumps({"step": int(step), "tag": tag, "text": text}) + "\n")
     if self._tb is not None:
       self._tb.add_text(tag, text, int(step))
+    for t in self.trackers:
+      t.write_text(int(step), tag, text)
+
+  @property
+  def has_tensorboard(self) -> bool:
+    """Whether this writer writes TensorBoard events (process 0, `tensorboard` in report_to)."""
+    return self.enabled and self._tb is not None
 
   def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
     """Writes an ``(H, W, 3)`` uint8 image (e.g. ``plots.figure_rgb``) to TensorBoard's images
@@ -220,7 +237,11 @@ class MetricWriter:
     Written into the main run (not a sub-run as tensorboardX's ``add_hparams`` does), so the
     dashboard links the hparams to every scalar of this run.
     """
-    if not self.enabled or self._tb is None:
+    if not self.enabled:
+      return
+    for t in self.trackers:
+      t.write_hparams(hparams, metrics, self._last_step if step is None else int(step))
+    if self._tb is None:
       return
     from tensorboardX.summary import hparams as hparams_summary
 
@@ -311,6 +332,9 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    trackers, self.trackers = self.trackers, []
+    for t in trackers:  # after the flush: they log the workdir's final files
+      t.close()
 
   def __enter__(self) -> MetricWriter:
     return self

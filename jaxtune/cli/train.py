@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxtune import config as jt_config
-from jaxtune import distributed
+from jaxtune import distributed, trackers
 from jaxtune.cli import run_app
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,6 +34,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   # Keys set with --config.a.b=v that this run would not read are refused, before anything runs.
   jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
+  trackers.name_experiment(_CONFIG.value, flags.FLAGS["config"].config_filename)
   distributed.maybe_initialize()
   from jaxtune import train
 

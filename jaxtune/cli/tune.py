@@ -56,9 +56,11 @@ def main(argv):
   warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
   from jaxtune import config as jt_config
+  from jaxtune import trackers
 
   # Keys set with --config.a.b=v that the trials would not read are refused, before any trial.
   jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
+  trackers.name_experiment(_CONFIG.value, flags.FLAGS["config"].config_filename)
   workdir = Path(_WORKDIR.value)
   search = _SEARCH.value
   try:  # up front, so a mistake in the search file is named before any trial starts

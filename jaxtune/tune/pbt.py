@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from jaxtune import writer
+from jaxtune import trackers, writer
 from jaxtune.errors import ConfigError
 from jaxtune.tune import population, space
 from jaxtune.tune import study as study_lib
@@ -39,7 +39,6 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
   pdir.mkdir(parents=True, exist_ok=True)
   study_lib.share_compilations(workdir)
   study = study_lib.open_study(search, workdir, storage, study_name)
-  metric, maximize = search.objective.metric, search.objective.direction == "maximize"
   total = int(p.interval * p.generations)
   rng = np.random.default_rng(int(search.seed))
   hparams = [space.sample(search, rng) for _ in range(p.population)]
@@ -63,7 +62,23 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
       pop.set_hparams(i, m["history"][-1]["hparams"])
     rng.bit_generator.state = book["rng"]
     log.info("PBT: resumed after generation %d", book["generation"])
-  writers = [writer.MetricWriter(pdir / f"member_{i:02d}") for i in range(pop.size)]
+  with trackers.end_on_error(), trackers.study_run(config, workdir, study.study_name) as summary:
+    _generations(search, study, pop, book, rng, pdir, run_config, workdir)
+    study_lib.log_best(study, search, summary)
+  return study
+
+
+def _generations(search, study, pop, book, rng, pdir: Path, run_config, workdir: Path) -> None:
+  """Trains, evaluates and records every generation left; exploit and explore between them."""
+  p = search.pbt
+  metric, maximize = search.objective.metric, search.objective.direction == "maximize"
+  book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
+  # Each member is a run of its own in MLflow / W&B (children of the study's run).
+  writers = [writer.MetricWriter(
+    pdir / f"member_{i:02d}", tensorboard="tensorboard" in trackers.parse(run_config.report_to),
+    trackers=trackers.from_config(trackers.for_trial(run_config, workdir, study.study_name,
+                                                     f"member-{i:02d}"), pdir / f"member_{i:02d}"))
+    for i in range(pop.size)]
   dists = space.distributions(search)
   n_top = max(1, int(round(p.quantile * pop.size)))
 
@@ -111,4 +126,3 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     tmp.replace(book_path)
   for w in writers:
     w.close()
-  return study

@@ -21,7 +21,7 @@ from pathlib import Path
 import ml_collections
 import optuna
 
-from jaxtune import metrics
+from jaxtune import metrics, trackers
 from jaxtune.errors import ConfigError
 from jaxtune.tune import space
 
@@ -184,7 +184,10 @@ def make_objective(config, search, workdir: Path):
       return False
 
     t0 = time.perf_counter()
-    result = train.train_and_evaluate(trial_config(config, search, values), tdir, on_eval=on_eval)
+    # MLflow: a child of the study's run, W&B: in the study's group (jaxtune.trackers).
+    tconfig = trackers.for_trial(trial_config(config, search, values), workdir,
+                                 trial.study.study_name, f"trial-{trial.number:04d}")
+    result = train.train_and_evaluate(tconfig, tdir, on_eval=on_eval)
     trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
     trial.set_user_attr("steps", int(result["step"]))
     val = {f"eval/{k}": v for k, v in metrics.scalars(result["results"]["val"]).items()}
@@ -245,7 +248,17 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
              study.study_name, finished(study), budget)
     return study
   timeout = float(search.budget.minutes) * 60 or None
-  study.optimize(make_objective(config, search, workdir), timeout=timeout,
-                 callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
-                 catch=())
+  with trackers.study_run(config, workdir, study.study_name) as summary:
+    study.optimize(make_objective(config, search, workdir), timeout=timeout,
+                   callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
+                   catch=())
+    log_best(study, search, summary)
   return study
+
+
+def log_best(study: optuna.Study, search, summary) -> None:
+  """The best trial's objective and values, to the study's tracker run (`trackers.study_run`)."""
+  if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+    best = study.best_trial
+    summary({f"best/{search.objective.metric}": best.value, "best/trial": best.number},
+            {f"best.{k}": v for k, v in best.params.items()})

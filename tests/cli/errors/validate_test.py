@@ -49,6 +49,10 @@ CONFIG_CASES = [
   ("text_samples_without_tokenizer", ["--config.train.text_samples=2"], ["train.text_samples=2", "ignore"]),
   ("preset_override_unknown", ["--config.model.config_overrides=bogus_dim=3"],
    ["preset tiny-llama with model.config_overrides", "bogus_dim"]),
+  ("report_to_unknown", ["--config.report_to=tensorboard,mlfow"],
+   ["report_to='tensorboard,mlfow'", "'mlfow'", "known: tensorboard, mlflow, wandb"]),
+  ("tracking_without_tracker", ["--config.tracking.experiment=x"],
+   ["tracking.experiment='x'", "only read with report_to=mlflow and/or wandb"]),
 ]
 
 
