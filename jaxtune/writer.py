@@ -237,11 +237,7 @@ class MetricWriter:
     Written into the main run (not a sub-run as tensorboardX's ``add_hparams`` does), so the
     dashboard links the hparams to every scalar of this run.
     """
-    if not self.enabled:
-      return
-    for t in self.trackers:
-      t.write_hparams(hparams, metrics, self._last_step if step is None else int(step))
-    if self._tb is None:
+    if not self.enabled or self._tb is None:
       return
     from tensorboardX.summary import hparams as hparams_summary
 
@@ -261,7 +257,11 @@ class MetricWriter:
     Without an earlier ``start_hparams``, declares ``hparams`` with ``metrics`` as the columns
     first. Values that are not bool/int/float/str are stringified.
     """
-    if not self.enabled or self._tb is None:
+    if not self.enabled:
+      return
+    for t in self.trackers:
+      t.write_hparams(hparams, metrics, self._last_step if step is None else int(step))
+    if self._tb is None:
       return
     from tensorboardX.summary import hparams as hparams_summary
 
