@@ -71,7 +71,8 @@ def main(argv):
     vmapped = {"auto": None, "on": True, "off": False}[_POPULATION.value]
     s = pbt.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, vmapped=vmapped)
   else:
-    s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value)
+    s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value,
+                  recipe=flags.FLAGS["config"].config_filename)
   print(report.leaderboard(s, workdir / "leaderboard.csv"))
   if search.algorithm != "pbt":  # PBT has no baseline trial: its members start from samples
     print(report.gain(s))

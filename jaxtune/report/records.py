@@ -227,7 +227,7 @@ def recipe_base(run: Run) -> tuple[str, dict | None, list[str]]:
       notes.append(f"the recipe {shown} ({file}) no longer exists")
   else:
     notes.append("run.json does not record the recipe (a run started by an older jaxtune, a "
-                 "`jaxtune tune` trial, or train_and_evaluate called from Python)")
+                 "population-based training member, or train_and_evaluate called from Python)")
   return "jaxtune's defaults", flat(jt_config.default()), notes
 
 

@@ -158,7 +158,7 @@ def trial_config(config, search, values: dict) -> ml_collections.ConfigDict:
   return c
 
 
-def make_objective(config, search, workdir: Path):
+def make_objective(config, search, workdir: Path, recipe: str = ""):
   from jaxtune import train
 
   metric = search.objective.metric
@@ -187,7 +187,7 @@ def make_objective(config, search, workdir: Path):
     # MLflow: a child of the study's run, W&B: in the study's group (jaxtune.trackers).
     tconfig = trackers.for_trial(trial_config(config, search, values), workdir,
                                  trial.study.study_name, f"trial-{trial.number:04d}")
-    result = train.train_and_evaluate(tconfig, tdir, on_eval=on_eval)
+    result = train.train_and_evaluate(tconfig, tdir, on_eval=on_eval, recipe=recipe)
     trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
     trial.set_user_attr("steps", int(result["step"]))
     val = {f"eval/{k}": v for k, v in metrics.scalars(result["results"]["val"]).items()}
@@ -221,8 +221,11 @@ def finished(study: optuna.Study) -> int:
 
 
 def run(config, search, workdir: str | Path, storage: str = "", study_name: str = "",
-        heartbeat_s: int = 30) -> optuna.Study:
+        heartbeat_s: int = 30, recipe: str = "") -> optuna.Study:
   """Run trials until the study-wide budget (finished trials, minutes) is spent.
+
+  `recipe` (`configs/<recipe>.py[:variant]`) goes into each trial's run.json, so `jaxtune report`
+  on a trial shows what the search changed against the recipe.
 
   The trial budget counts every worker's finished trials, so a resumed or a second worker only
   runs what is left.
@@ -249,7 +252,7 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     return study
   timeout = float(search.budget.minutes) * 60 or None
   with trackers.study_run(config, workdir, study.study_name) as summary:
-    study.optimize(make_objective(config, search, workdir), timeout=timeout,
+    study.optimize(make_objective(config, search, workdir, recipe), timeout=timeout,
                    callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
                    catch=())
     log_best(study, search, summary)

@@ -1,6 +1,7 @@
 """Studies end to end on the tiny recipe: every sampler, pruning through the driver's hook,
 resumption after a kill, two workers on one SQLite file, and a PostgreSQL storage."""
 
+import json
 import logging
 import os
 import pwd
@@ -148,6 +149,9 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
   assert s.trials[0].user_attrs["baseline"] and report.gain(s) in second.stdout
   assert "eval/loss" in report.gain(s) and "trial 0" in report.gain(s)
   assert (tmp_path / "leaderboard.csv").exists() and (tmp_path / "best_config.py").exists()
+  # Each trial records the recipe, so `jaxtune report` diffs the trial against it.
+  recipe = json.loads((tmp_path / "trials" / "0000" / "run.json").read_text())["extra"]["recipe"]
+  assert recipe["file"].endswith("configs/tiny.py") and recipe["sha256"]
 
 
 def test_two_workers_share_one_sqlite_study(tiny_search, tmp_path):
