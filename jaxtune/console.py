@@ -134,15 +134,21 @@ class _Formatter(logging.Formatter):
       return f"{record.levelname[0]} {t}.{int(record.msecs):03d} {name}: {message}"
     level = record.levelname.lower()
     if name == "jaxtune" or name.startswith("jaxtune."):
-      return f"{level}: {message}"
+      return message if record.levelno == logging.INFO else f"{level}: {message}"
     return f"{level} [{name.split('.')[0]}]: {message}"
+
+
+# jaxtune loggers whose INFO records are progress a person follows (a search's trials and PBT
+# generations): shown by default, as the console's own lines are.
+_PROGRESS_LOGGERS = ("jaxtune.tune",)
+_raised: set[str] = set()
 
 
 def configure_logging(verbosity: int | None = None) -> None:
   """Route every log record through `CONSOLE` at the level asked for.
 
-  `verbosity` is absl's scale: None (the flag not given) shows warnings and errors only;
-  0 INFO, 1 DEBUG, -1 WARNING, -2 ERROR. Python warnings (`warnings.warn`) are logged too,
+  `verbosity` is absl's scale: None (the flag not given) shows warnings and errors, and the
+  progress a search logs; 0 INFO, 1 DEBUG, -1 WARNING, -2 ERROR. Python warnings (`warnings.warn`) are logged too,
   so they cannot run into the progress bar either. Loggers given a level of their own (absl's
   --logger_levels=orbax:INFO) keep it.
   """
@@ -154,6 +160,14 @@ def configure_logging(verbosity: int | None = None) -> None:
   handler.setFormatter(_Formatter(verbose=verbosity is not None and verbosity >= 0))
   root.addHandler(handler)
   root.setLevel(level)
+  for name in _PROGRESS_LOGGERS:
+    logger = logging.getLogger(name)
+    if verbosity is None and logger.level == logging.NOTSET:  # not set by --logger_levels
+      logger.setLevel(logging.INFO)
+      _raised.add(name)
+    elif verbosity is not None and name in _raised:
+      logger.setLevel(logging.NOTSET)
+      _raised.discard(name)
   logging.captureWarnings(True)
 
 
@@ -216,13 +230,24 @@ class EvalLine:
 
 def table(columns: Mapping[str, Mapping[str, Any]], rows: Sequence[str]) -> str:
   """An aligned text table: one row per metric in `rows` (those some column has), one column
-  per named mapping of metric -> value, e.g. {'validation': {...}, 'test': {...}}."""
+  per named mapping of metric -> value, e.g. {'validation': {...}, 'test': {...}}. A row's
+  values have the same decimals (4; none for counts), so their digits line up."""
   rows = [r for r in rows if any(r in col for col in columns.values())]
   if not rows or not columns:
     return ""
   names = [_SHORT.get(r, r) for r in rows]
   left = max(len(n) for n in names)
-  cells = {c: [number(col[r]) if r in col else "-" for r in rows] for c, col in columns.items()}
+
+  def cell(row: str, col: Mapping[str, Any]) -> str:
+    if row not in col:
+      return "-"
+    values = [float(c[row]) for c in columns.values() if row in c]
+    whole = all(math.isfinite(v) and v == int(v) for v in values) or max(map(abs, values)) >= 1e4
+    return (
+      number(col[row]) if whole or not math.isfinite(float(col[row])) else f"{float(col[row]):.4f}"
+    )
+
+  cells = {c: [cell(r, col) for r in rows] for c, col in columns.items()}
   widths = {c: max(len(c), *(len(x) for x in cells[c])) for c in columns}
   lines = [" " * left + "".join(f"  {c:>{widths[c]}}" for c in columns)]
   for i, name in enumerate(names):

@@ -41,6 +41,8 @@ def logs_to(monkeypatch):
 
   yield setup
   logging.captureWarnings(False)
+  logging.getLogger("jaxtune.tune").setLevel(logging.NOTSET)
+  console._raised.clear()
   root.handlers[:], _ = saved
   root.setLevel(saved[1])
 
@@ -107,7 +109,10 @@ def test_verbosity_chooses_the_levels_shown(logs_to, verbosity, shown):
   for name in ("jaxtune.checkpoint", "jax._src.xla_bridge"):
     for level in ("DEBUG", "INFO", "WARNING"):
       logging.getLogger(name).log(getattr(logging, level), "%s from %s", level, name)
+  logging.getLogger("jaxtune.tune.pbt").info("PBT generation 1: member 2 <- member 0")
   text = out.getvalue()
+  # A search's progress is shown unless the verbosity asks for warnings only.
+  assert ("PBT generation 1: member 2 <- member 0\n" in text) == (verbosity != -1), text
   for level in ("DEBUG", "INFO", "WARNING"):
     for name in ("jaxtune.checkpoint", "jax._src.xla_bridge"):
       assert (f"{level} from {name}" in text) == (level in shown), text
@@ -168,7 +173,7 @@ def test_run_summary_is_an_aligned_table(tmp_path):
   assert lines[1].split() == ["validation", "test"]
   rows = {x.split()[0]: x.split()[1:] for x in lines[2:-1]}
   assert list(rows) == ["loss", "accuracy", "precision", "recall", "f1", "examples"]
-  assert rows["accuracy"] == ["0.82", "0.8031"] and rows["examples"] == ["1061", "1066"]
+  assert rows["accuracy"] == ["0.8200", "0.8031"] and rows["examples"] == ["1061", "1066"]
   assert len({len(x) for x in lines[1:-1]}) == 1  # right-aligned columns: equal widths
   assert lines[-1] == (
     f"results: {tmp_path / 'results.json'}, misclassified test examples: "
