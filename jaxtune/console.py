@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,11 +37,13 @@ _SHORT = {"f1_macro": "f1", "precision_macro": "precision", "recall_macro": "rec
 class Console:
   """Writes lines to stderr (the bar, evaluations, logs) or stdout (results), ending the bar's
   open line first. The streams are looked up at each write, so redirection (and pytest's
-  capture) after construction still works."""
+  capture) after construction still works. Writes hold a lock: orbax logs from its save
+  threads while the main thread draws the bar."""
 
   def __init__(self, err: TextIO | None = None, out: TextIO | None = None):
     self._err, self._out = err, out
     self._open: TextIO | None = None  # the stream whose last line is unended (the bar's)
+    self._lock = threading.RLock()
 
   @property
   def err(self) -> TextIO:
@@ -52,25 +55,28 @@ class Console:
 
   def end_line(self) -> None:
     """End the bar's line if it is open, so what follows starts on a line of its own."""
-    if self._open is not None:
-      stream, self._open = self._open, None
-      stream.write("\n")
-      stream.flush()
+    with self._lock:
+      if self._open is not None:
+        stream, self._open = self._open, None
+        stream.write("\n")
+        stream.flush()
 
   def print(self, text: str = "", *, out: bool = False) -> None:
     """One or more whole lines: on stderr, or on stdout with `out` (results a script reads)."""
-    self.end_line()
-    stream = self.out if out else self.err
-    stream.write(text + "\n")
-    stream.flush()
+    with self._lock:
+      self.end_line()
+      stream = self.out if out else self.err
+      stream.write(text + "\n")
+      stream.flush()
 
   def _write_partial(self, stream: TextIO, text: str) -> None:
-    if text == "\n" and self._open is not stream:
-      return  # the bar ends a line that something else has ended already
-    if self._open is not None and self._open is not stream:
-      self.end_line()
-    stream.write(text)
-    self._open = None if text.endswith("\n") else stream
+    with self._lock:
+      if text == "\n" and self._open is not stream:
+        return  # the bar ends a line that something else has ended already
+      if self._open is not None and self._open is not stream:
+        self.end_line()
+      stream.write(text)
+      self._open = None if text.endswith("\n") else stream
 
   def progress_bar(self, total_steps: int, **kwargs):
     """A `writer.ProgressBar` drawing on stderr through this console."""
@@ -112,8 +118,8 @@ class _Handler(logging.Handler):
 
 
 class _Formatter(logging.Formatter):
-  """Quiet: `warning: message` (`warning [lib]: message` from other libraries than jaxtune).
-  Verbose (--verbosity >= 0): `I 13:21:20.797 logger.name: message`, as absl's lines have a
+  """Quiet: `warning: message` (`warning [lib]: message` from other libraries than jaxtune;
+  jaxtune's INFO progress as the bare message). Verbose (--verbosity >= 0): `I 13:21:20.797 logger.name: message`, as absl's lines have a
   level letter and a time."""
 
   def __init__(self, verbose: bool):
