@@ -457,7 +457,7 @@ class Checkpointer:
     for step in list(self._manager.all_steps()):
       stale = step not in valid and step < newest  # incomplete/unreadable, superseded
       if (step in valid and step not in keep) or stale:
-        log.info("deleting checkpoint %s", self.step_dir(step))
+        log.debug("deleting checkpoint %s", self.step_dir(step))  # retention, as configured
         with storage.translate(self.step_dir(step)):
           self._manager.delete(step)
         self._forget(step)

@@ -62,7 +62,7 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   label_names = tuple(run.get("extra", {}).get("label_names") or ())
   mesh = mesh or sharding.make_mesh(**config.mesh)
   num_labels = config.model.num_labels or len(label_names) or None
-  built = train.build_state(config, mesh, num_labels, 10**9, label_names)
+  built = train.build_state(config, mesh, num_labels, 10**9, label_names, restoring=True)
   ckpt = checkpoint.Checkpointer(
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,

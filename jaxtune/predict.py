@@ -51,7 +51,7 @@ def classify(workdir: str | epath.PathLike, texts: Sequence[str], *, step: int =
   if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
     raise export.no_checkpoint_yet(workdir)
   mesh = sharding.make_mesh(**config.mesh)
-  built = train.build_state(config, mesh, num_labels, 10**9, label_names)
+  built = train.build_state(config, mesh, num_labels, 10**9, label_names, restoring=True)
   ckpt = checkpoint.Checkpointer(
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,

@@ -23,6 +23,7 @@ from flax import nnx
 from jaxtune import (
   averaging,
   checkpoint,
+  console,
   data,
   evaluate,
   metrics,
@@ -48,10 +49,12 @@ PREFETCH_DEPTH = 2
 
 
 def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
-               label_names: tuple[str, ...] = ()):
+               label_names: tuple[str, ...] = (), restoring: bool = False):
   """The model, placed on the mesh: HF weights, or random ones from a preset.
 
   Label names from the data become the model's id2label, so an export knows its classes.
+  `restoring`: a run's checkpoint replaces the weights next, so a head the HF source lacks is
+  not reported as initialised fresh.
   """
   m = config.model
   compute = None if m.compute_dtype == m.param_dtype else m.compute_dtype
@@ -69,7 +72,8 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
       overrides.update(convert.label_config(label_names))
     model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
-                    config_overrides=overrides, seed=config.seed, pooling=m.pooling)
+                    config_overrides=overrides, seed=config.seed, pooling=m.pooling,
+                    restoring=restoring)
   model.remat = m.remat
   layers.set_attention(model, m.attention)
   if config.lora.rank > 0:
@@ -166,7 +170,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
 
   # ------------------------------------------------------- model, optimizer, state, shardings
   built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,
-                      splits.label_names)
+                      splits.label_names, restoring=resumed.active)
   check_vocab(built.model_config, splits, config)
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
@@ -217,7 +221,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     stopper.load(meta["early_stopping"])
     alarm.load(meta["overfit_alarm"])
     stopped_early = meta.get("stopped_early", False)
-    log.info("resumed from step %d (data position %s)", start, meta.get("data_position"))
+    if is_main:
+      console.CONSOLE.print(f"resumed from step {start} (data position {meta.get('data_position')})")
   if is_main:  # only now: a refused or failed resume leaves the run's config.json as it was
     writer.write_config(workdir, config)
     resumed.record(start)
@@ -282,8 +287,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   # -------------------------------------------------------------------------------- loop
   peak = writer.device_peak_flops(jax.devices()[0])
   flops_per_token = 6 * sum(int(np.prod(x.shape)) for x in jax.tree.leaves((params, frozen)))
-  bar = writer.ProgressBar(total_steps, initial_step=start,
-                                                tokens_per_s_key="train/tokens_per_sec") if is_main and config.train.progress else None
+  show = is_main and config.train.progress  # the progress bar and a line per evaluation
+  bar = console.CONSOLE.progress_bar(total_steps, initial_step=start,
+                                     tokens_per_s_key="train/tokens_per_sec") if show else None
+  eval_line = console.EvalLine(config.checkpoint.best_metric, config.checkpoint.best_mode,
+                               config.model.task, stopper.best, stopper.best_step)
   pending: list[dict] = []
   train_losses: list[float] = []  # logged train losses since the last evaluation
   t_log = time.perf_counter()
@@ -294,7 +302,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     if mw is not None:
       mw.write(0, _eval_scalars(res))
       _write_confusion(mw, 0, res, "eval", splits.label_names)
-    log.info("validation before training: %s", metrics.scalars(res))
+    if show:  # not a checkpoint: it cannot be the best
+      console.CONSOLE.print(eval_line(0, metrics.scalars(res), track=False))
   if sample_text is not None and start == 0:
     sample_text(mw, 0, eval_params(state))  # the untrained model's answers, to compare with
   # Batches are a pure function of the step, so building the next ones on a thread (and their
@@ -329,6 +338,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       if config.train.eval_every and s % config.train.eval_every == 0 and s < total_steps:
         res, _ = run_eval(eval_params(state), "validation")
         scalars = _eval_scalars(res)
+        if show:
+          console.CONSOLE.print(eval_line(s, scalars))
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
         if on_eval is not None and on_eval(s, scalars):
           stopped_early = True
@@ -361,11 +372,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         raise SystemExit(143)
 
   # ------------------------------------------------------------------------------- final
+  if bar is not None:
+    bar.close()  # ends its line: the final evaluation's follows
   if config.train.on_nonfinite == "skip":
     check_skipped(state, s)
   with sharding.use_mesh(mesh):
     res, _ = run_eval(eval_params(state), "validation")
   final_scalars = _eval_scalars(res)
+  if show and start < s:
+    console.CONSOLE.print(eval_line(s, final_scalars))
   if mw is not None and start < s:
     mw.write(s, final_scalars)
     _write_confusion(mw, s, res, "eval", splits.label_names)
@@ -398,8 +413,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                      title=f"test, best checkpoint (step {best_step})")
   if config.export.enabled:
     export_model(config, workdir, train_graphdef, best_params, frozen, splits)
-  if bar is not None:
-    bar.close()
   if mw is not None:
     mw.write_hparams(_flat_hparams(config), final_scalars)
     mw.close()
@@ -426,11 +439,11 @@ class Built:
 
 
 def model_and_optimizer(config, mesh, num_labels: int | None, total_steps: int,
-                        label_names: tuple[str, ...] = ()) -> tuple:
+                        label_names: tuple[str, ...] = (), restoring: bool = False) -> tuple:
   """(model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule): the model
   loaded and split trainable / frozen, and its optimizer. Reads no concrete array, so
   `jax.eval_shape` can run it (benchmarks/compile_time.py compiles without allocating)."""
-  model = load_model(config, mesh, num_labels, label_names)
+  model = load_model(config, mesh, num_labels, label_names, restoring)
   num_layers = layers.num_layers(model.layers)
   train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
   tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
@@ -438,10 +451,11 @@ def model_and_optimizer(config, mesh, num_labels: int | None, total_steps: int,
 
 
 def build_state(config, mesh, num_labels: int | None, total_steps: int,
-                label_names: tuple[str, ...] = ()) -> Built:
-  """Load the model, split trainable from frozen, build the optimizer and the initial state."""
+                label_names: tuple[str, ...] = (), restoring: bool = False) -> Built:
+  """Load the model, split trainable from frozen, build the optimizer and the initial state
+  (`restoring`: see `load_model`)."""
   model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule = model_and_optimizer(
-    config, mesh, num_labels, total_steps, label_names)
+    config, mesh, num_labels, total_steps, label_names, restoring)
   with sharding.use_mesh(mesh):
     state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
                                       optim_cfg=config.optim))(params)

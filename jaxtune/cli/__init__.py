@@ -4,6 +4,7 @@
 and ml_collections' config flags print chained tracebacks) so that every mistake on the
 command line, and every `JaxtuneError` the subcommand raises, is one line `jaxtune <sub>:
 error: ...` with exit code 2. Anything else is a bug: its traceback, a line saying so, exit 1.
+It also sets up the console's logging (`jaxtune.console`) from absl's --verbosity.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from pathlib import Path
 from absl import app, flags
 
 from jaxtune import errors
+from jaxtune.console import CONSOLE, configure_logging
 
 _DEBUG = flags.DEFINE_boolean(
   "debug", False, "On an error, show the Python traceback too (as JAXTUNE_DEBUG=1 does).")
+# absl's own flag, whose help describes absl's default (INFO once flags are parsed); jaxtune
+# is quiet unless asked (jaxtune.console.configure_logging).
+flags.FLAGS["verbosity"].help = (
+  "Log detail: not given, warnings and errors only (besides jaxtune's progress, evaluation "
+  "and result lines); 0 adds INFO and 1 DEBUG messages, from jaxtune and the libraries it "
+  "uses (JAX, orbax). See docs/troubleshooting.md.")
 
 
 def debug_requested(argv: list[str]) -> bool:
@@ -39,13 +47,16 @@ def _reporting(prog: str, fn, debug: bool):
     try:
       return fn(*args)
     except errors.JaxtuneError as e:
+      CONSOLE.end_line()  # a progress bar's line, if one is open
       if debug:
         traceback.print_exc()
       print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
       sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
+      CONSOLE.end_line()
       raise
     except Exception:
+      CONSOLE.end_line()
       traceback.print_exc()
       print(f"{prog}: internal error: this is a bug in jaxtune, not in your input; please report "
             "it with the traceback above", file=sys.stderr)
@@ -66,7 +77,8 @@ def run_app(module_name: str, main, argv: list[str], *, positional: bool = False
   has none; the subcommand's flags live in its own module. `positional`: the subcommand
   takes arguments besides flags (`jaxtune data audit`); otherwise one is refused.
   """
-  flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS["debug"])
+  for name in ("debug", "verbosity"):
+    flags.FLAGS.register_key_flag_for_module(module_name, flags.FLAGS[name])
   if any(a in ("-h", "--help", "--helpshort") for a in argv[1:]):
     print(f"usage: {argv[0]} [flags]\n\n{sys.modules[module_name].__doc__.strip()}\n")
     print(flags.FLAGS.module_help(module_name))
@@ -77,7 +89,12 @@ def run_app(module_name: str, main, argv: list[str], *, positional: bool = False
   def parse(args):
     return parse_flags(module_name, args, positional=positional)
 
-  app.run(_guarded(prog, main, debug), argv=argv, flags_parser=_reporting(prog, parse, debug))
+  def main_logged(args):
+    verbosity = flags.FLAGS["verbosity"]  # app.run sets it to 0 (INFO) when not given: not ours
+    configure_logging(verbosity.value if verbosity.present else None)
+    return main(args)
+
+  app.run(_guarded(prog, main_logged, debug), argv=argv, flags_parser=_reporting(prog, parse, debug))
 
 
 # ---------------------------------------------------------------------------------- flags

@@ -18,7 +18,6 @@ DIR must be new, empty, or an earlier output of the same command (listed in its
 from __future__ import annotations
 
 import json
-import logging
 
 from absl import flags
 from ml_collections import config_flags
@@ -117,8 +116,6 @@ def _override_keys() -> dict[str, str]:
 
 
 def main(argv):
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   commands = list(argv[1:])
   if len(commands) != 1 or commands[0] not in _COMMANDS:
     raise ConfigError(f"expected one command, audit or clean, got {commands or 'none'}: "

@@ -9,7 +9,6 @@ name; files of that name jaxtune did not write are kept unless --overwrite.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from absl import flags
@@ -63,7 +62,8 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
   config.data.label_names = ",".join(run.get("extra", {}).get("label_names") or [])
   split = data_lib.build_eval(config, data, workdir)
   mesh = sharding.make_mesh(**config.mesh)
-  built = train.build_state(config, mesh, config.model.num_labels or split.num_labels, 10**9)
+  built = train.build_state(config, mesh, config.model.num_labels or split.num_labels, 10**9,
+                            restoring=True)
   ckpt = checkpoint.Checkpointer(
     workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
     keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
@@ -89,8 +89,6 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   out = evaluate_file(_WORKDIR.value, _DATA.value, name=_NAME.value, text_column=_TEXT.value,
                       label_column=_LABEL.value, step=_STEP.value, overwrite=_OVERWRITE.value)
   print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list)}, indent=2, default=float))

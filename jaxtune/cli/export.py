@@ -10,8 +10,6 @@ export's folder (listed in its .jaxtune-outputs.json); --overwrite writes among 
 
 from __future__ import annotations
 
-import logging
-
 from absl import flags
 
 from jaxtune.cli import run_app
@@ -27,8 +25,6 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   from jaxtune import export, workdir_lock
 
   workdir = workdir_lock.require(_WORKDIR.value)

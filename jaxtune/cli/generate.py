@@ -11,7 +11,6 @@ or a --stop token. Completions go to stdout (and --out as jsonl); tokens/s go to
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -42,7 +41,6 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing --out
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   from jaxtune import generate, outputs, workdir_lock
 
   if flags.FLAGS["workdir"].present:

@@ -1,19 +1,30 @@
 """`jaxtune train --config=configs/<recipe>.py[:variant] --workdir=DIR [--config.a.b=value]`.
 
+Configs: --config names a python recipe file whose get_config(arg) returns the run's config;
+`PATH:variant` passes `variant` as arg (configs/sentiment_minilm.py:quick). Any field can be
+overridden on the command line by its dotted key, --config.SECTION.KEY=VALUE, e.g.
+  --config.train.steps=200 --config.optim.learning_rate=3e-4 --config.model.source=DIR
+The value is read as the field's type: integers, numbers (1e-4), true/false (or
+--noconfig.train.progress), text as is. A key the recipe lacks is an error naming the closest
+keys. Every key, its default and its meaning: docs/config_reference.md.
+
 Rerunning the same command on an existing workdir resumes from its last checkpoint; a
 different config or data is refused unless --allow_config_change. One run per workdir at a
 time (the workdir's jaxtune.lock names the run that holds it).
+
+The console shows a progress bar and one line per evaluation (on stderr), then the best step
+and the validation and test metrics as a table (on stdout).
 """
 
 from __future__ import annotations
 
-import logging
+import time
 
 from absl import flags
 from ml_collections import config_flags
 
 from jaxtune import config as jt_config
-from jaxtune import distributed, trackers
+from jaxtune import console, distributed, trackers
 from jaxtune.cli import run_app
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,20 +40,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  # orbax logs every file operation at INFO through absl; keep the console for our own progress.
-  logging.getLogger("absl").setLevel(logging.WARNING)
   # Keys set with --config.a.b=v that this run would not read are refused, before anything runs.
   jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
   trackers.name_experiment(_CONFIG.value, flags.FLAGS["config"].config_filename)
   distributed.maybe_initialize()
+  import jax
+
   from jaxtune import train
 
+  t0 = time.monotonic()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                     allow_config_change=_ALLOW_CHANGE.value,
                                     recipe=flags.FLAGS["config"].config_filename)
-  final = {k: v for k, v in result["eval"].items() if isinstance(v, int | float)}
-  print(f"done: step {result['step']}; final validation: {final}")
+  if jax.process_index() == 0:
+    console.CONSOLE.print(console.run_summary(result, _CONFIG.value, _WORKDIR.value,
+                                              time.monotonic() - t0), out=True)
 
 
 def run(argv):

@@ -5,11 +5,10 @@ engine; the study lives in DIR/study.db unless --storage names a database URL sh
 workers. Rerunning the same command resumes the study. Writes DIR/leaderboard.csv,
 DIR/best_config.py (a runnable recipe), DIR/plots/*.png|html, and each trial's run
 (metrics, TensorBoard logs, checkpoints) under DIR/trials/ (PBT: DIR/pbt/member_NN/).
+--config and --config.a.b=value overrides work as for `jaxtune train` (its --help says how).
 """
 
 from __future__ import annotations
-
-import logging
 
 from absl import flags
 from ml_collections import config_flags
@@ -43,8 +42,6 @@ flags.mark_flags_as_required(["config", "search", "workdir"])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   import warnings
   from pathlib import Path
 

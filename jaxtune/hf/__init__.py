@@ -83,11 +83,13 @@ def load(
   config_overrides: dict | None = None,
   seed: int = 0,
   pooling: str = "cls",
+  restoring: bool = False,
 ) -> nnx.Module:
   """Load an HF checkpoint into a jaxtune model placed on `mesh` (one device if None).
 
   `config_overrides` replaces HF config attributes before conversion (e.g. dropout rates from
-  a run config). A classification head absent from the checkpoint is initialised (logged).
+  a run config). A classification head absent from the checkpoint is initialised (logged as a
+  warning, unless `restoring`: the caller replaces the weights from a run's checkpoint next).
   `pooling` ('cls' or 'mean', BERT seq_cls only) is what the classifier reads; a
   sentence-transformers classifier (hf.sbert) is read with the pooling it was trained with.
   """
@@ -114,7 +116,7 @@ def load(
   return convert.load_into(
     family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
     compute_dtype=jnp.dtype(compute_dtype) if compute_dtype else None, mesh=mesh,
-    where=where, seed=seed,
+    where=where, seed=seed, restoring=restoring,
   )
 
 

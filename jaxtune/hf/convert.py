@@ -193,8 +193,13 @@ def load_into(
   mesh: Mesh | None,
   where: str,
   seed: int = 0,
+  restoring: bool = False,
 ) -> nnx.Module:
-  """Build `family`'s model abstractly, then fill it tensor by tensor from `source`."""
+  """Build `family`'s model abstractly, then fill it tensor by tensor from `source`.
+
+  Tensors the checkpoint lacks that may be initialised (a classifier head) are, with one
+  warning, unless `restoring`: a run's checkpoint replaces every weight next (`jaxtune eval`,
+  export, predict, a resumed run), so a fresh head is no news there (DEBUG)."""
   abstract = nnx.eval_shape(
     lambda: family.build(
       cfg, task=task, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(seed)
@@ -237,6 +242,11 @@ def load_into(
     )
 
   key = jax.random.key(seed)
+  fresh = [r.hf for r in rows if r.hf not in available]
+  if fresh:
+    log.log(logging.DEBUG if restoring else logging.WARNING,
+            "%s: %s absent from the checkpoint; initialised fresh%s", where, ", ".join(fresh),
+            "" if restoring else " (training learns them)")
   for i, row in enumerate(rows):
     target = params[row.param]
     abstract_value = target.get_value()
@@ -256,7 +266,6 @@ def load_into(
           f"{row.param!r}"
         )
     else:
-      log.warning("%s: %s absent from the checkpoint; initialised fresh", where, row.hf)
       if len(want) == 1:
         arr = np.zeros(want, np.float32)
       else:

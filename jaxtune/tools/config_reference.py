@@ -48,7 +48,7 @@ IMPLICIT = {
   "train.steps": "optimizer steps (ignored when train.epochs > 0)",
   "train.log_every": "steps between train/* rows in metrics.jsonl and TensorBoard",
   "train.eval_batch_size": "examples per evaluation batch (a memory knob)",
-  "train.progress": "show a progress bar on the console (process 0)",
+  "train.progress": "show a progress bar and a line per evaluation on the console (process 0)",
   "train.early_stopping_min_delta": "smallest change of best_metric that counts as improvement",
   "optim.nesterov": "sgd: Nesterov momentum",
   "optim.rmsprop_decay": "rmsprop: decay of the squared-gradient average",
@@ -211,7 +211,9 @@ def render() -> str:
     "Every run starts from `jaxtune.config.default()`; a recipe in `configs/` changes what it "
     "needs, and any key can be overridden on the command line: "
     "`jaxtune train --config=configs/tiny.py --workdir=DIR --config.optim.learning_rate=1e-3`. "
-    "Unknown keys are errors. A value of `''`, `0` or `-1` usually means \"off\" or "
+    "A value is read as the key's type (`true`/`false` for booleans, as does "
+    "`--noconfig.train.progress`). Unknown keys are errors naming the closest keys. A value of "
+    "`''`, `0` or `-1` usually means \"off\" or "
     "\"decided from the data\", as the key's description says.",
     "",
   ]

@@ -213,10 +213,22 @@ def test_debug_shows_the_traceback(how, tmp_path):
 
 
 @pytest.mark.parametrize("sub", ["train", "eval", "export", "generate", "data", "tune"])
-def test_help_lists_debug(sub):
+def test_help_lists_debug_and_verbosity(sub):
   result = harness.run(sub, "--help")
   assert result.returncode == 0 and "--[no]debug" in result.stdout, str(result)
   assert "JAXTUNE_DEBUG=1" in result.stdout
+  # absl's --verbosity, described as jaxtune uses it (quiet unless given).
+  assert "-v,--verbosity: Log detail: not given, warnings and errors only" in result.stdout
+  assert "0 adds INFO and 1 DEBUG" in result.stdout
+
+
+def test_train_help_says_how_configs_and_overrides_work():
+  text = harness.run("train", "--help").stdout
+  for words in ("get_config(arg)", "`PATH:variant`", "configs/sentiment_minilm.py:quick",
+                "--config.SECTION.KEY=VALUE", "--config.train.steps=200", "true/false",
+                "closest", "docs/config_reference.md"):
+    assert words in text, (words, text)
+  assert (REPO / "docs" / "config_reference.md").is_file()
 
 
 def test_a_bug_keeps_its_traceback(capsys):
