@@ -148,7 +148,7 @@ def test_bare_encoder_as_classifier(base_dir, caplog):
   d, ref = base_dir
   with caplog.at_level(logging.WARNING):
     model = hf.load(d, task="seq_cls", num_labels=2)
-  assert "classifier.weight absent" in caplog.text and "pooler" not in caplog.text
+  assert "classifier.weight, classifier.bias absent" in caplog.text and "pooler" not in caplog.text
   batch = _batch()
   h = _torch(ref, *batch, attr="pooler_output")
   k, b = model.classifier.kernel[...], model.classifier.bias[...]

@@ -67,7 +67,7 @@ def _classifier(encoder_dir, caplog):
                     config_overrides={"id2label": dict(enumerate(LABELS))})
   # The published pooler is not part of a mean-pooled classifier; its tensors are reported.
   assert not hasattr(model, "pooler") and "pooler.dense.weight" in caplog.text
-  assert "classifier.weight absent" in caplog.text
+  assert "classifier.weight, classifier.bias absent" in caplog.text
   rng = np.random.default_rng(1)  # a trained-looking head, not the zero bias of a fresh one
   model.classifier.bias.set_value(jnp.asarray(rng.normal(size=len(LABELS)), jnp.float32))
   return model
@@ -185,7 +185,7 @@ def test_an_embedding_projection_is_not_a_head(encoder_dir, caplog, tmp_path):
   with caplog.at_level(logging.INFO):
     model = hf.load(labse, task="seq_cls", num_labels=2)
   assert "['2_Dense', '3_Normalize'] after the pooling are not a classifier head" in caplog.text
-  assert "classifier.weight absent" in caplog.text and hasattr(model, "pooler")
+  assert "classifier.weight, classifier.bias absent" in caplog.text and hasattr(model, "pooler")
   # A Dense that maps to the label count is a head, and one in the wrong place is an error
   # rather than a classifier silently loaded with a fresh head.
   (labse / "2_Dense").rename(labse / "2_Projection")

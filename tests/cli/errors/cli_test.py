@@ -199,7 +199,7 @@ def test_unknown_subcommand_is_one_line():
   result = harness.run("trian", TINY)
   assert result.returncode == 2 and "Traceback" not in result.stderr, str(result)
   assert result.stderr.strip() == ("jaxtune: error: unknown subcommand 'trian'; did you mean train? "
-                                   "(jaxtune --help lists them: train, eval, generate, export, data, tune)")
+                                   "(jaxtune --help lists them: train, eval, generate, export, data, tune, report)")
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
