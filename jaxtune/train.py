@@ -221,8 +221,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     stopper.load(meta["early_stopping"])
     alarm.load(meta["overfit_alarm"])
     stopped_early = meta.get("stopped_early", False)
-    if is_main:
-      console.CONSOLE.print(f"resumed from step {start} (data position {meta.get('data_position')})")
+    # Every process says so: on a multi-host run each host's log shows where it picked up.
+    console.CONSOLE.print(f"resumed from step {start} (data position {meta.get('data_position')})")
   if is_main:  # only now: a refused or failed resume leaves the run's config.json as it was
     writer.write_config(workdir, config)
     resumed.record(start)

@@ -116,7 +116,8 @@ def test_sigterm_on_one_process_stops_both_at_one_step_and_the_rerun_matches(tmp
   assert _checkpoint_steps(killed)[-1] == saved[0]
   assert not (killed / "export").exists()
 
-  resumed = TwoProcesses(killed, "resumed", *flags)
+  # --verbosity=0: INFO lines, among them the export's, which process 0 alone writes.
+  resumed = TwoProcesses(killed, "resumed", *flags, "--verbosity=0")
   assert resumed.wait() == [0, 0], resumed.output()
   for i in range(2):
     assert f"resumed from step {saved[0]}" in resumed.output(i), resumed.output()

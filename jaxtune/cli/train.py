@@ -44,17 +44,16 @@ def main(argv):
   jt_config.check_ignored(_CONFIG.value, config_flags.get_override_values(flags.FLAGS["config"]))
   trackers.name_experiment(_CONFIG.value, flags.FLAGS["config"].config_filename)
   distributed.maybe_initialize()
-  import jax
-
   from jaxtune import train
 
   t0 = time.monotonic()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                     allow_config_change=_ALLOW_CHANGE.value,
                                     recipe=flags.FLAGS["config"].config_filename)
-  if jax.process_index() == 0:
-    console.CONSOLE.print(console.run_summary(result, _CONFIG.value, _WORKDIR.value,
-                                              time.monotonic() - t0), out=True)
+  # Every process prints it (the same table: the results are global), so each host's log ends
+  # with what the run achieved; process 0 alone wrote results.json.
+  console.CONSOLE.print(console.run_summary(result, _CONFIG.value, _WORKDIR.value,
+                                            time.monotonic() - t0), out=True)
 
 
 def run(argv):
