@@ -4,7 +4,8 @@ A tiny qwen2 model (rows of 256, the k-quant super-block) is written with all it
 one type: quantized by `gguf.quants.quantize` where the package can, else random blocks of the
 type's layout (tests/hf/gguf_files.py). jaxtune's tensors must equal `gguf.quants.dequantize` of
 the bytes written, bit for bit, under their HF names and shapes. Types jaxtune does not read
-are errors naming the tensor and the type.
+are errors naming the tensor and the type. A file mixing the k-quants as llama.cpp's Q4_K_M
+does gives the logits transformers' own GGUF loader gives.
 """
 
 from __future__ import annotations
@@ -132,3 +133,24 @@ def test_unknown_type_id_names_the_tensor(tmp_path, model):
   path.write_bytes(bytes(data))
   with pytest.raises(CheckpointError, match=r"new\.gguf: tensor 'blk\.0\.ffn_up\.weight' has unknown ggml type id 99"):
     jgguf.open_gguf(path)
+
+
+def test_k_quant_file_matches_transformers(tmp_path, model):
+  """A Q4_K_M-like mix of k-quants (and Q8_0 embeddings): jaxtune's logits equal transformers'
+  own GGUF load of the same file."""
+  pytest.importorskip("accelerate", reason="transformers' GGUF loader needs accelerate")
+  import jaxtune.hf
+
+  mix = {"attn_q": Q.Q4_K, "attn_k": Q.Q4_K, "attn_v": Q.Q6_K, "attn_output": Q.Q5_K,
+         "ffn_gate": Q.Q3_K, "ffn_up": Q.Q2_K, "ffn_down": Q.Q6_K, "token_embd": Q.Q8_0, "output": Q.Q5_K}
+  path = tmp_path / "kq.gguf"
+  written = write_from_hf(model, path, "qwen2", qtype_of=lambda name, arr: mix[name.split(".")[-2]])
+  assert {t.name for t, _ in written.values()} == {"F32", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}
+  theirs = transformers.AutoModelForCausalLM.from_pretrained(
+    str(tmp_path), gguf_file="kq.gguf", dtype=torch.float32).eval()
+  ids = np.random.default_rng(0).integers(0, len(_tokens()), (2, 10))
+  with torch.no_grad():
+    want = theirs(torch.tensor(ids)).logits.numpy()
+  got = np.asarray(jaxtune.hf.load(path)(ids))
+  assert np.isfinite(want).all()
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
