@@ -10,17 +10,28 @@ metadata with the `tokenizers` library (no torch, unlike transformers' own GGUF 
 The file is memory-mapped by `gguf.GGUFReader`; a tensor is dequantized to float32 only when the
 converter asks for it, so the host holds one dequantized tensor at a time.
 
+Architectures (`general.architecture`): `llama`, `qwen2` and `qwen3`, each with its own table
+of metadata keys and tensor names (`_ARCHS`); an unknown key under the architecture's namespace
+or an unknown tensor is an error naming it. Tensor types: every ggml type the `gguf` package
+dequantizes (`DEQUANTIZED`); another type is an error naming the tensor and the type. jaxtune
+calls `gguf.quants.dequantize` rather than its own numpy: it is vectorised over blocks, within
+2x of a whole-array numpy rewrite (~0.1 s per 10M weights, BENCHMARKS.md), and it is the
+reference llama.cpp ships.
+
 llama.cpp's layout differs from HF's in three ways, undone here:
-- names: `blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight` (table `_NAMES`);
+- names: `blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight` (`_ARCHS[...].names`);
 - dims: GGUF lists them fastest-first (`[in, out]`); the reader's numpy arrays are already
   row-major `[out, in]`, which is HF's order, so only the reported shape is reversed;
 - Q/K rows: llama.cpp rotates adjacent pairs (x0, x1), (x2, x3) of each head, HF rotates halves
   (x_i, x_{i+H/2}), so convert_hf_to_gguf.py interleaves the two halves of each head's rows of
-  q_proj (over n_head heads) and k_proj (over n_head_kv). `unpermute_rotary` inverts that.
+  q_proj (over n_head heads) and k_proj (over n_head_kv). `unpermute_rotary` inverts that. Only
+  the `llama` architecture is permuted: llama.cpp runs Qwen2/Qwen3 with the NeoX (halves) rotary,
+  so their converters write HF's rows unchanged (transformers' GGUF loader agrees).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -36,38 +47,79 @@ from jaxtune.hf.safetensors_io import TensorSource
 __all__ = ["GGUFSource", "load_tokenizer", "open_gguf", "permute_rotary", "unpermute_rotary"]
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama",)
-
-# llama.cpp tensor name -> HF name (re.fullmatch, then expand).
-_NAMES = (
+# llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
+_DECODER_NAMES = (
   (r"token_embd\.weight", "model.embed_tokens.weight"),
   (r"output_norm\.weight", "model.norm.weight"),
   (r"output\.weight", "lm_head.weight"),
   (r"blk\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
   (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
-  (r"blk\.(\d+)\.attn_q\.(weight|bias)", r"model.layers.\1.self_attn.q_proj.\2"),
-  (r"blk\.(\d+)\.attn_k\.(weight|bias)", r"model.layers.\1.self_attn.k_proj.\2"),
-  (r"blk\.(\d+)\.attn_v\.(weight|bias)", r"model.layers.\1.self_attn.v_proj.\2"),
-  (r"blk\.(\d+)\.attn_output\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
-  (r"blk\.(\d+)\.ffn_gate\.(weight|bias)", r"model.layers.\1.mlp.gate_proj.\2"),
-  (r"blk\.(\d+)\.ffn_up\.(weight|bias)", r"model.layers.\1.mlp.up_proj.\2"),
-  (r"blk\.(\d+)\.ffn_down\.(weight|bias)", r"model.layers.\1.mlp.down_proj.\2"),
+  (r"blk\.(\d+)\.attn_q\.weight", r"model.layers.\1.self_attn.q_proj.weight"),
+  (r"blk\.(\d+)\.attn_k\.weight", r"model.layers.\1.self_attn.k_proj.weight"),
+  (r"blk\.(\d+)\.attn_v\.weight", r"model.layers.\1.self_attn.v_proj.weight"),
+  (r"blk\.(\d+)\.attn_output\.weight", r"model.layers.\1.self_attn.o_proj.weight"),
+  (r"blk\.(\d+)\.ffn_gate\.weight", r"model.layers.\1.mlp.gate_proj.weight"),
+  (r"blk\.(\d+)\.ffn_up\.weight", r"model.layers.\1.mlp.up_proj.weight"),
+  (r"blk\.(\d+)\.ffn_down\.weight", r"model.layers.\1.mlp.down_proj.weight"),
 )
+_ATTN_BIAS = tuple(
+  (rf"blk\.(\d+)\.attn_{g}\.bias", rf"model.layers.\1.self_attn.{h}_proj.bias")
+  for g, h in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o"))
+)
+_MLP_BIAS = tuple(
+  (rf"blk\.(\d+)\.ffn_{p}\.bias", rf"model.layers.\1.mlp.{p}_proj.bias") for p in ("gate", "up", "down")
+)
+_QK_NORM = tuple(
+  (rf"blk\.(\d+)\.attn_{p}_norm\.weight", rf"model.layers.\1.self_attn.{p}_norm.weight") for p in "qk"
+)
+
+# `<arch>.*` metadata that `_config` reads. Any other key under the architecture is refused by
+# name, as an unknown config.json attribute would be: it may change the computation.
+_DECODER_KEYS = frozenset({
+  "context_length", "embedding_length", "block_count", "feed_forward_length", "vocab_size",
+  "attention.head_count", "attention.head_count_kv", "attention.layer_norm_rms_epsilon",
+  "attention.key_length", "attention.value_length", "rope.freq_base", "rope.dimension_count",
+  "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length",
+  "rope.scaling.finetuned", "expert_count", "expert_used_count",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arch:
+  """How one `general.architecture` maps onto an HF model_type."""
+
+  model_type: str
+  hf_class: str  # the causal-LM class transformers builds for it
+  names: tuple[tuple[str, str], ...]
+  keys: frozenset[str] = _DECODER_KEYS
+  # convert_hf_to_gguf.py permuted Q/K rows for llama.cpp's interleaved (GPT-J) rotary.
+  interleaved_rotary: bool = False
+
+
+_ARCHS = {
+  "llama": _Arch("llama", "LlamaForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _MLP_BIAS,
+                 interleaved_rotary=True),
+  # Qwen2 always has q/k/v biases and no other bias; the loader reports a missing one.
+  "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", _DECODER_NAMES + _ATTN_BIAS[:3]),
+  "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _QK_NORM),
+}
+SUPPORTED_ARCHITECTURES = tuple(_ARCHS)
+
 # Tensors we recognise but cannot use, and why (better than "unknown tensor").
 _REFUSED = {
   "rope_freqs.weight": "it holds Llama-3.1-style rope scaling factors, which the GGUF import does "
   "not reconstruct",
 }
 
-# `llama.*` metadata: the keys `_config` reads. Any other key is refused by name, as an unknown
-# config.json attribute would be: it may change the computation.
-_ARCH_KEYS = {
-  "context_length", "embedding_length", "block_count", "feed_forward_length", "vocab_size",
-  "attention.head_count", "attention.head_count_kv", "attention.layer_norm_rms_epsilon",
-  "attention.key_length", "attention.value_length", "rope.freq_base", "rope.dimension_count",
-  "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length",
-  "rope.scaling.finetuned", "expert_count", "expert_used_count",
-}
+# ggml tensor types read, dequantized to float32 by `gguf.quants.dequantize`. Each is checked
+# against that function in tests/hf/gguf_quant_test.py; a type the package adds later is refused
+# until it is added here (and there). Q8_1/Q8_K (llama.cpp's activation types), Q1_0, the integer
+# types and F64 are not dequantized by the gguf package and never hold model weights.
+DEQUANTIZED = (
+  "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+  "Q6_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
+  "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
+)
 
 # tokenizer.ggml.pre -> how llama.cpp splits text before BPE (llama-vocab.cpp's regex table).
 _GPT2_SPLIT = "gpt2"
@@ -76,12 +128,15 @@ _LLAMA3_SPLIT = (
   r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's: Llama 3's with each digit isolated (transformers' Qwen2 tokenizer, llama-vocab.cpp's
+# LLAMA_VOCAB_PRE_TYPE_QWEN2). Qwen2.5 and Qwen3 files say "qwen2" too.
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _PRE_TOKENIZERS = {
   "gpt2": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT, "mpt": _GPT2_SPLIT, "olmo": _GPT2_SPLIT,
   "smollm": _DIGITS_THEN_GPT2, "starcoder": _DIGITS_THEN_GPT2, "refact": _DIGITS_THEN_GPT2,
   "codeshell": _DIGITS_THEN_GPT2,
   "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
-  "smaug-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
+  "smaug-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT,
 }
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
@@ -214,10 +269,11 @@ def _architecture(meta: dict, where: str) -> str:
 
 
 def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
-  """The config.json transformers would write for this file (LlamaConfig attribute names)."""
+  """The config.json transformers would write for this file (its config class's attribute names)."""
   arch = _architecture(meta, where)
+  spec = _ARCHS[arch]
   unknown = sorted(
-    k for k in meta if k.startswith(f"{arch}.") and k[len(arch) + 1 :] not in _ARCH_KEYS
+    k for k in meta if k.startswith(f"{arch}.") and k[len(arch) + 1 :] not in spec.keys
   )
   if unknown:
     raise UnsupportedConfigError(
@@ -258,23 +314,31 @@ def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
     rope.update(rope_type="linear", factor=float(get("rope.scaling.factor")))
 
   hf = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
+    "architectures": [spec.hf_class],
+    "model_type": spec.model_type,
     "hidden_size": hidden,
     "intermediate_size": get("feed_forward_length"),
     "num_hidden_layers": get("block_count"),
     "num_attention_heads": n_head,
     "num_key_value_heads": n_kv,
     "head_dim": head_dim,
-    "hidden_act": "silu",  # llama.cpp's llama graph hard-codes SiLU
+    "hidden_act": "silu",  # llama.cpp's llama, qwen2 and qwen3 graphs hard-code SiLU
     "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
     "rope_parameters": rope,
     "max_position_embeddings": get("context_length"),
     # llama.cpp reuses token_embd for the output when `output.weight` is absent.
     "tie_word_embeddings": "lm_head.weight" not in tensor_names,
-    "attention_bias": any(re.search(r"self_attn\.[qkvo]_proj\.bias$", n) for n in tensor_names),
-    "mlp_bias": any(re.search(r"mlp\.\w+_proj\.bias$", n) for n in tensor_names),
   }
+  has = lambda pattern: any(re.search(pattern, n) for n in tensor_names)
+  if arch == "llama":
+    hf.update(attention_bias=has(r"self_attn\.[qkvo]_proj\.bias$"), mlp_bias=has(r"mlp\.\w+_proj\.bias$"))
+  elif arch == "qwen3":
+    hf["attention_bias"] = has(r"self_attn\.[qkvo]_proj\.bias$")
+  elif arch == "qwen2":
+    # Qwen2Config has no head_dim: its attention derives it from the hidden size.
+    require(head_dim * n_head == hidden, "attention.key_length",
+            f"Qwen2 needs head_dim == embedding_length / head_count ({hidden} / {n_head})")
+    del hf["head_dim"]
   if f"{arch}.vocab_size" in meta:  # older files leave it to the embedding's row count
     hf["vocab_size"] = meta[f"{arch}.vocab_size"]
   for ours, theirs in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
@@ -301,40 +365,29 @@ def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
 class GGUFSource(TensorSource):
   """A GGUF file's tensors under HF names, dequantized to float32 one at a time on `get`."""
 
-  def __init__(self, path: str, reader, *, n_head: int, n_kv_head: int):
+  def __init__(self, path: str, reader, *, arch: str, n_head: int, n_kv_head: int):
     self.path = path
     self._tensors = {}
     self._heads = {}  # HF name -> head count whose rotary permutation `get` undoes
+    spec = _ARCHS[arch]
     for t in reader.tensors:
       if t.name in _REFUSED:
         raise UnsupportedConfigError(f"{path}: tensor {t.name!r} is not supported: {_REFUSED[t.name]}")
-      hf = _hf_name(t.name)
+      hf = _hf_name(t.name, arch)
       if hf is None:
         raise CheckpointError(
-          f"{path}: unknown tensor {t.name!r}: not part of a llama model as jaxtune reads it"
+          f"{path}: unknown tensor {t.name!r}: not part of a {arch} model as jaxtune reads it"
+        )
+      if t.tensor_type.name not in DEQUANTIZED:
+        raise CheckpointError(
+          f"{path}: tensor {t.name!r} ({hf}) is stored as ggml type {t.tensor_type.name}, which "
+          f"jaxtune does not dequantize; supported: {', '.join(DEQUANTIZED)}"
         )
       self._tensors[hf] = t
-      if ".self_attn.q_proj." in hf:
+      if spec.interleaved_rotary and ".self_attn.q_proj." in hf:
         self._heads[hf] = n_head
-      elif ".self_attn.k_proj." in hf:
+      elif spec.interleaved_rotary and ".self_attn.k_proj." in hf:
         self._heads[hf] = n_kv_head
-    self._check_types()
-
-  def _check_types(self):
-    # Fail at open, not halfway through a load: dequantize one row of one tensor of each type.
-    gguf = _gguf()
-    seen = set()
-    for hf, t in self._tensors.items():
-      if t.tensor_type in seen:
-        continue
-      seen.add(t.tensor_type)
-      try:
-        gguf.quants.dequantize(t.data[:1] if t.data.ndim > 1 else t.data, t.tensor_type)
-      except NotImplementedError:
-        raise CheckpointError(
-          f"{self.path}: tensor {t.name!r} ({hf}) is stored as {t.tensor_type.name}, which the "
-          "gguf package cannot dequantize; supported: F32, F16, BF16 and the Q*/IQ*/TQ* block types"
-        ) from None
 
   def names(self) -> set[str]:
     return set(self._tensors)
@@ -362,8 +415,8 @@ class GGUFSource(TensorSource):
     return self.path
 
 
-def _hf_name(gguf_name: str) -> str | None:
-  for pattern, template in _NAMES:
+def _hf_name(gguf_name: str, arch: str) -> str | None:
+  for pattern, template in _ARCHS[arch].names:
     m = re.fullmatch(pattern, gguf_name)
     if m:
       return m.expand(template)
@@ -375,11 +428,11 @@ def open_gguf(path: str | os.PathLike) -> tuple[dict, GGUFSource]:
   path = str(Path(path))
   reader = _reader(path)
   meta = _metadata(reader)
-  _architecture(meta, path)  # before reading tensor names of an unknown layout
+  arch = _architecture(meta, path)  # before reading tensor names of an unknown layout
   # The config first (it needs only the names), so bad metadata is reported before tensors.
-  hf = _config(meta, {_hf_name(t.name) for t in reader.tensors} - {None}, path)
+  hf = _config(meta, {_hf_name(t.name, arch) for t in reader.tensors} - {None}, path)
   source = GGUFSource(
-    path, reader, n_head=hf["num_attention_heads"], n_kv_head=hf["num_key_value_heads"]
+    path, reader, arch=arch, n_head=hf["num_attention_heads"], n_kv_head=hf["num_key_value_heads"]
   )
   if "vocab_size" not in hf:
     hf["vocab_size"] = source.shape("model.embed_tokens.weight")[0]
@@ -402,7 +455,9 @@ def _pre_tokenizer(kind: str | None, where: str):
       f"{where}: GGUF metadata tokenizer.ggml.pre={kind!r} is not supported; known: "
       f"{sorted(_PRE_TOKENIZERS)}"
     )
-  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split != _LLAMA3_SPLIT)
+  # The GPT-2 split is ByteLevel's own regex; the others split first with theirs.
+  gpt2_regex = split in (_GPT2_SPLIT, _DIGITS_THEN_GPT2)
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=gpt2_regex)
   if split == _GPT2_SPLIT:
     return byte_level
   if split == _DIGITS_THEN_GPT2:
