@@ -38,6 +38,8 @@ BASE = ("embeddings.", "encoder.", "pooler.")
 class BertFamily(convert.Family):
   name = "bert"
   model_types = ("bert",)
+  poolings = bert.POOLINGS
+  base_prefix = "bert."
   ignored = (r"(bert\.)?embeddings\.(position_ids|token_type_ids)",)  # index buffers
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
@@ -114,17 +116,7 @@ class BertFamily(convert.Family):
 
   def table(self, cfg: bert.BertConfig, *, task: str) -> list[Row]:
     b = "" if task == "encoder" else "bert."
-    std = cfg.initializer_range
-
-    def linear(hf: str, param: str, **kw) -> list[Row]:
-      # nn.Linear stores [out, in]; jaxtune kernels are [in, out].
-      return [Row(f"{hf}.weight", f"{param}/kernel", convert.transpose, convert.transpose,
-                  init_std=std, **kw),
-              Row(f"{hf}.bias", f"{param}/bias", **kw)]
-
-    def norm(hf: str, param: str) -> list[Row]:
-      return [Row(f"{hf}.weight", f"{param}/scale"), Row(f"{hf}.bias", f"{param}/bias")]
-
+    linear, norm = linear_rows(cfg.initializer_range), norm_rows
     e = f"{b}embeddings."
     rows = [
       Row(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
@@ -138,9 +130,7 @@ class BertFamily(convert.Family):
         rows += linear(f"{h}attention.self.{proj}", f"{p}attention/self/{proj}")
       rows += linear(f"{h}attention.output.dense", f"{p}attention/output/dense")
       rows += norm(f"{h}attention.output.LayerNorm", f"{p}attention/output/LayerNorm")
-      rows += linear(f"{h}intermediate.dense", f"{p}intermediate/dense")
-      rows += linear(f"{h}output.dense", f"{p}output/dense")
-      rows += norm(f"{h}output.LayerNorm", f"{p}output/LayerNorm")
+      rows += feed_forward_rows(h, p, linear)
     if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
       # Some encoder checkpoints were saved without a pooler; HF initialises it then, as do we.
       rows += linear(f"{b}pooler.dense", "pooler/dense", init_if_missing=True)
@@ -176,6 +166,30 @@ class BertFamily(convert.Family):
     if bare.startswith("cls."):
       return bare if task == "masked_lm" and bare.startswith("cls.predictions.") else None
     return key  # unknown: the loader reports it as unexpected, naming the file
+
+
+def linear_rows(std: float):
+  """linear(hf, param, **row_kw): the rows of an nn.Linear (weight, bias); `std` inits a head."""
+
+  def linear(hf: str, param: str, **kw) -> list[Row]:
+    # nn.Linear stores [out, in]; jaxtune kernels are [in, out].
+    return [Row(f"{hf}.weight", f"{param}/kernel", convert.transpose, convert.transpose,
+                init_std=std, **kw),
+            Row(f"{hf}.bias", f"{param}/bias", **kw)]
+
+  return linear
+
+
+def norm_rows(hf: str, param: str) -> list[Row]:
+  return [Row(f"{hf}.weight", f"{param}/scale"), Row(f"{hf}.bias", f"{param}/bias")]
+
+
+def feed_forward_rows(hf_layer: str, param_layer: str, linear) -> list[Row]:
+  """A layer's intermediate and output blocks (bert.BertLayer; MPNet's are the same)."""
+  h, p = hf_layer, param_layer
+  return [*linear(f"{h}intermediate.dense", f"{p}intermediate/dense"),
+          *linear(f"{h}output.dense", f"{p}output/dense"),
+          *norm_rows(f"{h}output.LayerNorm", f"{p}output/LayerNorm")]
 
 
 FAMILY = BertFamily()
