@@ -16,7 +16,8 @@ from flax import nnx
 from jaxtune.hf import bert as hf_bert
 from jaxtune.hf import convert
 from jaxtune.hf.convert import Row, require
-from jaxtune.models import bert, layers, mpnet
+from jaxtune.hf.errors import UnsupportedConfigError
+from jaxtune.models import bert, mpnet
 
 ARCHITECTURES = {
   "seq_cls": "MPNetForSequenceClassification", "masked_lm": "MPNetForMaskedLM",
@@ -43,12 +44,10 @@ class MPNetFamily(convert.Family):
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in bert.TASKS:
-      raise convert.UnsupportedConfigError(
+      raise UnsupportedConfigError(
         f"{where}: MPNet supports tasks {bert.TASKS}, not {task!r}")
     get = convert.ConfigReader(hf, DEFAULTS)
-    act = get("hidden_act")
-    require(isinstance(act, str) and act in layers.ACTIVATIONS, where, "hidden_act", act,
-            f"known activations are {sorted(layers.ACTIVATIONS)}")
+    fields = hf_bert.encoder_fields(get, task=task, where=where)
     buckets = get("relative_attention_num_buckets")
     require(buckets == mpnet.NUM_BUCKETS, where, "relative_attention_num_buckets", buckets,
             f"transformers' MPNet always computes {mpnet.NUM_BUCKETS} buckets, whatever the table "
@@ -57,27 +56,8 @@ class MPNetFamily(convert.Family):
     require(pad == mpnet.PADDING_IDX, where, "pad_token_id", pad,
             f"transformers' MPNet counts positions from padding index {mpnet.PADDING_IDX} "
             "whatever the config says, so another pad id would not be the model's padding")
-    tied = get("tie_word_embeddings")
-    require(bool(tied) or task != "masked_lm", where, "tie_word_embeddings", tied,
-            "the masked-LM decoder is tied to the word embeddings")
-    D, N = int(get("hidden_size")), int(get("num_attention_heads"))
-    require(D % N == 0, where, "num_attention_heads", N, f"must divide hidden_size={D}")
     id2label = convert.label_names(hf, task=task, num_labels=num_labels, where=where)
-    cfg = mpnet.MPNetConfig(
-      vocab_size=int(get("vocab_size")),
-      hidden_size=D,
-      num_hidden_layers=int(get("num_hidden_layers")),
-      num_attention_heads=N,
-      intermediate_size=int(get("intermediate_size")),
-      hidden_act=act,
-      max_position_embeddings=int(get("max_position_embeddings")),
-      layer_norm_eps=float(get("layer_norm_eps")),
-      hidden_dropout_prob=float(get("hidden_dropout_prob")),
-      attention_probs_dropout_prob=float(get("attention_probs_dropout_prob")),
-      initializer_range=float(get("initializer_range")),
-      num_labels=len(id2label),
-      id2label=id2label,
-    )
+    cfg = mpnet.MPNetConfig(**fields, num_labels=len(id2label), id2label=id2label)
     convert.check_config_keys(hf, used=get.used, harmless=set(), where=where)
     return cfg
 
@@ -85,24 +65,11 @@ class MPNetFamily(convert.Family):
     # Mean pooling: a sentence-transformers pipeline around an MPNetModel (hf.sbert).
     arch = "MPNetModel" if task == "seq_cls" and cfg.pooling == "mean" else ARCHITECTURES[task]
     hf = {
-      "architectures": [arch],
-      "model_type": "mpnet",
-      "vocab_size": cfg.vocab_size,
-      "hidden_size": cfg.hidden_size,
-      "num_hidden_layers": cfg.num_hidden_layers,
-      "num_attention_heads": cfg.num_attention_heads,
-      "intermediate_size": cfg.intermediate_size,
-      "hidden_act": cfg.hidden_act,
-      "max_position_embeddings": cfg.max_position_embeddings,
-      "layer_norm_eps": cfg.layer_norm_eps,
-      "hidden_dropout_prob": cfg.hidden_dropout_prob,
-      "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
-      "initializer_range": cfg.initializer_range,
+      **hf_bert.encoder_config_to_hf(cfg, arch, "mpnet"),
       "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
       "pad_token_id": mpnet.PADDING_IDX,
       "bos_token_id": 0,
       "eos_token_id": 2,
-      "tie_word_embeddings": True,
     }
     if task == "seq_cls":
       hf.update(convert.label_config(cfg.id2label))

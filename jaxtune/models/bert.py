@@ -207,15 +207,27 @@ class BertOnlyMLMHead(nnx.Module):
 
 
 class EncoderModel(nnx.Module):
-  """The task heads over `encode` that BERT-style encoders share (Bert, mpnet.MPNet).
+  """What BERT-style encoders share (Bert, mpnet.MPNet): embeddings, a stack of `layer_cls`
+  layers, `encode`, and the task heads over it. A family gives `embed` (the embedding output
+  and the score bias its layers share) and `build_heads`.
 
   Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer;
   `layers.stack_layers(model)` makes the layers one scanned stack.
   """
 
   family = "BERT"  # in error messages
+  layer_cls = BertLayer
+  token_types = True
 
-  def _setup(self, config, task: str) -> None:
+  def __init__(
+    self,
+    config,
+    *,
+    task: str = "seq_cls",
+    param_dtype=jnp.float32,
+    compute_dtype=None,
+    rngs: nnx.Rngs,
+  ):
     if task not in TASKS:
       raise ValueError(f"{self.family}: task={task!r}, expected one of {TASKS}")
     if task == "seq_cls" and config.num_labels < 1:
@@ -228,10 +240,37 @@ class EncoderModel(nnx.Module):
     self.config = config
     self.task = task
     self.remat = "none"
+    kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+    self.embeddings = BertEmbeddings(config, token_types=self.token_types, **kw)
+    self.layers = nnx.List([self.layer_cls(config, kw) for _ in range(config.num_hidden_layers)])
+    self.build_heads(config, task, kw)
 
-  def encode(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
-             segment_ids=None, dropout_rng=None) -> jax.Array:
+  def build_heads(self, cfg, task: str, kw: dict) -> None:
     raise NotImplementedError
+
+  def embed(self, input_ids, token_type_ids, positions, rng: layers.RngSplitter):
+    """(embedding output [B, T, D], additive score bias [B or 1, N, T, S] or None)."""
+    raise NotImplementedError
+
+  def encode(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+  ) -> jax.Array:
+    """Last hidden states [B, T, D]."""
+    B, T = input_ids.shape
+    rng = layers.RngSplitter(dropout_rng)
+    x, bias = self.embed(input_ids, token_type_ids, positions, rng)
+    mask = layers.attention_mask(
+      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
+    )
+    return layers.run_layers(self.layers, layers.constrain(x, ACT), mask, bias, remat=self.remat,
+                             rng=rng)
 
   def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     raise NotImplementedError
@@ -278,20 +317,7 @@ class EncoderModel(nnx.Module):
 class Bert(EncoderModel):
   """BERT for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D])."""
 
-  def __init__(
-    self,
-    config: BertConfig,
-    *,
-    task: str = "seq_cls",
-    param_dtype=jnp.float32,
-    compute_dtype=None,
-    rngs: nnx.Rngs,
-  ):
-    self._setup(config, task)
-    cfg = config
-    kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
-    self.embeddings = BertEmbeddings(cfg, **kw)
-    self.layers = nnx.List([BertLayer(cfg, kw) for _ in range(cfg.num_hidden_layers)])
+  def build_heads(self, cfg: BertConfig, task: str, kw: dict) -> None:
     if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
       self.pooler = BertPooler(cfg, kw)
     if task == "seq_cls":
@@ -301,28 +327,14 @@ class Bert(EncoderModel):
     if task == "masked_lm":
       self.cls = BertOnlyMLMHead(cfg, kw)
 
-  def encode(
-    self,
-    input_ids: jax.Array,
-    attention_mask: jax.Array | None = None,
-    token_type_ids: jax.Array | None = None,
-    *,
-    positions: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    dropout_rng: jax.Array | None = None,
-  ) -> jax.Array:
-    """Last hidden states [B, T, D]. Token types default to 0 and positions to 0..T-1, as HF."""
+  def embed(self, input_ids, token_type_ids, positions, rng):
+    """Token types default to 0 and positions to 0..T-1, as HF; no score bias."""
     B, T = input_ids.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((B, T), jnp.int32)
-    rng = layers.RngSplitter(dropout_rng)
-    x = layers.constrain(self.embeddings(input_ids, token_type_ids, positions, rng), ACT)
-    mask = layers.attention_mask(
-      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
-    )
-    return layers.run_layers(self.layers, x, mask, None, remat=self.remat, rng=rng)
+    return self.embeddings(input_ids, token_type_ids, positions, rng), None
 
   def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     """Masked-LM logits [B, T, V] through the tied word table (masked_lm)."""

@@ -51,7 +51,6 @@ class MPNetConfig:
   relative_attention_num_buckets: int = NUM_BUCKETS
   num_labels: int = 0
   id2label: tuple[str, ...] = ()
-  pad_token_id: int | None = PADDING_IDX
   pooling: str = "cls"  # seq_cls only; one of bert.POOLINGS
 
   @property
@@ -141,25 +140,14 @@ class MPNet(bert.EncoderModel):
   """MPNet for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D])."""
 
   family = "MPNet"
+  layer_cls = MPNetLayer
+  token_types = False
 
-  def __init__(
-    self,
-    config: MPNetConfig,
-    *,
-    task: str = "seq_cls",
-    param_dtype=jnp.float32,
-    compute_dtype=None,
-    rngs: nnx.Rngs,
-  ):
-    self._setup(config, task)
-    cfg = config
-    kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
-    self.embeddings = bert.BertEmbeddings(cfg, token_types=False, **kw)
-    self.layers = nnx.List([MPNetLayer(cfg, kw) for _ in range(cfg.num_hidden_layers)])
+  def build_heads(self, cfg: MPNetConfig, task: str, kw: dict) -> None:
     # Shared by all layers (HF keeps it on the encoder), so it stays outside the layer stack.
     self.relative_attention_bias = layers.Embed(
       cfg.relative_attention_num_buckets, cfg.num_attention_heads, axes=(None, "heads"),
-      init_std=cfg.initializer_range, param_dtype=param_dtype, rngs=rngs,
+      init_std=cfg.initializer_range, param_dtype=kw["param_dtype"], rngs=kw["rngs"],
     )
     if task == "encoder":
       self.pooler = bert.BertPooler(cfg, kw)
@@ -177,38 +165,22 @@ class MPNet(bert.EncoderModel):
     bias_BTSN = self.relative_attention_bias.embedding[...][relative_position_bucket(rel_BTS)]
     return jnp.transpose(bias_BTSN, (0, 3, 1, 2)).astype(jnp.float32)
 
-  def encode(
-    self,
-    input_ids: jax.Array,
-    attention_mask: jax.Array | None = None,
-    token_type_ids: jax.Array | None = None,
-    *,
-    positions: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    dropout_rng: jax.Array | None = None,
-  ) -> jax.Array:
-    """Last hidden states [B, T, D].
+  def embed(self, input_ids, token_type_ids, positions, rng):
+    """`token_type_ids` are accepted and unused: MPNet has none (HF's MPNetModel takes none).
 
-    `token_type_ids` are accepted and unused: MPNet has none (HF's MPNetModel takes none).
     `positions` count from 0 in each document (jaxtune's packing); the embedding reads row
     position + 2, which is HF's position id of a real token. Without them, the position ids are
     HF's, counted over the tokens that are not the pad id 1, and the relative bias uses 0..T-1.
     """
     del token_type_ids
-    B, T = input_ids.shape
     if positions is None:
       real = (input_ids != PADDING_IDX).astype(jnp.int32)
       embed_positions = jnp.cumsum(real, axis=1) * real + PADDING_IDX
-      positions = jnp.arange(T, dtype=jnp.int32)[None]
+      positions = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None]
     else:
       embed_positions = positions + PADDING_IDX + 1
-    rng = layers.RngSplitter(dropout_rng)
-    x = layers.constrain(self.embeddings(input_ids, None, embed_positions, rng), bert.ACT)
-    mask = layers.attention_mask(
-      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
-    )
-    bias = self.position_bias(positions)
-    return layers.run_layers(self.layers, x, mask, bias, remat=self.remat, rng=rng)
+    x = self.embeddings(input_ids, None, embed_positions, rng)
+    return x, self.position_bias(positions)
 
   def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     """Masked-LM logits [B, T, V] (masked_lm); the GELU is exact whatever hidden_act is, as HF."""
