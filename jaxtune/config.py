@@ -32,7 +32,7 @@ def default() -> ml_collections.ConfigDict:
   c.model.source = "preset:tiny-llama"
   c.model.task = "causal_lm"
   c.model.num_labels = 0  # 0: from the data / checkpoint
-  # What a BERT classifier reads: cls (the tanh pooler on [CLS], as BertForSequenceClassification)
+  # What a BERT or MPNet classifier reads: cls (its head on the first token, as *ForSequenceClassification)
   # | mean (the mean of the tokens, as sentence-transformers encoders were trained; exported as a
   # sentence-transformers directory).
   c.model.pooling = "cls"

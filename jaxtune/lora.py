@@ -54,11 +54,12 @@ from jaxtune.patterns import compile_pattern
 INITS = ("kaiming", "gaussian")
 
 # Attention and MLP projections of every family: Llama-style decoders (q/k/v/o, gate/up/down),
-# GPT-2 (c_attn, c_proj, c_fc) and BERT (query/key/value, attention/output/dense,
-# intermediate/dense, output/dense; not pooler/dense or the MLM transform).
+# GPT-2 (c_attn, c_proj, c_fc), BERT (query/key/value, attention/output/dense,
+# intermediate/dense, output/dense; not pooler/dense or the MLM transform) and MPNet
+# (attn/q, attn/k, attn/v, attn/o and BERT's feed-forward; not the classification head's dense).
 DEFAULT_TARGETS = (
   r"(^|/)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc"
-  r"|query|key|value|intermediate/dense|output/dense)$"
+  r"|query|key|value|intermediate/dense|output/dense|attn/[qkvo])$"
 )
 # Classification heads are new for a fine-tune, so they train fully next to the adapters.
 DEFAULT_TRAIN_ALSO = r"(^|/)(score|classifier)(/|$)"
@@ -352,6 +353,22 @@ def _peft_lora_weights(row, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, n
   return np.ascontiguousarray(a.T), np.ascontiguousarray(cols(b).T), not torch_layout
 
 
+def _whole_modules(modules: set[str], rows) -> list[str]:
+  """`modules` with every group that makes up a whole parent module named by the parent.
+
+  A head of several linears (MPNet's `classifier.dense` and `classifier.out_proj`) is saved as
+  the one module PEFT wraps for the task (`classifier`); PEFT adds that name for SEQ_CLS itself
+  and would otherwise look for keys under both.
+  """
+  below = lambda a: {r.hf.rsplit(".", 1)[0] for r in rows if r.hf.startswith(a + ".")}
+  out = set()
+  for m in modules:
+    parts = m.split(".")
+    parents = (".".join(parts[:i]) for i in range(1, len(parts)))
+    out.add(next((a for a in parents if below(a) <= modules), m))
+  return sorted(out)
+
+
 def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *,
                  base_model_name_or_path: str | None, dtype=None) -> Path:
   """Write a PEFT LoRA adapter directory: adapter_config.json + adapter_model.safetensors.
@@ -412,7 +429,7 @@ def save_adapter(model: nnx.Module, out_dir: str | os.PathLike, *,
   trained = [p for p, v in params.items()
              if also and also.search(p) and not isinstance(v, LoRAParam)]
   heads = [r.param for r in rows if r.init_if_missing]
-  to_save = sorted({hf_module(p) for p in trained + heads})
+  to_save = _whole_modules({hf_module(p) for p in trained + heads}, rows)
   for module in to_save:
     inside = [t for t in targeted if t == module or t.startswith(module + ".")]
     if inside:

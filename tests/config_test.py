@@ -15,7 +15,8 @@ from jaxtune.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"))
-VARIANTS = {"sentiment_minilm.py": ("quick",), "sft_smollm2.py": ("quick",)}
+VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
+            "sft_smollm2.py": ("quick",)}
 
 
 def _recipe(path: Path):

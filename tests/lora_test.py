@@ -357,9 +357,10 @@ def test_default_targets_cover_every_family():
   yes = ["layers/0/self_attn/q_proj", "layers/3/mlp/down_proj", "layers/0/attn/c_attn",
          "layers/0/attn/c_proj", "layers/0/mlp/c_fc", "layers/0/mlp/c_proj",
          "layers/0/attention/self/query", "layers/0/attention/self/value",
-         "layers/0/attention/output/dense", "layers/0/intermediate/dense", "layers/0/output/dense"]
+         "layers/0/attention/output/dense", "layers/0/intermediate/dense", "layers/0/output/dense",
+         "layers/0/attention/attn/q", "layers/0/attention/attn/o"]
   no = ["lm_head", "score", "classifier", "pooler/dense", "cls/predictions/transform/dense",
-        "embed_tokens"]
+        "embed_tokens", "classifier/dense", "classifier/out_proj", "lm_head/dense"]
   assert all(rx.search(p) for p in yes) and not any(rx.search(p) for p in no)
 
 
@@ -411,7 +412,7 @@ def test_gpt2_peft_parity(checkpoint, tmp_path):
 
 def _tiny(family: str, task: str):
   """A tiny random model; its own dropout is off, so only LoRA dropout is random."""
-  from jaxtune.models import bert, decoder, gpt2
+  from jaxtune.models import bert, decoder, gpt2, mpnet
 
   n = 3 if task == "seq_cls" else 0
   rngs = nnx.Rngs(0)
@@ -425,15 +426,17 @@ def _tiny(family: str, task: str):
                           n_inner=32, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
                           pad_token_id=PAD, num_labels=n)
     return gpt2.GPT2(cfg, task=task, rngs=rngs)
-  cfg = bert.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, num_labels=n)
-  return bert.Bert(cfg, task=task, rngs=rngs)
+  kind = {"bert": (bert.BertConfig, bert.Bert), "mpnet": (mpnet.MPNetConfig, mpnet.MPNet)}
+  config_cls, model_cls = kind[family]
+  cfg = config_cls(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0, num_labels=n)
+  return model_cls(cfg, task=task, rngs=rngs)
 
 
 @pytest.mark.parametrize("family,task", [
   ("llama", "causal_lm"), ("llama", "seq_cls"), ("gpt2", "seq_cls"), ("bert", "seq_cls"),
-  ("bert", "masked_lm"),
+  ("bert", "masked_lm"), ("mpnet", "seq_cls"), ("mpnet", "masked_lm"),
 ])
 def test_lora_dropout_in_models(family, task, monkeypatch):
   """Every adapted linear (heads included) gets its own key from the model's dropout_rng."""

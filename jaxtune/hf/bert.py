@@ -38,15 +38,15 @@ BASE = ("embeddings.", "encoder.", "pooler.")
 class BertFamily(convert.Family):
   name = "bert"
   model_types = ("bert",)
+  poolings = bert.POOLINGS
+  base_prefix = "bert."
   ignored = (r"(bert\.)?embeddings\.(position_ids|token_type_ids)",)  # index buffers
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     if task not in bert.TASKS:
       raise UnsupportedConfigError(f"{where}: BERT supports tasks {bert.TASKS}, not {task!r}")
     get = convert.ConfigReader(hf, DEFAULTS)
-    act = get("hidden_act")
-    require(isinstance(act, str) and act in layers.ACTIVATIONS, where, "hidden_act", act,
-            f"known activations are {sorted(layers.ACTIVATIONS)}")
+    fields = encoder_fields(get, task=task, where=where)
     pos = get("position_embedding_type")
     require(pos == "absolute", where, "position_embedding_type", pos,
             "only absolute position embeddings are implemented")
@@ -54,27 +54,12 @@ class BertFamily(convert.Family):
     require(not dec, where, "is_decoder", dec, "BERT as a causal decoder is not implemented")
     xattn = get("add_cross_attention")
     require(not xattn, where, "add_cross_attention", xattn, "cross-attention is not implemented")
-    tied = get("tie_word_embeddings")
-    require(bool(tied) or task != "masked_lm", where, "tie_word_embeddings", tied,
-            "the masked-LM decoder is tied to the word embeddings")
-    D, N = int(get("hidden_size")), int(get("num_attention_heads"))
-    require(D % N == 0, where, "num_attention_heads", N, f"must divide hidden_size={D}")
     cdrop = get("classifier_dropout")
     id2label = convert.label_names(hf, task=task, num_labels=num_labels, where=where)
     cfg = bert.BertConfig(
-      vocab_size=int(get("vocab_size")),
-      hidden_size=D,
-      num_hidden_layers=int(get("num_hidden_layers")),
-      num_attention_heads=N,
-      intermediate_size=int(get("intermediate_size")),
-      hidden_act=act,
-      max_position_embeddings=int(get("max_position_embeddings")),
+      **fields,
       type_vocab_size=int(get("type_vocab_size")),
-      layer_norm_eps=float(get("layer_norm_eps")),
-      hidden_dropout_prob=float(get("hidden_dropout_prob")),
-      attention_probs_dropout_prob=float(get("attention_probs_dropout_prob")),
       classifier_dropout=None if cdrop is None else float(cdrop),
-      initializer_range=float(get("initializer_range")),
       num_labels=len(id2label),
       id2label=id2label,
       pad_token_id=get("pad_token_id"),
@@ -87,23 +72,10 @@ class BertFamily(convert.Family):
     # around a BertModel (hf.sbert), which keeps the label names here.
     arch = "BertModel" if task == "seq_cls" and cfg.pooling == "mean" else ARCHITECTURES[task]
     hf = {
-      "architectures": [arch],
-      "model_type": "bert",
-      "vocab_size": cfg.vocab_size,
-      "hidden_size": cfg.hidden_size,
-      "num_hidden_layers": cfg.num_hidden_layers,
-      "num_attention_heads": cfg.num_attention_heads,
-      "intermediate_size": cfg.intermediate_size,
-      "hidden_act": cfg.hidden_act,
-      "max_position_embeddings": cfg.max_position_embeddings,
+      **encoder_config_to_hf(cfg, arch, "bert"),
       "type_vocab_size": cfg.type_vocab_size,
-      "layer_norm_eps": cfg.layer_norm_eps,
-      "hidden_dropout_prob": cfg.hidden_dropout_prob,
-      "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
       "classifier_dropout": cfg.classifier_dropout,
-      "initializer_range": cfg.initializer_range,
       "pad_token_id": cfg.pad_token_id,
-      "tie_word_embeddings": True,
     }
     if task == "seq_cls":
       hf.update(convert.label_config(cfg.id2label))
@@ -114,17 +86,7 @@ class BertFamily(convert.Family):
 
   def table(self, cfg: bert.BertConfig, *, task: str) -> list[Row]:
     b = "" if task == "encoder" else "bert."
-    std = cfg.initializer_range
-
-    def linear(hf: str, param: str, **kw) -> list[Row]:
-      # nn.Linear stores [out, in]; jaxtune kernels are [in, out].
-      return [Row(f"{hf}.weight", f"{param}/kernel", convert.transpose, convert.transpose,
-                  init_std=std, **kw),
-              Row(f"{hf}.bias", f"{param}/bias", **kw)]
-
-    def norm(hf: str, param: str) -> list[Row]:
-      return [Row(f"{hf}.weight", f"{param}/scale"), Row(f"{hf}.bias", f"{param}/bias")]
-
+    linear, norm = linear_rows(cfg.initializer_range), norm_rows
     e = f"{b}embeddings."
     rows = [
       Row(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
@@ -138,9 +100,7 @@ class BertFamily(convert.Family):
         rows += linear(f"{h}attention.self.{proj}", f"{p}attention/self/{proj}")
       rows += linear(f"{h}attention.output.dense", f"{p}attention/output/dense")
       rows += norm(f"{h}attention.output.LayerNorm", f"{p}attention/output/LayerNorm")
-      rows += linear(f"{h}intermediate.dense", f"{p}intermediate/dense")
-      rows += linear(f"{h}output.dense", f"{p}output/dense")
-      rows += norm(f"{h}output.LayerNorm", f"{p}output/LayerNorm")
+      rows += feed_forward_rows(h, p, linear)
     if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
       # Some encoder checkpoints were saved without a pooler; HF initialises it then, as do we.
       rows += linear(f"{b}pooler.dense", "pooler/dense", init_if_missing=True)
@@ -176,6 +136,57 @@ class BertFamily(convert.Family):
     if bare.startswith("cls."):
       return bare if task == "masked_lm" and bare.startswith("cls.predictions.") else None
     return key  # unknown: the loader reports it as unexpected, naming the file
+
+
+# Config attributes BERT and MPNet share, read and written alike.
+_INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "max_position_embeddings")
+_FLOAT_FIELDS = ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                 "initializer_range")
+
+
+def encoder_fields(get: convert.ConfigReader, *, task: str, where: str) -> dict:
+  """The shared attributes as model-config fields, typed and checked: a known activation, heads
+  that divide the width, a tied decoder for masked_lm."""
+  act = get("hidden_act")
+  require(isinstance(act, str) and act in layers.ACTIVATIONS, where, "hidden_act", act,
+          f"known activations are {sorted(layers.ACTIVATIONS)}")
+  tied = get("tie_word_embeddings")
+  require(bool(tied) or task != "masked_lm", where, "tie_word_embeddings", tied,
+          "the masked-LM decoder is tied to the word embeddings")
+  fields = {**{k: int(get(k)) for k in _INT_FIELDS}, **{k: float(get(k)) for k in _FLOAT_FIELDS}}
+  D, N = fields["hidden_size"], fields["num_attention_heads"]
+  require(D % N == 0, where, "num_attention_heads", N, f"must divide hidden_size={D}")
+  return {**fields, "hidden_act": act}
+
+
+def encoder_config_to_hf(cfg, arch: str, model_type: str) -> dict:
+  return {"architectures": [arch], "model_type": model_type, "tie_word_embeddings": True,
+          **{k: getattr(cfg, k) for k in (*_INT_FIELDS, *_FLOAT_FIELDS, "hidden_act")}}
+
+
+def linear_rows(std: float):
+  """linear(hf, param, **row_kw): the rows of an nn.Linear (weight, bias); `std` inits a head."""
+
+  def linear(hf: str, param: str, **kw) -> list[Row]:
+    # nn.Linear stores [out, in]; jaxtune kernels are [in, out].
+    return [Row(f"{hf}.weight", f"{param}/kernel", convert.transpose, convert.transpose,
+                init_std=std, **kw),
+            Row(f"{hf}.bias", f"{param}/bias", **kw)]
+
+  return linear
+
+
+def norm_rows(hf: str, param: str) -> list[Row]:
+  return [Row(f"{hf}.weight", f"{param}/scale"), Row(f"{hf}.bias", f"{param}/bias")]
+
+
+def feed_forward_rows(hf_layer: str, param_layer: str, linear) -> list[Row]:
+  """A layer's intermediate and output blocks (bert.BertLayer; MPNet's are the same)."""
+  h, p = hf_layer, param_layer
+  return [*linear(f"{h}intermediate.dense", f"{p}intermediate/dense"),
+          *linear(f"{h}output.dense", f"{p}output/dense"),
+          *norm_rows(f"{h}output.LayerNorm", f"{p}output/LayerNorm")]
 
 
 FAMILY = BertFamily()

@@ -55,6 +55,10 @@ class Family:
   model_types: tuple[str, ...] = ()
   # HF tensors that are buffers, not weights (rotary inv_freq, position_ids, ...).
   ignored: tuple[str, ...] = ()
+  # What a classifier may read (model.pooling); 'mean' is exported through hf.sbert.
+  poolings: tuple[str, ...] = ("cls",)
+  # The head models' prefix of the base model's keys (`bert.`), which hf.sbert strips.
+  base_prefix: str = ""
 
   def config_from_hf(self, hf: dict, *, task: str, num_labels: int | None, where: str):
     raise NotImplementedError
@@ -172,13 +176,14 @@ def _place(arr: np.ndarray, target, mesh: Mesh | None) -> jax.Array:
 
 
 def with_pooling(family: Family, cfg, *, task: str, pooling: str, where: str):
-  """`cfg` with the classifier's pooling: 'cls' (every family's own) or 'mean' (BERT seq_cls)."""
+  """`cfg` with the classifier's pooling: 'cls' (every family's own) or 'mean' (BERT and MPNet
+  seq_cls)."""
   if pooling == "cls":
     return cfg
-  if not (family.name == "bert" and task == "seq_cls"):
+  if not (pooling in family.poolings and task == "seq_cls"):
     raise UnsupportedConfigError(
-      f"{where}: pooling={pooling!r} is implemented for BERT sequence classification; this is a "
-      f"{family.name} model for task {task!r} (model.pooling)")
+      f"{where}: pooling={pooling!r} is implemented for BERT and MPNet sequence classification; "
+      f"this is a {family.name} model for task {task!r} (model.pooling)")
   return dataclasses.replace(cfg, pooling=pooling)
 
 

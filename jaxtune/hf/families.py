@@ -11,6 +11,7 @@ _MODULES = {
   "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
   "gpt2": "gpt2",
   "bert": "bert",
+  "mpnet": "mpnet",
 }
 
 

@@ -1,18 +1,20 @@
 """Sentence-transformers directories: read their pooling and classifier head, write classifiers.
 
-A BERT classifier trained with `pooling='mean'` classifies the masked mean of the last hidden
-states, which no transformers class computes (BertForSequenceClassification reads the pooler on
-[CLS]). It is exported as the sentence-transformers pipeline that computes exactly that:
+A BERT or MPNet classifier trained with `pooling='mean'` classifies the masked mean of the last
+hidden states, which no transformers class computes (BertForSequenceClassification reads the
+pooler on [CLS], MPNetForSequenceClassification its own head on <s>). It is exported as the
+sentence-transformers pipeline that computes exactly that:
 
-  modules.json                 0 Transformer (this directory, a BertModel) -> 1 Pooling -> 2 Dense
-  config.json, model.safetensors, tokenizer files   the encoder, bare BertModel keys, id2label
+  modules.json                 0 Transformer (this directory, a BertModel or MPNetModel)
+                                 -> 1 Pooling -> 2 Dense
+  config.json, model.safetensors, tokenizer files   the encoder, bare base-model keys, id2label
   1_Pooling/config.json        mean over the attended tokens, nothing else
   2_Dense/config.json          in = hidden size, out = number of labels, identity activation
   2_Dense/model.safetensors    the classifier as `linear.weight` [L, D] and `linear.bias` [L]
 
 so `SentenceTransformer(dir).encode(texts)` returns the logits. `read` finds the pooling a
-directory declares and, for such a classifier, serves its head under the names the BERT key map
-uses (`classifier.weight`, `classifier.bias`), so `hf.load` reads it back. A Dense module is
+directory declares and, for such a classifier, serves its head under the names the key maps
+use (`classifier.weight`, `classifier.bias`), so `hf.load` reads it back. A Dense module is
 taken for such a head when it has one output per label of the classifier being loaded; other modules
 after the pooling (an embedding model's projection and normalisation, as in LaBSE) are left out
 with a warning, and the classifier gets a fresh head on the encoder.
@@ -107,12 +109,13 @@ def read(path: Path, num_labels: int) -> Pipeline | None:
   return Pipeline(on[0], pooling_file, head)
 
 
-def write(out: Path, tensors, *, hidden_size: int, num_labels: int, max_seq_length: int,
-          **shard_kwargs) -> None:
-  """Write the pipeline files around `tensors` (HF names of a BERT seq_cls model, as exported).
+def write(out: Path, tensors, *, prefix: str, hidden_size: int, num_labels: int,
+          max_seq_length: int, **shard_kwargs) -> None:
+  """Write the pipeline files around `tensors` (HF names of a BERT or MPNet seq_cls model, as
+  exported, the encoder's keys under `prefix`, e.g. 'bert.').
 
-  The encoder tensors go to `out/model.safetensors` with bare BertModel keys, the classifier
-  to `2_Dense`; config.json and the tokenizer are the caller's.
+  The encoder tensors go to `out/model.safetensors` with bare keys (BertModel, MPNetModel), the
+  classifier to `2_Dense`; config.json and the tokenizer are the caller's.
   """
   head: dict[str, np.ndarray] = {}
 
@@ -121,7 +124,7 @@ def write(out: Path, tensors, *, hidden_size: int, num_labels: int, max_seq_leng
       if name in _HEAD:
         head[_HEAD[name]] = arr
       else:
-        yield name.removeprefix("bert."), arr
+        yield name.removeprefix(prefix), arr
 
   write_sharded(out, encoder(), **shard_kwargs)
   if set(head) != set(_HEAD.values()):

@@ -57,62 +57,78 @@ class BertConfig:
     return self.hidden_size // self.num_attention_heads
 
 
-def _linear(d_in, d_out, axes, cfg: BertConfig, kw: dict) -> layers.Linear:
+def linear(d_in, d_out, axes, cfg: BertConfig, kw: dict) -> layers.Linear:
   return layers.Linear(d_in, d_out, axes=axes, use_bias=True, init_std=cfg.initializer_range, **kw)
 
 
-def _norm(cfg: BertConfig, param_dtype) -> layers.LayerNorm:
+def norm(cfg: BertConfig, param_dtype) -> layers.LayerNorm:
   return layers.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
 
 
 class BertEmbeddings(nnx.Module):
-  def __init__(self, cfg: BertConfig, *, param_dtype, compute_dtype, rngs):
+  """Words (+ token types) + positions, LayerNorm, dropout; MPNet has no token types."""
+
+  def __init__(self, cfg: BertConfig, *, param_dtype, compute_dtype, rngs, token_types=True):
     D, std = cfg.hidden_size, cfg.initializer_range
     kw = dict(init_std=std, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
     self.word_embeddings = layers.Embed(cfg.vocab_size, D, axes=("vocab", "embed"), **kw)
     self.position_embeddings = layers.Embed(
       cfg.max_position_embeddings, D, axes=("positions", "embed"), **kw
     )
-    self.token_type_embeddings = layers.Embed(cfg.type_vocab_size, D, axes=("vocab", "embed"), **kw)
-    self.LayerNorm = _norm(cfg, param_dtype)
+    self.token_type_embeddings = (
+      layers.Embed(cfg.type_vocab_size, D, axes=("vocab", "embed"), **kw) if token_types else None
+    )
+    self.LayerNorm = norm(cfg, param_dtype)
     self.dropout = layers.Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, input_ids, token_type_ids, positions, rng: layers.RngSplitter) -> jax.Array:
     # HF's order of additions: (words + token types) + positions.
-    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    x = self.word_embeddings(input_ids)
+    if self.token_type_embeddings is not None:
+      x = x + self.token_type_embeddings(token_type_ids)
     x = x + self.position_embeddings(positions)
     return self.dropout(self.LayerNorm(x), rng())
+
+
+def self_attention(module, projections, x_BTD: jax.Array, mask_B1TS: jax.Array,
+                   rng: layers.RngSplitter, bias_BNTS: jax.Array | None = None) -> jax.Array:
+  """Multi-head attention of an encoder block, before the output projection: [B, T, D].
+
+  `projections` are the query, key and value linears; `module` gives `num_heads`, the
+  attention `dropout` and `attention_impl` (BertSelfAttention, MPNet's attention).
+  """
+  B, T, D = x_BTD.shape
+  N = module.num_heads
+  heads = ("batch", "length", "act_heads", None)
+  q, k, v = (layers.constrain(p(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, D // N), heads)
+             for p in projections)
+  out = layers.dot_product_attention(
+    q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=module.dropout, dropout_rng=rng(),
+    implementation=module.attention_impl, bias_BNTS=bias_BNTS,
+  )
+  return out.reshape(B, T, D)
 
 
 class BertSelfAttention(nnx.Module):
   def __init__(self, cfg: BertConfig, kw: dict):
     D = cfg.hidden_size
-    self.query = _linear(D, D, ("embed", "heads"), cfg, kw)
-    self.key = _linear(D, D, ("embed", "heads"), cfg, kw)
-    self.value = _linear(D, D, ("embed", "heads"), cfg, kw)
+    self.query = linear(D, D, ("embed", "heads"), cfg, kw)
+    self.key = linear(D, D, ("embed", "heads"), cfg, kw)
+    self.value = linear(D, D, ("embed", "heads"), cfg, kw)
     self.dropout = layers.Dropout(cfg.attention_probs_dropout_prob)
     self.attention_impl = "xla"  # layers.set_attention
     self.num_heads = cfg.num_attention_heads
 
-  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, rng: layers.RngSplitter) -> jax.Array:
-    B, T, D = x_BTD.shape
-    N = self.num_heads
-    heads = ("batch", "length", "act_heads", None)
-    q, k, v = (layers.constrain(p(x_BTD, lora_rng=rng.lora()).reshape(B, T, N, D // N), heads)
-               for p in (self.query, self.key, self.value))
-    out = layers.dot_product_attention(
-      q, k, v, mask_B1TS, scale=(D // N) ** -0.5, dropout=self.dropout, dropout_rng=rng(),
-      implementation=self.attention_impl,
-    )
-    return out.reshape(B, T, D)
+  def __call__(self, x_BTD, mask_B1TS, rng, bias_BNTS=None) -> jax.Array:
+    return self_attention(self, (self.query, self.key, self.value), x_BTD, mask_B1TS, rng, bias_BNTS)
 
 
 class BertSelfOutput(nnx.Module):
   """dense, dropout, then LayerNorm over the residual sum (post-LN); BertOutput is the same."""
 
   def __init__(self, cfg: BertConfig, d_in: int, axes, kw: dict):
-    self.dense = _linear(d_in, cfg.hidden_size, axes, cfg, kw)
-    self.LayerNorm = _norm(cfg, kw["param_dtype"])
+    self.dense = linear(d_in, cfg.hidden_size, axes, cfg, kw)
+    self.LayerNorm = norm(cfg, kw["param_dtype"])
     self.dropout = layers.Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, h: jax.Array, residual_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
@@ -124,13 +140,13 @@ class BertAttention(nnx.Module):
     self.self = BertSelfAttention(cfg, kw)
     self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), kw)
 
-  def __call__(self, x_BTD, mask_B1TS, rng):
-    return self.output(self.self(x_BTD, mask_B1TS, rng), x_BTD, rng)
+  def __call__(self, x_BTD, mask_B1TS, rng, bias_BNTS=None):
+    return self.output(self.self(x_BTD, mask_B1TS, rng, bias_BNTS), x_BTD, rng)
 
 
 class BertIntermediate(nnx.Module):
   def __init__(self, cfg: BertConfig, kw: dict):
-    self.dense = _linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg, kw)
+    self.dense = linear(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), cfg, kw)
     self.act = layers.activation(cfg.hidden_act)
 
   def __call__(self, x_BTD: jax.Array, rng: layers.RngSplitter) -> jax.Array:
@@ -139,21 +155,27 @@ class BertIntermediate(nnx.Module):
 
 
 class BertLayer(nnx.Module):
+  """Attention, then the feed-forward block, each post-LN; `bias_BNTS` is an additive score
+  bias shared by the layers (MPNet's relative positions; None for BERT)."""
+
+  attention_cls = BertAttention  # MPNetLayer swaps in MPNet's attention
+
   def __init__(self, cfg: BertConfig, kw: dict):
-    self.attention = BertAttention(cfg, kw)
+    self.attention = self.attention_cls(cfg, kw)
     self.intermediate = BertIntermediate(cfg, kw)
     self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), kw)
 
-  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, key: jax.Array | None) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, mask_B1TS: jax.Array, bias_BNTS: jax.Array | None,
+               key: jax.Array | None) -> jax.Array:
     rng = layers.RngSplitter(key)
-    x_BTD = self.attention(x_BTD, mask_B1TS, rng)
+    x_BTD = self.attention(x_BTD, mask_B1TS, rng, bias_BNTS)
     x_BTD = self.output(self.intermediate(x_BTD, rng), x_BTD, rng)
     return layers.constrain(x_BTD, ACT)
 
 
 class BertPooler(nnx.Module):
   def __init__(self, cfg: BertConfig, kw: dict):
-    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
+    self.dense = linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
 
   def __call__(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     return jnp.tanh(self.dense(h_BTD[:, 0], lora_rng=lora_rng))
@@ -161,9 +183,9 @@ class BertPooler(nnx.Module):
 
 class BertPredictionHeadTransform(nnx.Module):
   def __init__(self, cfg: BertConfig, kw: dict):
-    self.dense = _linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
+    self.dense = linear(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, kw)
     self.act = layers.activation(cfg.hidden_act)
-    self.LayerNorm = _norm(cfg, kw["param_dtype"])
+    self.LayerNorm = norm(cfg, kw["param_dtype"])
 
   def __call__(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
     return self.LayerNorm(self.act(self.dense(h_BTD, lora_rng=lora_rng)))
@@ -184,16 +206,22 @@ class BertOnlyMLMHead(nnx.Module):
     self.predictions = BertLMPredictionHead(cfg, kw)
 
 
-class Bert(nnx.Module):
-  """BERT for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D]).
+class EncoderModel(nnx.Module):
+  """What BERT-style encoders share (Bert, mpnet.MPNet): embeddings, a stack of `layer_cls`
+  layers, `encode`, and the task heads over it. A family gives `embed` (the embedding output
+  and the score bias its layers share) and `build_heads`.
 
   Set `model.remat` ('none' | 'full' | 'dots') before `nnx.split` to rematerialise each layer;
   `layers.stack_layers(model)` makes the layers one scanned stack.
   """
 
+  family = "BERT"  # in error messages
+  layer_cls = BertLayer
+  token_types = True
+
   def __init__(
     self,
-    config: BertConfig,
+    config,
     *,
     task: str = "seq_cls",
     param_dtype=jnp.float32,
@@ -201,28 +229,28 @@ class Bert(nnx.Module):
     rngs: nnx.Rngs,
   ):
     if task not in TASKS:
-      raise ValueError(f"BERT: task={task!r}, expected one of {TASKS}")
+      raise ValueError(f"{self.family}: task={task!r}, expected one of {TASKS}")
     if task == "seq_cls" and config.num_labels < 1:
-      raise ValueError("BERT seq_cls needs config.num_labels >= 1")
+      raise ValueError(f"{self.family} seq_cls needs config.num_labels >= 1")
     if config.pooling not in POOLINGS:
-      raise ValueError(f"BERT: pooling={config.pooling!r}, expected one of {POOLINGS}")
+      raise ValueError(f"{self.family}: pooling={config.pooling!r}, expected one of {POOLINGS}")
     if config.pooling != "cls" and task != "seq_cls":
-      raise ValueError(f"BERT: pooling={config.pooling!r} is for task 'seq_cls', not {task!r}")
+      raise ValueError(
+        f"{self.family}: pooling={config.pooling!r} is for task 'seq_cls', not {task!r}")
     self.config = config
     self.task = task
     self.remat = "none"
-    cfg = config
     kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
-    self.embeddings = BertEmbeddings(cfg, **kw)
-    self.layers = nnx.List([BertLayer(cfg, kw) for _ in range(cfg.num_hidden_layers)])
-    if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
-      self.pooler = BertPooler(cfg, kw)
-    if task == "seq_cls":
-      rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
-      self.dropout = layers.Dropout(rate)
-      self.classifier = _linear(cfg.hidden_size, cfg.num_labels, ("embed", "labels"), cfg, kw)
-    if task == "masked_lm":
-      self.cls = BertOnlyMLMHead(cfg, kw)
+    self.embeddings = BertEmbeddings(config, token_types=self.token_types, **kw)
+    self.layers = nnx.List([self.layer_cls(config, kw) for _ in range(config.num_hidden_layers)])
+    self.build_heads(config, task, kw)
+
+  def build_heads(self, cfg, task: str, kw: dict) -> None:
+    raise NotImplementedError
+
+  def embed(self, input_ids, token_type_ids, positions, rng: layers.RngSplitter):
+    """(embedding output [B, T, D], additive score bias [B or 1, N, T, S] or None)."""
+    raise NotImplementedError
 
   def encode(
     self,
@@ -234,33 +262,34 @@ class Bert(nnx.Module):
     segment_ids: jax.Array | None = None,
     dropout_rng: jax.Array | None = None,
   ) -> jax.Array:
-    """Last hidden states [B, T, D]. Token types default to 0 and positions to 0..T-1, as HF."""
+    """Last hidden states [B, T, D]."""
     B, T = input_ids.shape
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros((B, T), jnp.int32)
     rng = layers.RngSplitter(dropout_rng)
-    x = layers.constrain(self.embeddings(input_ids, token_type_ids, positions, rng), ACT)
+    x, bias = self.embed(input_ids, token_type_ids, positions, rng)
     mask = layers.attention_mask(
       attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=False
     )
-    x = layers.run_layers(self.layers, x, mask, remat=self.remat, rng=rng)
-    return x
+    return layers.run_layers(self.layers, layers.constrain(x, ACT), mask, bias, remat=self.remat,
+                             rng=rng)
+
+  def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    raise NotImplementedError
 
   def pooled(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
-    """The pooler's tanh(dense(h[:, 0])) [B, D] (seq_cls and encoder).
+    """The pooler's tanh(dense(h[:, 0])) [B, D] (BERT seq_cls, encoder).
 
     `lora_rng` is the LoRA dropout key of an adapted pooler (unused otherwise); so in `mlm_logits`.
     """
     return self.pooler(h_BTD, lora_rng=lora_rng)
 
-  def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
-    """Masked-LM logits [B, T, V] through the tied word table (masked_lm)."""
-    head = self.cls.predictions
-    t = head.transform(h_BTD, lora_rng=lora_rng)
-    logits = self.embeddings.word_embeddings.attend(t) + head.bias[...].astype(t.dtype)
-    return layers.constrain(logits, ("batch", "length", "act_vocab"))
+  def classify(self, h_BTD: jax.Array, attention_mask: jax.Array | None,
+               rng: layers.RngSplitter) -> jax.Array:
+    """seq_cls logits [B, L]: the classifier on the pooled [CLS] or the masked mean."""
+    if self.config.pooling == "mean":
+      pooled = mean_pool(h_BTD, attention_mask)
+    else:
+      pooled = self.pooled(h_BTD, lora_rng=rng.lora())
+    return self.classifier(self.dropout(pooled, rng()), lora_rng=rng.lora())
 
   def __call__(
     self,
@@ -282,11 +311,41 @@ class Bert(nnx.Module):
     # Heads take LoRA keys from the splitter's LoRA stream, so the dropout keys stay as they were.
     if self.task == "masked_lm":
       return self.mlm_logits(h, lora_rng=rng.lora())
-    if self.config.pooling == "mean":
-      pooled = mean_pool(h, attention_mask)
-    else:
-      pooled = self.pooled(h, lora_rng=rng.lora())
-    return self.classifier(self.dropout(pooled, rng()), lora_rng=rng.lora())
+    return self.classify(h, attention_mask, rng)
+
+
+class Bert(EncoderModel):
+  """BERT for `task` 'seq_cls' ([B, L]), 'masked_lm' ([B, T, V]) or 'encoder' ([B, T, D])."""
+
+  def build_heads(self, cfg: BertConfig, task: str, kw: dict) -> None:
+    if task == "encoder" or (task == "seq_cls" and cfg.pooling == "cls"):
+      self.pooler = BertPooler(cfg, kw)
+    if task == "seq_cls":
+      rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+      self.dropout = layers.Dropout(rate)
+      self.classifier = linear(cfg.hidden_size, cfg.num_labels, ("embed", "labels"), cfg, kw)
+    if task == "masked_lm":
+      self.cls = BertOnlyMLMHead(cfg, kw)
+
+  def embed(self, input_ids, token_type_ids, positions, rng):
+    """Token types default to 0 and positions to 0..T-1, as HF; no score bias."""
+    B, T = input_ids.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros((B, T), jnp.int32)
+    return self.embeddings(input_ids, token_type_ids, positions, rng), None
+
+  def mlm_logits(self, h_BTD: jax.Array, *, lora_rng: jax.Array | None = None) -> jax.Array:
+    """Masked-LM logits [B, T, V] through the tied word table (masked_lm)."""
+    head = self.cls.predictions
+    return tied_mlm_logits(self, head.transform(h_BTD, lora_rng=lora_rng), head.bias)
+
+
+def tied_mlm_logits(model: EncoderModel, t_BTD: jax.Array, bias_V: nnx.Param) -> jax.Array:
+  """The MLM decoder: the word table (tied, as HF ties it) plus a vocab bias."""
+  logits = model.embeddings.word_embeddings.attend(t_BTD) + bias_V[...].astype(t_BTD.dtype)
+  return layers.constrain(logits, ("batch", "length", "act_vocab"))
 
 
 def mean_pool(h_BTD: jax.Array, attention_mask_BT: jax.Array | None) -> jax.Array:

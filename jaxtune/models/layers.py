@@ -428,9 +428,11 @@ def attention_mask(
 ATTENTION = ("auto", "xla", "cudnn")
 
 
-def resolve_attention(name: str, dtype, *, dropout: Dropout | None, softcap: float | None) -> str:
+def resolve_attention(name: str, dtype, *, dropout: Dropout | None, softcap: float | None,
+                      bias: bool = False) -> str:
   """The implementation `name` means here: 'auto' is cuDNN flash attention on a GPU when it
-  applies (16-bit inputs, no attention dropout in training, no softcap), else plain XLA.
+  applies (16-bit inputs, no attention dropout in training, no softcap, no additive score bias),
+  else plain XLA. (cuDNN's bias gradient is not wired in: MPNet's relative bias trains.)
 
   TPU runs the XLA path too: a Pallas splash-attention kernel is not wired in yet.
   """
@@ -441,11 +443,12 @@ def resolve_attention(name: str, dtype, *, dropout: Dropout | None, softcap: flo
     if jax.default_backend() != "gpu":
       raise ValueError(f"config: model.attention='cudnn' needs a GPU; this backend is "
                        f"{jax.default_backend()!r} (use 'auto' or 'xla')")
-    if dropping or softcap:
+    if dropping or softcap or bias:
       raise ValueError("config: model.attention='cudnn' supports neither attention dropout in "
-                       "training nor logit softcapping; use 'auto' to fall back to XLA")
+                       "training, logit softcapping nor a relative-position bias (MPNet); use "
+                       "'auto' to fall back to XLA")
     return name
-  if name == "auto" and jax.default_backend() == "gpu" and not dropping and not softcap and (
+  if name == "auto" and jax.default_backend() == "gpu" and not (dropping or softcap or bias) and (
     jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
   ):
     return "cudnn"
@@ -464,8 +467,12 @@ def dot_product_attention(
   softcap: float | None = None,
   implementation: str = "xla",
   causal: bool = False,
+  bias_BNTS: jax.Array | None = None,
 ) -> jax.Array:
   """Grouped-query attention; plain XLA by default, scores and softmax in float32.
+
+  `bias_BNTS` (batch may be 1) is added to the scaled scores before masking, as HF adds a
+  relative-position bias (MPNet); it keeps the XLA path (see `resolve_attention`).
 
   Masked scores get the dtype's most negative value rather than -inf, so a row with no
   visible key (a padding query) gives a finite uniform average instead of NaN, as in HF.
@@ -473,7 +480,8 @@ def dot_product_attention(
   skip the blocks above the diagonal (the mask, which also carries padding and segments, is
   still applied).
   """
-  impl = resolve_attention(implementation, q_BTNH.dtype, dropout=dropout, softcap=softcap)
+  impl = resolve_attention(implementation, q_BTNH.dtype, dropout=dropout, softcap=softcap,
+                           bias=bias_BNTS is not None)
   if impl == "cudnn":
     return jax.nn.dot_product_attention(
       q_BTNH, k_BSKH, v_BSKH, mask=mask_B1TS, scale=scale, is_causal=causal,
@@ -484,6 +492,9 @@ def dot_product_attention(
   q = q_BTNH.reshape(B, T, K, N // K, H)
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k_BSKH, preferred_element_type=jnp.float32)
   scores = scores * scale
+  if bias_BNTS is not None:
+    b = bias_BNTS.astype(jnp.float32)
+    scores = scores + b.reshape(b.shape[0], K, N // K, *b.shape[2:])
   if softcap:
     scores = jnp.tanh(scores / softcap) * softcap
   mask = mask_B1TS[:, :, None]  # B 1 1 T S

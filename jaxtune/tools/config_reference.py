@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "docs" / "config_reference.md"
 COMMAND = "python -m jaxtune.tools.config_reference > docs/config_reference.md"
 # Recipe variants to list besides the plain recipe (configs/<name>.py:<variant>).
-VARIANTS = {"sentiment_minilm": ("quick",), "sft_smollm2": ("quick",)}
+VARIANTS = {"sentiment_minilm": ("quick",), "sentiment_mpnet": ("quick",), "sft_smollm2": ("quick",)}
 # The meaning of keys whose source line carries no comment (the name and the code say it there).
 # A key documented in the source takes its comment instead; new keys belong in the source.
 IMPLICIT = {
@@ -172,7 +172,8 @@ def _placeholder_assets():
   from jaxtune.data import assets
 
   saved = {}
-  for name in ("minilm_dir", "smollm2_gguf", "chitchat_json", "vader_dir", "rotten_tomatoes_txt"):
+  for name in ("minilm_dir", "mpnet_dir", "smollm2_gguf", "chitchat_json", "vader_dir",
+               "rotten_tomatoes_txt"):
     saved[name] = getattr(assets, name)
     setattr(assets, name, lambda name=name: f"<assets.{name}()>")
   try:

@@ -32,3 +32,14 @@ def test_set_attention_reaches_every_layer():
   assert len(impls) == len(model.layers) > 0 and set(impls) == {"xla"}
   with pytest.raises(ValueError):
     layers.set_attention(model, "splash")
+
+
+def test_a_score_bias_keeps_xla_on_gpu(monkeypatch):
+  # MPNet's relative-position bias trains; cuDNN's bias gradient is not wired in, so 'auto'
+  # stays on XLA and an explicit 'cudnn' is refused, naming why.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.resolve_attention("auto", jnp.bfloat16, dropout=None, softcap=None) == "cudnn"
+  assert layers.resolve_attention("auto", jnp.bfloat16, dropout=None, softcap=None,
+                                  bias=True) == "xla"
+  with pytest.raises(ValueError, match="relative-position bias"):
+    layers.resolve_attention("cudnn", jnp.bfloat16, dropout=None, softcap=None, bias=True)
