@@ -261,3 +261,40 @@ def test_lora_adapter_loads_in_peft(checkpoints, tmp_path):
   merged = hf.save(model, tmp_path / "merged")  # LoRA merged into the kernels
   back = transformers.AutoModelForCausalLM.from_pretrained(merged, attn_implementation="eager")
   assert _diff(_torch_logits(back.eval(), ids, mask), want, mask) < 1e-5
+
+
+def test_train_scanned_on_mesh_then_export_loads_in_transformers(tmp_path):
+  """`preset:tiny-gemma3` (windows of 16 in rows of 64) trains with scanned layers on a
+  (2, 2, 2) mesh; the run's export loads in transformers without a warning, same logits."""
+  import json
+  import sys
+  from pathlib import Path
+
+  from jaxtune import train
+
+  sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "configs"))
+  import tiny
+
+  cfg = tiny.get_config()
+  cfg.model.source = "preset:tiny-gemma3"
+  cfg.model.scan_layers = True
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+  cfg.train.steps, cfg.train.eval_every, cfg.train.log_every = 20, 20, 5
+  cfg.checkpoint.every_steps = 20
+  cfg.train.progress = False
+  cfg.export.enabled = True
+  out = train.train_and_evaluate(cfg, tmp_path)
+  assert out["compilations"] == 1
+  losses = [json.loads(x)["train/loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in x]
+  assert losses[-1] < losses[0] - 0.5, losses
+  assert out["state"]["params"]["layers"]["self_attn"]["q_norm"]["scale"].shape == (3, 16)
+
+  ids = np.random.default_rng(0).integers(1, 257, (2, 64)).astype(np.int32)
+  mask = np.ones_like(ids)
+  with _no_transformers_warnings():
+    back = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "export", attn_implementation="eager", dtype=torch.float32).eval()
+  assert type(back).__name__ == "Gemma3ForCausalLM" and back.config.layer_types[1] == "full_attention"
+  got = _jax_logits(hf.load(tmp_path / "export"), ids, mask)
+  assert _diff(got, _torch_logits(back, ids, mask)) < 1e-4
