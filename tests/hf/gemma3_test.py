@@ -298,3 +298,19 @@ def test_train_scanned_on_mesh_then_export_loads_in_transformers(tmp_path):
   assert type(back).__name__ == "Gemma3ForCausalLM" and back.config.layer_types[1] == "full_attention"
   got = _jax_logits(hf.load(tmp_path / "export"), ids, mask)
   assert _diff(got, _torch_logits(back, ids, mask)) < 1e-4
+
+
+def test_gemma3_270m_preset_has_the_real_shapes():
+  """The preset's config builds in transformers (meta device: shapes only) with the same
+  parameter shapes as jaxtune's model of it: 268,098,176 parameters, as google/gemma-3-270m."""
+  from jaxtune.models import presets
+
+  cfg_dict = {k: v for k, v in presets.PRESETS["gemma3-270m"].items() if k != "model_type"}
+  with torch.device("meta"):
+    ref = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(**cfg_dict))
+  family, cfg = presets.model_config("gemma3-270m")
+  abstract = nnx.eval_shape(lambda: family.build(cfg, task="causal_lm", param_dtype=jnp.float32,
+                                                 compute_dtype=None, rngs=nnx.Rngs(0)))
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert ours == sum(p.numel() for p in ref.parameters()) == 268_098_176
+  assert cfg.layer_kinds.count(0) == 3 and cfg.sliding_window == 512
