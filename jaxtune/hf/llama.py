@@ -292,7 +292,6 @@ class DecoderFamily(convert.Family):
       "qkv_bias": mt == "qwen2", "qk_norm": mt in ("qwen3", "gemma3_text"),
       "norm_plus_one": mt in GEMMA, "scale_embeddings": mt in GEMMA, "sandwich_norms": gemma3,
     }
-    fixed["attn_logit_softcap"] = None  # no HF class here applies it (Gemma 3 ignores it)
     if not gemma3:
       fixed.update(layer_types=(), rope_local_theta=None, query_pre_attn_scalar=None,
                    final_logit_softcap=None)

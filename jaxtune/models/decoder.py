@@ -74,8 +74,7 @@ class DecoderConfig:
   rope_local_theta: float | None = None  # Gemma 3: rope base of sliding layers (no scaling)
   query_pre_attn_scalar: float | None = None  # Gemma 3: scores scale by this**-0.5, not H**-0.5
   sandwich_norms: bool = False  # Gemma 3: norms on the attention and MLP outputs too
-  attn_logit_softcap: float | None = None  # Gemma 2 style tanh cap on attention scores
-  final_logit_softcap: float | None = None  # ... and on the output logits
+  final_logit_softcap: float | None = None  # Gemma 2/3 style tanh cap on the output logits
   max_position_embeddings: int = 2048
   initializer_range: float = 0.02
   pad_token_id: int | None = None
@@ -143,7 +142,6 @@ class Attention(nnx.Module):
     self.attention_impl = "xla"  # layers.set_attention
     self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
     self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
-    self.softcap = cfg.attn_logit_softcap
 
   def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array,
           rng: layers.RngSplitter | None = None):
@@ -165,7 +163,7 @@ class Attention(nnx.Module):
     rng = rng or layers.RngSplitter(None)
     B, T = q_BTNH.shape[:2]
     out = layers.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.scale, softcap=self.softcap,
+      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.scale,
       dropout=self.dropout, dropout_rng=dropout_rng, implementation=self.attention_impl,
       causal=True,
     )

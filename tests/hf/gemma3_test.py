@@ -163,7 +163,7 @@ def test_config_fields(checkpoints):
   assert cfg.rope_local_theta == 50.0
   assert cfg.qk_norm and cfg.sandwich_norms and cfg.norm_plus_one and cfg.scale_embeddings
   assert cfg.tie_embeddings and cfg.activation == "gelu_pytorch_tanh"
-  assert cfg.final_logit_softcap is None and cfg.attn_logit_softcap is None
+  assert cfg.final_logit_softcap is None
   hash(cfg)
 
 
