@@ -70,6 +70,8 @@ def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
   """
   if not hasattr(model, "hidden_states") or not hasattr(model, "logits_from_hidden"):
     return None
+  if getattr(getattr(model, "config", None), "final_logit_softcap", None):
+    return None  # the head is followed by a tanh cap (Gemma 2 style): keep the full-logits loss
   head = getattr(model, "lm_head", None)
   if head is not None:
     if type(head) is not layers.Linear or head.bias is not None:

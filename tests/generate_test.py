@@ -26,6 +26,13 @@ SPECS = {
   "mistral": ("mistral", dict(sliding_window=4)),
   "qwen3": ("qwen3", dict(head_dim=16, tie_word_embeddings=True)),
   "gemma": ("gemma", dict(head_dim=16, hidden_act="gelu_pytorch_tanh")),
+  # Gemma 3: a window of 4 under prompts of up to 7 tokens and 10 new ones, so the local
+  # layers' cached keys fall out of the window (transformers keeps a sliding cache for them).
+  "gemma3": ("gemma3_text", dict(
+    head_dim=16, num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=16,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                     "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})),
   "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)),
 }
 

@@ -1,11 +1,12 @@
-"""HF <-> jaxtune map for the Llama-style decoders: llama, mistral, qwen2, qwen3, gemma.
+"""HF <-> jaxtune map for the Llama-style decoders: llama, mistral, qwen2, qwen3, gemma, gemma3_text.
 
 `config_from_hf` reads a config.json strictly: every attribute is either used, known to be
 harmless, or refused by name (MoE, rope types other than default/linear/llama3, Qwen sliding
 windows, tensor-parallel pretraining, ...). Missing attributes take the defaults of the
 transformers 5 config class for that model_type, so a short config means what HF means by it.
 `table` lists one Row per HF tensor; `config_to_hf` writes a config.json that transformers
-loads as `<Arch>ForCausalLM` or `<Arch>ForSequenceClassification`.
+loads as `<Arch>ForCausalLM` or `<Arch>ForSequenceClassification` (Gemma 3 text:
+`Gemma3ForCausalLM`, `Gemma3TextForSequenceClassification`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from jaxtune.models import decoder, layers
 
 log = logging.getLogger(__name__)
 
-ARCH = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma"}
+ARCH = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
+        "gemma3_text": "Gemma3"}
+_SEQ_CLS_ARCH = {"gemma3_text": "Gemma3TextForSequenceClassification"}  # else ARCH + ForSeq...
+GEMMA = ("gemma", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings, hidden_activation
 
 # Defaults of the transformers 5 config classes for attributes a config.json may leave out
 # (None for num_key_value_heads / head_dim means "derive from the head count").
@@ -42,6 +46,11 @@ _DEFAULTS = {
   "gemma": dict(num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
                 rms_norm_eps=1e-6, max_position_embeddings=8192, tie_word_embeddings=True,
                 pad_token_id=0, bos_token_id=2, eos_token_id=1),
+  "gemma3_text": dict(num_key_value_heads=4, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                      rms_norm_eps=1e-6, max_position_embeddings=131072, tie_word_embeddings=True,
+                      pad_token_id=0, bos_token_id=2, eos_token_id=1, sliding_window=4096,
+                      query_pre_attn_scalar=256, sliding_window_pattern=6, rope_theta=1e6,
+                      rope_local_base_freq=1e4),
 }
 
 # Attributes read below, per model_type (beyond the ones every type shares).
@@ -58,10 +67,17 @@ _USED = {
   "qwen3": _COMMON | {"attention_bias", "use_sliding_window", "sliding_window",
                       "max_window_layers", "layer_types"},
   "gemma": _COMMON | {"attention_bias", "hidden_activation", "use_bidirectional_attention"},
+  "gemma3_text": _COMMON | {
+    "attention_bias", "hidden_activation", "use_bidirectional_attention", "query_pre_attn_scalar",
+    "sliding_window", "sliding_window_pattern", "_sliding_window_pattern", "layer_types",
+    "rope_local_base_freq", "final_logit_softcapping", "attn_logit_softcapping",
+  },
 }
 # Present in real checkpoints of that type and without effect on the computation.
 _HARMLESS: dict[str, set[str]] = {"llama": set(), "mistral": set(), "qwen2": set(), "qwen3": set(),
-                                  "gemma": set()}
+                                  "gemma": set(),
+                                  # "hybrid": HF's cache layout (sliding layers keep a window)
+                                  "gemma3_text": {"cache_implementation"}}
 # Switches some configs carry set to false; any other value changes the network.
 _MUST_BE_OFF = ("use_mrope",)
 # Mixture-of-experts attributes: a dense model never sets them to anything truthy.
@@ -118,6 +134,46 @@ def _rope(hf: dict, max_pos: int, where: str) -> tuple[float, tuple | None]:
   return theta, tuple(sorted(scaling.items()))
 
 
+def _gemma3_rope(hf: dict, defaults: dict, max_pos: int, where: str):
+  """(global theta, global scaling, local theta) of a Gemma 3 text config.
+
+  transformers 5 writes `rope_parameters` per layer type ({"full_attention": {...},
+  "sliding_attention": {...}}); older configs have `rope_theta`, `rope_scaling` (global layers
+  only) and `rope_local_base_freq`. Local layers must use plain rope, as HF's do.
+  """
+  params = hf.get("rope_parameters") or {}
+  require(isinstance(params, dict), where, "rope_parameters", params, "expected a dict")
+  if set(params) & set(decoder.LAYER_TYPES):
+    extra = sorted(set(params) - set(decoder.LAYER_TYPES))
+    require(not extra, where, "rope_parameters", params, f"unexpected keys {extra} beside {decoder.LAYER_TYPES}")
+    full, local = dict(params.get("full_attention") or {}), dict(params.get("sliding_attention") or {})
+  else:
+    full, local = dict(params), {}
+  if hf.get("rope_scaling"):  # transformers: rope_scaling updates the global layers' parameters
+    full.update(hf["rope_scaling"])
+  full.setdefault("rope_theta", _get(hf, defaults, "rope_theta"))
+  local.setdefault("rope_theta", _get(hf, defaults, "rope_local_base_freq"))
+  theta, scaling = _rope({"rope_parameters": full}, max_pos, f"{where} (full_attention)")
+  local_theta, local_scaling = _rope({"rope_parameters": local}, max_pos, f"{where} (sliding_attention)")
+  require(local_scaling is None, where, "rope_parameters.sliding_attention", local,
+          "only plain (default) rope is implemented on sliding-window layers")
+  return theta, scaling, local_theta
+
+
+def _gemma3_layer_types(hf: dict, defaults: dict, layers_n: int, where: str) -> tuple[str, ...]:
+  """`layer_types`, or HF's derivation from the pattern: every n-th layer global, others local."""
+  types = hf.get("layer_types")
+  if types is None:
+    n = hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern"))
+    n = int(n or defaults["sliding_window_pattern"])
+    types = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(layers_n)]
+  require(isinstance(types, list) and len(types) == layers_n, where, "layer_types", types,
+          f"expected a list of {layers_n} layer types")
+  bad = sorted(set(types) - set(decoder.LAYER_TYPES))
+  require(not bad, where, "layer_types", types, f"unknown layer types {bad}; known: {decoder.LAYER_TYPES}")
+  return tuple(types)
+
+
 class DecoderFamily(convert.Family):
   name = "llama"
   model_types = tuple(ARCH)
@@ -145,10 +201,11 @@ class DecoderFamily(convert.Family):
     kv_heads = _get(hf, defaults, "num_key_value_heads") or heads
     head_dim = _get(hf, defaults, "head_dim") or hidden // heads
     max_pos = int(_get(hf, defaults, "max_position_embeddings"))
-    theta, scaling = _rope(hf, max_pos, where)
+    if mt != "gemma3_text":  # Gemma 3 has a rope per layer type (below)
+      theta, scaling = _rope(hf, max_pos, where)
 
     act = _get(hf, defaults, "hidden_act")
-    if mt == "gemma":
+    if mt in GEMMA:
       # Gemma's `hidden_activation` overrides `hidden_act`; the legacy "gelu" meant the tanh
       # approximation, and transformers 5 rewrites it so.
       act = hf.get("hidden_activation") or act
@@ -162,8 +219,27 @@ class DecoderFamily(convert.Family):
       require(tp in (None, 1), where, "pretraining_tp", tp, "only pretraining_tp=1 is implemented")
 
     sliding = None
+    gemma3: dict = {}
     if mt == "mistral":
       sliding = _get(hf, defaults, "sliding_window")
+    if mt == "gemma3_text":
+      sliding = _get(hf, defaults, "sliding_window")
+      theta, scaling, local_theta = _gemma3_rope(hf, defaults, max_pos, where)
+      types = _gemma3_layer_types(hf, defaults, int(_required(hf, "num_hidden_layers", where)), where)
+      require(sliding or "sliding_attention" not in types, where, "sliding_window", sliding,
+              "layer_types has sliding_attention layers, which need a window size")
+      cap = hf.get("final_logit_softcapping")
+      require(cap is None or (isinstance(cap, int | float) and cap > 0), where,
+              "final_logit_softcapping", cap, "expected null or a positive number")
+      # transformers' Gemma3Attention never passes this cap to its attention functions, so a
+      # set value is ignored there; refused here rather than guessing which network is meant.
+      require(hf.get("attn_logit_softcapping") is None, where, "attn_logit_softcapping",
+              hf.get("attn_logit_softcapping"), "transformers' Gemma 3 does not apply it; set null")
+      gemma3 = dict(
+        layer_types=types, rope_local_theta=local_theta, sandwich_norms=True,
+        query_pre_attn_scalar=float(_get(hf, defaults, "query_pre_attn_scalar")),
+        final_logit_softcap=float(cap) if cap else None,
+      )
     if mt in ("qwen2", "qwen3"):
       use = hf.get("use_sliding_window", False)
       require(not use, where, "use_sliding_window", use,
@@ -189,9 +265,9 @@ class DecoderFamily(convert.Family):
       attention_bias=bool(hf.get("attention_bias", False)) if mt != "qwen2" else False,
       qkv_bias=mt == "qwen2",
       mlp_bias=bool(hf.get("mlp_bias", False)) if mt == "llama" else False,
-      qk_norm=mt == "qwen3",
-      norm_plus_one=mt == "gemma",
-      scale_embeddings=mt == "gemma",
+      qk_norm=mt in ("qwen3", "gemma3_text"),
+      norm_plus_one=mt in GEMMA,
+      scale_embeddings=mt in GEMMA,
       activation=act,
       tie_embeddings=bool(_get(hf, defaults, "tie_word_embeddings")),
       attention_dropout=float(hf.get("attention_dropout") or 0.0),
@@ -203,6 +279,7 @@ class DecoderFamily(convert.Family):
       eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
       num_labels=len(id2label),
       id2label=id2label,
+      **gemma3,
     )
 
   def config_to_hf(self, cfg: decoder.DecoderConfig, *, task: str) -> dict:
@@ -210,24 +287,29 @@ class DecoderFamily(convert.Family):
     where = f"export of a {mt} model"
     # Refuse switches this model_type's HF class cannot express, rather than write a config
     # transformers would load as a different network.
+    gemma3 = mt == "gemma3_text"
     fixed = {
-      "qkv_bias": mt == "qwen2", "qk_norm": mt == "qwen3", "norm_plus_one": mt == "gemma",
-      "scale_embeddings": mt == "gemma",
+      "qkv_bias": mt == "qwen2", "qk_norm": mt in ("qwen3", "gemma3_text"),
+      "norm_plus_one": mt in GEMMA, "scale_embeddings": mt in GEMMA, "sandwich_norms": gemma3,
     }
+    if not gemma3:
+      fixed.update(layer_types=(), rope_local_theta=None, query_pre_attn_scalar=None,
+                   final_logit_softcap=None)
     if mt not in ("llama",):
       fixed["mlp_bias"] = False
     if mt in ("mistral", "qwen2"):
       fixed["attention_bias"] = False
-    if mt != "mistral":
+    if mt not in ("mistral", "gemma3_text"):
       fixed["sliding_window"] = None
     for attr, want in fixed.items():
       require(getattr(cfg, attr) == want, where, attr, getattr(cfg, attr),
               f"{ARCH[mt]} in transformers has {attr}={want!r}")
     head = "ForSequenceClassification" if task == "seq_cls" else "ForCausalLM"
+    arch = _SEQ_CLS_ARCH.get(mt, ARCH[mt] + head) if task == "seq_cls" else ARCH[mt] + head
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     rope.update(cfg.rope_scaling_dict or {})
     out = {
-      "architectures": [ARCH[mt] + head],
+      "architectures": [arch],
       "model_type": mt,
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.hidden_size,
@@ -252,8 +334,23 @@ class DecoderFamily(convert.Family):
               "Qwen2 needs head_dim == hidden_size // num_attention_heads")
     else:
       out["head_dim"] = cfg.head_dim
-    if mt in ("llama", "qwen3", "gemma"):
+    if mt in ("llama", "qwen3", "gemma", "gemma3_text"):
       out["attention_bias"] = cfg.attention_bias
+    if gemma3:
+      out["hidden_activation"] = out.pop("hidden_act")
+      types = cfg.layer_types or (
+        ("sliding_attention" if cfg.sliding_window else "full_attention"),) * cfg.num_layers
+      local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+      # Integers where Gemma3TextConfig's strict fields want them (query_pre_attn_scalar: int).
+      scalar = cfg.query_pre_attn_scalar or cfg.head_dim
+      require(float(scalar).is_integer(), where, "query_pre_attn_scalar", scalar,
+              "Gemma3TextConfig takes an integer")
+      out.update(
+        layer_types=list(types), sliding_window=cfg.sliding_window or 4096,
+        rope_parameters={"full_attention": rope, "sliding_attention": local},
+        query_pre_attn_scalar=int(scalar), final_logit_softcapping=cfg.final_logit_softcap,
+        attn_logit_softcapping=None, use_bidirectional_attention=False,
+      )
     if mt == "llama":
       out.update(mlp_bias=cfg.mlp_bias, pretraining_tp=1)
     if mt == "mistral":
@@ -286,6 +383,9 @@ class DecoderFamily(convert.Family):
         for p in ("q", "k"):
           rows.append(Row(f"{hf}.self_attn.{p}_norm.weight", f"{jx}/self_attn/{p}_norm/scale"))
       rows.append(Row(f"{hf}.post_attention_layernorm.weight", f"{jx}/post_attention_layernorm/scale"))
+      if cfg.sandwich_norms:
+        for n in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+          rows.append(Row(f"{hf}.{n}.weight", f"{jx}/{n}/scale"))
       for p in ("gate", "up", "down"):
         rows.append(Row(f"{hf}.mlp.{p}_proj.weight", f"{jx}/mlp/{p}_proj/kernel", transpose, transpose))
         if cfg.mlp_bias:

@@ -1,10 +1,18 @@
-"""Llama-style decoder-only transformers: Llama, Mistral, Qwen2, Qwen3 and Gemma in one file.
+"""Llama-style decoder-only transformers: Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 3.
 
-The five differ only in switches on `DecoderConfig` (biases, q/k norms, (1 + w) norms, scaled
-embeddings, sliding window, activation, tied head), so one pre-norm block serves all of them:
+They differ only in switches on `DecoderConfig` (biases, q/k norms, (1 + w) norms, scaled
+embeddings, sliding window, activation, tied head, Gemma 3's extra norms and per-layer
+attention kinds), so one pre-norm block serves all of them:
 
   x = x + o_proj(attend(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x))))
   x = x + down_proj(act(gate_proj(norm(x))) * up_proj(norm(x)))
+
+Gemma 3 also normalises each block's output before the residual add ("sandwich" norms) and
+interleaves local layers (sliding-window mask, rope base `rope_local_theta`) with global ones
+(full causal mask, `rope_theta` and its scaling). The two kinds share one parameter structure,
+so the decoder builds both masks and both rope tables once per forward ([M, ...] with M kinds)
+and each layer takes its kind as data (`DecoderConfig.layer_kinds`): unrolled layers get a
+constant, a scanned stack (`layers.stack_layers`) gets it as a scanned input.
 
 `CausalLM` ends in a vocabulary head; `SequenceClassifier` scores the last non-pad token like
 HF's `*ForSequenceClassification`. Parameter names mirror HF (`layers/0/self_attn/q_proj/kernel`)
@@ -22,11 +30,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxtune.models import layers
 
 TASKS = ("causal_lm", "seq_cls")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +68,13 @@ class DecoderConfig:
   tie_embeddings: bool = False
   attention_dropout: float = 0.0
   sliding_window: int | None = None  # Mistral: a query sees the last `sliding_window` keys
+  # Gemma 3: per layer "sliding_attention" (window + local rope) or "full_attention"; () means
+  # every layer alike (then `sliding_window`, if set, applies to all of them, as in Mistral).
+  layer_types: tuple[str, ...] = ()
+  rope_local_theta: float | None = None  # Gemma 3: rope base of sliding layers (no scaling)
+  query_pre_attn_scalar: float | None = None  # Gemma 3: scores scale by this**-0.5, not H**-0.5
+  sandwich_norms: bool = False  # Gemma 3: norms on the attention and MLP outputs too
+  final_logit_softcap: float | None = None  # Gemma 2/3 style tanh cap on the output logits
   max_position_embeddings: int = 2048
   initializer_range: float = 0.02
   pad_token_id: int | None = None
@@ -73,6 +90,19 @@ class DecoderConfig:
       raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if self.id2label and len(self.id2label) != self.num_labels:
       raise ValueError(f"id2label has {len(self.id2label)} names but num_labels={self.num_labels}")
+    if self.layer_types:
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
+      bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+      if bad:
+        raise ValueError(f"layer_types: unknown {bad}; expected {LAYER_TYPES}")
+      if "sliding_attention" in self.layer_types and not self.sliding_window:
+        raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
+
+  @property
+  def layer_kinds(self) -> tuple[int, ...]:
+    """Per layer, its row in the mask and rope tables: 0 global (full), 1 local (sliding)."""
+    return tuple(int(t == "sliding_attention") for t in self.layer_types) or (0,) * self.num_layers
 
   @property
   def rope_scaling_dict(self) -> dict | None:
@@ -85,11 +115,12 @@ class DecoderConfig:
 class Attention(nnx.Module):
   """Grouped-query self-attention with rotary positions.
 
-  Split in two so a KV cache fits in later without touching the math: `qkv` returns rotated
+  Split in two so a KV cache fits in without touching the math: `qkv` returns rotated
   q [B,T,N,H] and k, v [B,T,K,H] for the new tokens; `attend` takes (q, k, v, mask) over
-  whatever keys it is given. Generation will keep per-layer k/v buffers [B,S_max,K,H], write
-  the new k, v at the cache index (`lax.dynamic_update_slice`), and call `attend` on the
-  buffers with `layers.attention_mask(..., kv_len=S_max, q_offset=index)`.
+  whatever keys it is given. Generation keeps per-layer k/v buffers [B,S_max,K,H], writes
+  the new k, v at the cache index (`lax.dynamic_update_slice`), and calls `attend` on the
+  buffers with `layers.attention_mask(..., kv_len=S_max, q_offset=index)`. The rope
+  frequencies [H/2] come from the caller (`Decoder.rope_table`), as they differ per layer kind.
   """
 
   def __init__(self, cfg: DecoderConfig, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
@@ -102,26 +133,26 @@ class Attention(nnx.Module):
     self.v_proj = layers.Linear(D, K * H, axes=("embed", "kv_heads"), use_bias=qkv_bias, **kw)
     self.o_proj = layers.Linear(N * H, D, axes=("heads", "embed"), use_bias=cfg.attention_bias, **kw)
     if cfg.qk_norm:
-      self.q_norm = layers.RMSNorm(H, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
-      self.k_norm = layers.RMSNorm(H, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
+      # Gemma 3's per-head norms scale by (1 + w) like its other norms.
+      norm = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
+      self.q_norm, self.k_norm = layers.RMSNorm(H, **norm), layers.RMSNorm(H, **norm)
     else:
       self.q_norm = self.k_norm = None
     self.dropout = layers.Dropout(cfg.attention_dropout)
     self.attention_impl = "xla"  # layers.set_attention
     self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
-    self.rope_theta = cfg.rope_theta
-    self.rope_scaling = cfg.rope_scaling
+    self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
 
-  def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, rng: layers.RngSplitter | None = None):
+  def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array,
+          rng: layers.RngSplitter | None = None):
     """`rng` hands the projections their LoRA dropout keys (`rng.lora()`); None: no keys."""
     rng = rng or layers.RngSplitter(None)
     B, T, _ = x_BTD.shape
     q = self.q_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_heads, self.head_dim)
     k = self.k_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_kv_heads, self.head_dim)
     v = self.v_proj(x_BTD, lora_rng=rng.lora()).reshape(B, T, self.num_kv_heads, self.head_dim)
-    if self.q_norm is not None:  # Qwen3 normalises each head before rotating it
+    if self.q_norm is not None:  # Qwen3 and Gemma 3 normalise each head before rotating it
       q, k = self.q_norm(q), self.k_norm(k)
-    inv_freq = layers.rope_inv_freq(self.head_dim, self.rope_theta, dict(self.rope_scaling or {}))
     q = layers.apply_rope(q, positions_BT, inv_freq)
     k = layers.apply_rope(k, positions_BT, inv_freq)
     names = ("batch", "length", "act_heads", None)
@@ -132,21 +163,21 @@ class Attention(nnx.Module):
     rng = rng or layers.RngSplitter(None)
     B, T = q_BTNH.shape[:2]
     out = layers.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.head_dim**-0.5,
+      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.scale,
       dropout=self.dropout, dropout_rng=dropout_rng, implementation=self.attention_impl,
       causal=True,
     )
     return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim), lora_rng=rng.lora())
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None,
+  def __call__(self, x_BTD, positions_BT, inv_freq, mask_B1TS, dropout_rng=None,
                rng: layers.RngSplitter | None = None) -> jax.Array:
     """`dropout_rng` is the attention-dropout key; `rng` gives the LoRA keys (see `qkv`)."""
-    q, k, v = self.qkv(x_BTD, positions_BT, rng)
+    q, k, v = self.qkv(x_BTD, positions_BT, inv_freq, rng)
     return self.attend(q, k, v, mask_B1TS, dropout_rng, rng)
 
-  def cached(self, x_BTD, positions_BT, kv: layers.KVCache, index, mask_B1TS):
+  def cached(self, x_BTD, positions_BT, inv_freq, kv: layers.KVCache, index, mask_B1TS):
     """Attention of the new tokens over the cache after writing their k, v at slot `index`."""
-    q, k, v = self.qkv(x_BTD, positions_BT)
+    q, k, v = self.qkv(x_BTD, positions_BT, inv_freq)
     kv = kv.write(k, v, index)
     return self.attend(q, kv.k, kv.v, mask_B1TS), kv
 
@@ -173,28 +204,48 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
+  """One block. Names mirror HF: with `sandwich_norms` (Gemma 3) `post_attention_layernorm`
+  normalises the attention output and `pre_/post_feedforward_layernorm` wrap the MLP; without,
+  `post_attention_layernorm` is the norm before the MLP (Llama)."""
+
   def __init__(self, cfg: DecoderConfig, *, param_dtype, compute_dtype, rngs: nnx.Rngs):
     norm = dict(eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, param_dtype=param_dtype)
     self.input_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
     self.self_attn = Attention(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
     self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+    if cfg.sandwich_norms:
+      self.pre_feedforward_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+      self.post_feedforward_layernorm = layers.RMSNorm(cfg.hidden_size, **norm)
+    else:
+      self.pre_feedforward_layernorm = self.post_feedforward_layernorm = None
     self.mlp = MLP(cfg, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TS, dropout_rng=None) -> jax.Array:
+  def _add_attention(self, x_BTD, a_BTD):
+    if self.pre_feedforward_layernorm is not None:
+      a_BTD = self.post_attention_layernorm(a_BTD)
+    return x_BTD + a_BTD
+
+  def _add_mlp(self, x_BTD, rng=None):
+    if self.pre_feedforward_layernorm is None:
+      return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD), rng)
+    return x_BTD + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x_BTD), rng))
+
+  def __call__(self, x_BTD, positions_BT, masks_MB1TS, inv_freq_MH, kind, dropout_rng=None) -> jax.Array:
+    """`kind` picks this layer's mask and rope rows (`DecoderConfig.layer_kinds`); a constant
+    when unrolled, a scanned input when the layers are stacked."""
     # Attention dropout takes `dropout_rng` itself (as before LoRA); the LoRA keys come from
     # the splitter's separate stream, so they leave that mask unchanged.
     rng = layers.RngSplitter(dropout_rng)
     h_BTD = self.input_layernorm(x_BTD)
-    x_BTD = x_BTD + self.self_attn(h_BTD, positions_BT, mask_B1TS, dropout_rng, rng)
-    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD), rng)
+    a_BTD = self.self_attn(h_BTD, positions_BT, inv_freq_MH[kind], masks_MB1TS[kind], dropout_rng, rng)
+    x_BTD = self._add_mlp(self._add_attention(x_BTD, a_BTD), rng)
     return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
 
-  def cached(self, x_BTD, positions_BT, kv: layers.KVCache, index, mask_B1TS):
+  def cached(self, x_BTD, positions_BT, inv_freq, kv: layers.KVCache, index, mask_B1TS):
     """The layer over new tokens with a KV cache (inference: no dropout, no LoRA keys)."""
-    a_BTD, kv = self.self_attn.cached(self.input_layernorm(x_BTD), positions_BT, kv, index, mask_B1TS)
-    x_BTD = x_BTD + a_BTD
-    x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
-    return x_BTD, kv
+    a_BTD, kv = self.self_attn.cached(self.input_layernorm(x_BTD), positions_BT, inv_freq, kv,
+                                      index, mask_B1TS)
+    return self._add_mlp(self._add_attention(x_BTD, a_BTD)), kv
 
 
 def default_positions(
@@ -254,6 +305,30 @@ class Decoder(nnx.Module):
       x_BTD = x_BTD * jnp.asarray(math.sqrt(self.config.hidden_size), x_BTD.dtype)
     return layers.constrain(x_BTD, ("batch", "length", "act_embed"))
 
+  def rope_table(self) -> jax.Array:
+    """Rope inverse frequencies [M, H/2] per layer kind: global (rope_theta and its scaling),
+    then, with `layer_types`, local (`rope_local_theta`, unscaled, as HF Gemma 3)."""
+    cfg = self.config
+    rows = [layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)]
+    if cfg.layer_types:
+      rows.append(layers.rope_inv_freq(cfg.head_dim, cfg.rope_local_theta)
+                  if cfg.rope_local_theta else rows[0])
+    return jnp.stack(rows)
+
+  def masks(self, attention_mask_BS, segment_ids_BT, *, batch: int, q_len: int, kv_len: int,
+            q_offset=0) -> jax.Array:
+    """Attention masks [M, B, 1, T, S] per layer kind: without `layer_types` one mask (with
+    `sliding_window` if set); with them the full causal mask, then the sliding-window one."""
+    cfg = self.config
+    kw = dict(batch=batch, q_len=q_len, kv_len=kv_len, causal=True, q_offset=q_offset)
+    if not cfg.layer_types:
+      return layers.attention_mask(attention_mask_BS, segment_ids_BT, sliding_window=cfg.sliding_window,
+                                   **kw)[None]
+    return jnp.stack([
+      layers.attention_mask(attention_mask_BS, segment_ids_BT, **kw),
+      layers.attention_mask(attention_mask_BS, segment_ids_BT, sliding_window=cfg.sliding_window, **kw),
+    ])
+
   # ---------------------------------------------------------------- KV-cached inference
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> list[layers.KVCache]:
@@ -269,16 +344,18 @@ class Decoder(nnx.Module):
 
     `kv_mask_BS` marks the cache slots holding real tokens (left padding is False); causality
     and the sliding window compare slot numbers, as the uncached forward compares indices.
+    Local layers keep every slot too (no ring buffer): their mask hides the keys that fell out
+    of the window, which gives HF's sliding cache's numbers at the full cache's memory.
     """
     B, T = input_ids_BT.shape
-    mask_B1TS = layers.attention_mask(
-      kv_mask_BS, None, batch=B, q_len=T, kv_len=kv_mask_BS.shape[1], causal=True,
-      sliding_window=self.config.sliding_window, q_offset=index,
-    )
+    masks = self.masks(kv_mask_BS, None, batch=B, q_len=T, kv_len=kv_mask_BS.shape[1],
+                       q_offset=index)
+    inv_freq = self.rope_table()
     x_BTD = self.embed(input_ids_BT)
     new_cache = []
-    for layer, kv in zip(layers.layer_list(self.layers), cache, strict=True):
-      x_BTD, kv = layer.cached(x_BTD, positions_BT, kv, index, mask_B1TS)
+    kinds = self.config.layer_kinds
+    for layer, kind, kv in zip(layers.layer_list(self.layers), kinds, cache, strict=True):
+      x_BTD, kv = layer.cached(x_BTD, positions_BT, inv_freq[kind], kv, index, masks[kind])
       new_cache.append(kv)
     return self.norm(x_BTD), new_cache
 
@@ -299,13 +376,11 @@ class Decoder(nnx.Module):
     B, T = input_ids.shape
     if positions is None:
       positions = default_positions(input_ids, attention_mask, segment_ids)
-    mask_B1TS = layers.attention_mask(
-      attention_mask, segment_ids, batch=B, q_len=T, kv_len=T, causal=True,
-      sliding_window=cfg.sliding_window,
-    )
+    masks = self.masks(attention_mask, segment_ids, batch=B, q_len=T, kv_len=T)
     x_BTD = self.embed(input_ids)
-    x_BTD = layers.run_layers(self.layers, x_BTD, positions, mask_B1TS, remat=self.remat,
-                              rng=layers.RngSplitter(dropout_rng))
+    x_BTD = layers.run_layers(self.layers, x_BTD, positions, masks, self.rope_table(),
+                              remat=self.remat, rng=layers.RngSplitter(dropout_rng),
+                              per_layer=(np.asarray(cfg.layer_kinds, np.int32),))
     return self.norm(x_BTD)
 
 
@@ -331,6 +406,8 @@ class CausalLM(Decoder):
       logits = self.embed_tokens.attend(h_BTD)
     else:
       logits = self.lm_head(h_BTD, lora_rng=lora_rng)
+    if cap := self.config.final_logit_softcap:
+      logits = jnp.tanh(logits / cap) * cap
     return layers.constrain(logits, ("batch", "length", "act_vocab"))
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,

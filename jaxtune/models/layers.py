@@ -304,16 +304,19 @@ def layer_list(stack) -> list[nnx.Module]:
   return list(stack)
 
 
-def run_layers(stack, x: jax.Array, *args, remat: str, rng: RngSplitter) -> jax.Array:
-  """`x = layer(x, *args, rng())` for every layer of `stack`, in order.
+def run_layers(stack, x: jax.Array, *args, remat: str, rng: RngSplitter,
+               per_layer: tuple = ()) -> jax.Array:
+  """`x = layer(x, *args, *(a[i] for a in per_layer), rng())` for every layer i of `stack`.
 
   remat: 'none', 'full' (keep only each layer's input for the backward pass) or 'dots' (also keep
   matmul outputs; recompute norms, activations, softmax). The args cross the remat boundary, so
-  they are arrays or None.
+  they are arrays or None. `per_layer` holds arrays with a leading layer axis, for data that
+  differs between layers of one structure (Gemma 3's local/global kind).
 
-  An nnx.List is unrolled: XLA compiles every layer separately. Stacked layers (`stack_layers`)
-  run as one `lax.scan`, the layer compiled once. The dropout keys are drawn in the same order
-  either way, so both layouts give the same numbers.
+  An nnx.List is unrolled: XLA compiles every layer separately, and each gets its per-layer
+  entries as constants. Stacked layers (`stack_layers`) run as one `lax.scan`, the layer
+  compiled once, the per-layer entries scanned beside the weights. The dropout keys are drawn
+  in the same order either way, so both layouts give the same numbers.
   """
   policy = _remat_policy(remat)
   keys = [rng() for _ in range(num_layers(stack))]
@@ -321,20 +324,21 @@ def run_layers(stack, x: jax.Array, *args, remat: str, rng: RngSplitter) -> jax.
     call = lambda layer, *a: layer(*a)
     if remat != "none":
       call = nnx.remat(call, policy=policy)
-    for layer, key in zip(stack, keys, strict=True):
-      x = call(layer, x, *args, key)
+    for i, (layer, key) in enumerate(zip(stack, keys, strict=True)):
+      x = call(layer, x, *args, *(a[i] for a in per_layer), key)
     return x
 
   graphdef, state = nnx.split(stack)
 
   def body(h, xs):
-    weights, key = xs
-    return nnx.merge(graphdef, weights)(h, *args, key), None
+    weights, extra, key = xs
+    return nnx.merge(graphdef, weights)(h, *args, *extra, key), None
 
   if remat != "none":
     # prevent_cse=False: inside scan XLA cannot merge the recomputation into the forward anyway.
     body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-  x, _ = jax.lax.scan(body, x, (state, None if keys[0] is None else jnp.stack(keys)))
+  extra = tuple(jnp.asarray(a) for a in per_layer)
+  x, _ = jax.lax.scan(body, x, (state, extra, None if keys[0] is None else jnp.stack(keys)))
   return x
 
 

@@ -30,11 +30,32 @@ def _llama(**kw) -> dict:
   return base
 
 
+def _gemma3(**kw) -> dict:
+  """Gemma 3 text: every `pattern`-th layer global, the others local (sliding window)."""
+  pattern = kw.pop("pattern", 6)
+  base = {
+    "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
+    "attention_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
+    "query_pre_attn_scalar": 256, "final_logit_softcapping": None, "attn_logit_softcapping": None,
+    "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+  }
+  base.update(kw)
+  base["layer_types"] = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                         for i in range(base["num_hidden_layers"])]
+  return base
+
+
 PRESETS: dict[str, dict] = {
   # Byte-level vocabulary (jaxtune.data.synthetic): trains in seconds on a CPU.
   "tiny-llama": _llama(vocab_size=257, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        max_position_embeddings=512),
+  # Local layers with a window shorter than the rows, a global one between them.
+  "tiny-gemma3": _gemma3(vocab_size=257, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, query_pre_attn_scalar=16, sliding_window=16, pattern=2,
+                         max_position_embeddings=512),
   # The shapes of real checkpoints, for benchmarks.
   "llama-125m": _llama(vocab_size=32000, hidden_size=768, intermediate_size=2048,
                        num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12),
@@ -47,6 +68,10 @@ PRESETS: dict[str, dict] = {
   "llama3-8b": _llama(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, rope_parameters=_LLAMA3_ROPE),
+  # google/gemma-3-270m's config.json.
+  "gemma3-270m": _gemma3(vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                         num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                         head_dim=256, sliding_window=512, max_position_embeddings=32768),
 }
 
 

@@ -289,3 +289,65 @@ def test_config_is_hashable_and_validated():
     dataclasses.replace(CFG, num_kv_heads=3)
   with pytest.raises(ValueError, match="task"):
     decoder.build(CFG, task="token_cls", rngs=nnx.Rngs(0))
+
+
+# Gemma 3 style: local (window 3) and global layers interleaved, each kind with its rope base.
+GEMMA3 = dataclasses.replace(
+  CFG, model_type="gemma3_text", num_layers=3, qk_norm=True, norm_plus_one=True,
+  scale_embeddings=True, sandwich_norms=True, activation="gelu_pytorch_tanh", sliding_window=3,
+  layer_types=("sliding_attention", "full_attention", "sliding_attention"), rope_theta=1e4,
+  rope_local_theta=50.0, query_pre_attn_scalar=12.0,
+)
+
+
+def test_mixed_layer_kinds_matter():
+  ids = _ids((2, 9))
+  out = run(_model(GEMMA3), ids)
+  for other in (dict(layer_types=("full_attention",) * 3),  # no window anywhere
+                dict(rope_local_theta=None)):  # local layers on the global rope base
+    changed = run(_model(dataclasses.replace(GEMMA3, **other)), ids)
+    np.testing.assert_allclose(changed[:, 0], out[:, 0], atol=1e-5)  # one token: no rope, no window
+    assert float(jnp.max(jnp.abs(changed[:, 4:] - out[:, 4:]))) > 1e-3, other
+
+
+def test_mixed_layers_packed_sequences_match_separate_runs():
+  """Segments longer than the window: the local layers' window stays inside each document."""
+  model = _model(GEMMA3)
+  a, b = _ids((1, 5), 1), _ids((1, 6), 2)
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 1), jnp.int32)], axis=1)
+  segments = jnp.array([[1] * 5 + [2] * 6 + [0]])
+  alone = jnp.concatenate([run(model, a), run(model, b)], axis=1)[0]
+  got = run(model, packed, (segments > 0).astype(jnp.int32), segment_ids=segments)[0, :11]
+  np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_stacked_mixed_layers_give_same_loss_and_gradients(remat):
+  """Local and global layers scan as one stack: the kind is a scanned input, not structure."""
+  ids = _ids((2, 7))
+  model = _model(GEMMA3)
+  model.remat = remat
+  want_loss, want = _loss_and_grads(model, ids)
+  layers.stack_layers(model)
+  graphdef, state = nnx.split(model)
+  jaxpr = str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(ids))(state))
+  assert len(re.findall(r"\bscan\[", jaxpr)) == 1
+  loss, got = _loss_and_grads(model, ids)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  got = _unstacked_grads(model, got)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-5), got, want)
+
+
+def test_final_logit_softcap_keeps_the_full_logits_loss():
+  """The chunked loss multiplies by the bare head; a capped head must not take that path."""
+  from jaxtune import losses, step
+
+  model = _model(dataclasses.replace(GEMMA3, final_logit_softcap=0.5))
+  ids = _ids((2, 7))
+  logits = run(model, ids)
+  assert float(jnp.max(jnp.abs(logits))) <= 0.5
+  assert step.lm_head(model) is None and step.lm_head(_model(GEMMA3)) is not None
+  batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "loss_mask": jnp.ones_like(ids)}
+  got = step.causal_lm_terms(model, batch, None, chunk=4)
+  want = losses.causal_lm_loss(logits, batch)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
