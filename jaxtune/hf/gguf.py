@@ -519,7 +519,7 @@ def load_tokenizer(path: str | os.PathLike):
   """An HF `PreTrainedTokenizerFast` rebuilt from a GGUF file's `tokenizer.*` metadata.
 
   Supports byte-level BPE vocabularies (`tokenizer.ggml.model` 'gpt2': GPT-2, SmolLM, Llama 3,
-  ...). Control tokens become special tokens (kept whole, skipped when decoding with
+  ...), and Gemma 3's SentencePiece one ('llama' in a `gemma3` file) through transformers. Control tokens become special tokens (kept whole, skipped when decoding with
   skip_special_tokens), user-defined ones plain added tokens; the chat template is set.
   """
   from tokenizers import AddedToken, Tokenizer, decoders, models, processors
@@ -534,10 +534,18 @@ def load_tokenizer(path: str | os.PathLike):
     return _value(fields[key]) if key in fields else default
 
   model = meta("tokenizer.ggml.model")
+  if model == "llama" and meta("general.architecture") == "gemma3":
+    # Gemma's SentencePiece vocabulary (262k pieces with scores, byte fallback): transformers'
+    # GGUF tokenizer converter rebuilds it (~15 s); llama.cpp's SentencePiece handling differs
+    # per architecture, so only the architecture checked against it is delegated.
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   if model != "gpt2":
     raise UnsupportedConfigError(
       f"{path}: GGUF metadata tokenizer.ggml.model={model!r} is not supported; jaxtune builds "
-      "byte-level BPE ('gpt2') tokenizers from GGUF files"
+      "byte-level BPE ('gpt2') tokenizers from GGUF files (and Gemma 3's SentencePiece 'llama' "
+      "vocabulary)"
     )
   tokens = meta("tokenizer.ggml.tokens")
   types = meta("tokenizer.ggml.token_type") or [1] * len(tokens)

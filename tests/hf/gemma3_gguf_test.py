@@ -20,9 +20,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-# "The capital of France is" as transformers' tokenizer of this file encodes it (with <bos>):
-# AutoTokenizer.from_pretrained(dir, gguf_file=...) takes ~15 s to convert the 262k-token
-# SentencePiece vocabulary, and jaxtune does not build that tokenizer from GGUF yet.
+# "The capital of France is" with <bos>, as transformers' GGUF tokenizer encodes it (jaxtune
+# hands this file's SentencePiece vocabulary to that converter, so ids are compared to these).
 PROMPT = [2, 818, 5279, 529, 7001, 563]
 
 
@@ -38,6 +37,8 @@ def test_logits_and_greedy_generation_match_transformers(path):
   theirs = transformers.AutoModelForCausalLM.from_pretrained(
     os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
   ours = hf.load(path)
+  tok = hf.load_tokenizer(path)
+  assert tok("The capital of France is")["input_ids"] == PROMPT
   assert ours.config.layer_types.count("full_attention") == 3  # 18 layers, every 6th global
 
   ids = np.array([PROMPT])
@@ -51,5 +52,6 @@ def test_logits_and_greedy_generation_match_transformers(path):
   with torch.no_grad():
     out = theirs.generate(torch.tensor(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
   want_tokens = out[0, len(PROMPT):].tolist()
-  res = generate.Generator(ours)([PROMPT], max_new_tokens=n)
+  res = generate.Generator(ours, pad_id=generate.pad_id(tok))([PROMPT], max_new_tokens=n)
   assert res.tokens[0] == want_tokens
+  assert "France" in tok.decode(res.tokens[0])  # (" the capital of the country of France. It is")
