@@ -123,8 +123,10 @@ def test_qwen_rows_are_not_unpermuted(tmp_path):
     np.testing.assert_array_equal(src.get(name), model.state_dict()[name].numpy(), err_msg=name)
 
 
-def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=(), arch="qwen2"):
-  """A qwen2 (or `arch`) file with metadata and tensors added or removed after the converter's."""
+def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=(), arch="qwen2", strings=None):
+  """A qwen2 (or `arch`) file with metadata and tensors added or removed after the converter's.
+
+  `strings` replaces string metadata values by key."""
   model = _hf_model(arch)
   src = str(tmp_path / "src.gguf")
   write_from_hf(model, src, arch)
@@ -141,7 +143,7 @@ def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=(), arch="qwen2"
                 else [field.parts[i][0].item() for i in field.data])
       w.add_array(key, values)
     elif kind == gguf.GGUFValueType.STRING:
-      w.add_string(key, bytes(field.parts[field.data[0]]).decode())
+      w.add_string(key, (strings or {}).get(key, bytes(field.parts[field.data[0]]).decode()))
     else:
       w.add_key_value(key, field.parts[field.data[0]][0].item(), kind)
   for key, value in extra_meta:
@@ -224,3 +226,10 @@ def test_gemma3_other_head_dim_is_refused(tmp_path):
   write_from_hf(model, path, "gemma3")
   with pytest.raises(UnsupportedConfigError, match=r"gemma3\.attention\.key_length=32.*head_dim 256"):
     jgguf.open_gguf(path)
+
+
+def test_sentencepiece_tokenizer_outside_gemma3_is_refused(tmp_path):
+  """Only gemma3's SentencePiece vocabulary is handed to transformers (the one checked)."""
+  path = _qwen2_file(tmp_path, strings={"tokenizer.ggml.model": "llama"})
+  with pytest.raises(UnsupportedConfigError, match=r"tokenizer\.ggml\.model='llama' is not supported"):
+    jgguf.load_tokenizer(path)
