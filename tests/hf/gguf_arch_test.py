@@ -34,7 +34,15 @@ SPECS = {
   # transformers' GGUF loader does not read qwen3.attention.key_length and keeps Qwen3Config's
   # default head_dim (128), which real Qwen3 models have; the tiny model has it too.
   "qwen3": dict(head_dim=128, tie_word_embeddings=True),
+  # Layers 0-4 local (window 4 < the 12 tokens), 5 global, 6 local: the pattern a gemma3 file
+  # implies. head_dim 256: the only one at which llama.cpp and transformers agree on the query
+  # scale (jaxtune refuses others).
+  "gemma3": dict(num_hidden_layers=7, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+                 sliding_window=4, tie_word_embeddings=True, rope_parameters={
+                   "full_attention": {"rope_type": "default", "rope_theta": 50000.0},
+                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
 }
+MODEL_TYPE = {"gemma3": "gemma3_text"}  # transformers' name for the text-only Gemma 3
 # llama.cpp's Q4_K_M-style mixes use several types in one file; these are the ones gguf can
 # quantize (block 32, so the tiny rows of 64 and 96 work).
 MIXED = {"attn_q": Q.Q8_0, "attn_k": Q.Q5_0, "attn_v": Q.Q5_1, "attn_output": Q.Q4_1,
@@ -43,7 +51,7 @@ MIXED = {"attn_q": Q.Q8_0, "attn_k": Q.Q5_0, "attn_v": Q.Q5_1, "attn_output": Q.
 
 
 def _hf_model(arch: str, seed: int = 0):
-  cfg = transformers.AutoConfig.for_model(arch, **{**BASE, **SPECS[arch]})
+  cfg = transformers.AutoConfig.for_model(MODEL_TYPE.get(arch, arch), **{**BASE, **SPECS[arch]})
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(
     cfg, attn_implementation="eager", dtype=torch.float32).eval()
@@ -94,7 +102,7 @@ def test_config_per_architecture(tmp_path):
     path = str(tmp_path / f"{arch}.gguf")
     write_from_hf(model, path, arch)
     cfg, src = jgguf.open_gguf(path)
-    assert cfg["model_type"] == arch
+    assert cfg["model_type"] == MODEL_TYPE.get(arch, arch)
     assert cfg["architectures"] == [type(model).__name__]
     assert cfg["tie_word_embeddings"] == model.config.tie_word_embeddings
     assert src.names() == set(model.state_dict()) - ({"lm_head.weight"} if cfg["tie_word_embeddings"] else set())
@@ -115,14 +123,16 @@ def test_qwen_rows_are_not_unpermuted(tmp_path):
     np.testing.assert_array_equal(src.get(name), model.state_dict()[name].numpy(), err_msg=name)
 
 
-def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=()):
-  """A qwen2 file with metadata and tensors added or removed after the converter's."""
-  model = _hf_model("qwen2")
+def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=(), arch="qwen2", strings=None):
+  """A qwen2 (or `arch`) file with metadata and tensors added or removed after the converter's.
+
+  `strings` replaces string metadata values by key."""
+  model = _hf_model(arch)
   src = str(tmp_path / "src.gguf")
-  write_from_hf(model, src, "qwen2")
+  write_from_hf(model, src, arch)
   reader = gguf.GGUFReader(src)
   path = str(tmp_path / "edited.gguf")
-  w = gguf.GGUFWriter(path, "qwen2")
+  w = gguf.GGUFWriter(path, arch)
   for key, field in reader.fields.items():
     if key.startswith("GGUF.") or key == "general.architecture":
       continue
@@ -133,7 +143,7 @@ def _qwen2_file(tmp_path, extra_meta=(), extra_tensors=(), drop=()):
                 else [field.parts[i][0].item() for i in field.data])
       w.add_array(key, values)
     elif kind == gguf.GGUFValueType.STRING:
-      w.add_string(key, bytes(field.parts[field.data[0]]).decode())
+      w.add_string(key, (strings or {}).get(key, bytes(field.parts[field.data[0]]).decode()))
     else:
       w.add_key_value(key, field.parts[field.data[0]][0].item(), kind)
   for key, value in extra_meta:
@@ -180,3 +190,46 @@ def test_qwen2_tokenizer_matches_transformers(tmp_path):
   for text in ["the world in 2024, 12345 items", "Héllo\n\n  wörld's 😀 <|im_start|>x", "it's I'LL  \t9z"]:
     assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
   assert ours.tokenize("12345") == ["1", "2", "3", "4", "5"]
+
+
+def test_gemma3_config_states_what_the_file_leaves_out(tmp_path):
+  model = _hf_model("gemma3")
+  path = str(tmp_path / "g.gguf")
+  write_from_hf(model, path, "gemma3")
+  cfg, src = jgguf.open_gguf(path)
+  assert cfg["layer_types"] == model.config.layer_types == ["sliding_attention"] * 5 + [
+    "full_attention", "sliding_attention"]
+  assert cfg["rope_parameters"] == model.config.rope_parameters
+  assert (cfg["sliding_window"], cfg["query_pre_attn_scalar"]) == (4, 256)
+  # The file holds 1 + w (llama.cpp multiplies by the weight); the source gives HF's w back.
+  name = "model.layers.2.pre_feedforward_layernorm.weight"
+  raw = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.2.ffn_norm.weight")
+  np.testing.assert_allclose(np.asarray(raw.data), model.state_dict()[name].numpy() + 1, rtol=1e-6)
+  np.testing.assert_allclose(src.get(name), model.state_dict()[name].numpy(), atol=1e-6)
+
+
+def test_gemma3_unknown_metadata_and_tensor_are_named(tmp_path):
+  path = _qwen2_file(tmp_path, extra_meta=[("gemma3.attention.logit_softcapping", 50)], arch="gemma3")
+  with pytest.raises(UnsupportedConfigError, match=r"'gemma3\.attention\.logit_softcapping'"):
+    jgguf.open_gguf(path)
+  path = _qwen2_file(tmp_path, extra_tensors=[("blk.0.attn_q.bias", np.zeros(512, np.float32))],
+                     arch="gemma3")
+  with pytest.raises(CheckpointError, match=r"unknown tensor 'blk\.0\.attn_q\.bias'.*gemma3"):
+    jgguf.open_gguf(path)
+
+
+def test_gemma3_other_head_dim_is_refused(tmp_path):
+  """The query scale is not in the file; jaxtune does not guess it where the readers disagree."""
+  model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
+    "gemma3_text", **{**BASE, **SPECS["gemma3"], "head_dim": 32}))
+  path = str(tmp_path / "g.gguf")
+  write_from_hf(model, path, "gemma3")
+  with pytest.raises(UnsupportedConfigError, match=r"gemma3\.attention\.key_length=32.*head_dim 256"):
+    jgguf.open_gguf(path)
+
+
+def test_sentencepiece_tokenizer_outside_gemma3_is_refused(tmp_path):
+  """Only gemma3's SentencePiece vocabulary is handed to transformers (the one checked)."""
+  path = _qwen2_file(tmp_path, strings={"tokenizer.ggml.model": "llama"})
+  with pytest.raises(UnsupportedConfigError, match=r"tokenizer\.ggml\.model='llama' is not supported"):
+    jgguf.load_tokenizer(path)
