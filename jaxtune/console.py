@@ -3,7 +3,7 @@
 The progress bar, the line per evaluation, log records and errors all go through `CONSOLE`,
 which knows whether the bar's line is open (on a terminal the bar redraws one line with `\\r`
 and leaves it unended) and ends it before writing anything else, so no line runs into the bar.
-Off a terminal (CI logs, files) the bar prints plain lines (`writer.ProgressBar`).
+Off a terminal (CI logs, files) the bar prints plain lines (`ProgressBar`).
 
 `configure_logging` is what every subcommand runs (`jaxtune.cli.run_app`): quiet by default
 (warnings and errors only, libraries' INFO such as JAX's TPU probe and orbax's file operations
@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 # The metrics shown beside the objective on an evaluation line and in the final table, by task
 # (metrics.LM_METRICS / CLASSIFICATION_METRICS; per-class ones stay in results.json).
@@ -79,10 +81,8 @@ class Console:
       self._open = None if text.endswith("\n") else stream
 
   def progress_bar(self, total_steps: int, **kwargs):
-    """A `writer.ProgressBar` drawing on stderr through this console."""
-    from jaxtune import writer
-
-    return writer.ProgressBar(total_steps, stream=_BarStream(self), **kwargs)
+    """A `ProgressBar` drawing on stderr through this console."""
+    return ProgressBar(total_steps, stream=_BarStream(self), **kwargs)
 
 
 class _BarStream:
@@ -303,3 +303,118 @@ def run_summary(result: Mapping[str, Any], config, workdir, seconds: float) -> s
   if config.export.enabled:
     where.append(f"export: {workdir / 'export'}")
   return "\n".join(x for x in (head, table(columns, rows), ", ".join(where)) if x)
+
+
+# ------------------------------------------------------------------------------ progress bar
+
+
+def _now() -> float:
+  """Monotonic clock of the progress bar; a function so tests can replace it."""
+  return time.monotonic()
+
+
+def _fmt_rate(x: float) -> str:
+  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.1f}{unit}"
+  return f"{x:.0f}"
+
+
+class ProgressBar:
+  """One console line: step/total, steps/s, ETA, loss, tokens/s; no tqdm.
+
+  On a TTY the line is redrawn in place with ``\\r`` at most every ``min_interval_s``; otherwise
+  (CI logs, files) a plain line is printed every ``log_interval_s``. The final step is always
+  shown. Rates are measured from the first ``update``, so compilation time is not averaged in.
+
+  Args:
+    total_steps: the step the run ends at.
+    initial_step: the step a resumed run starts from.
+    loss_key / tokens_per_s_key: metrics keys shown, if present in ``update``'s metrics.
+  """
+
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    initial_step: int = 0,
+    loss_key: str = "train/loss",
+    tokens_per_s_key: str = "train/tokens_per_s",
+    min_interval_s: float = 0.2,
+    log_interval_s: float = 30.0,
+    stream: Any = None,
+  ):
+    self.total_steps = int(total_steps)
+    self.loss_key, self.tokens_per_s_key = loss_key, tokens_per_s_key
+    self._stream = stream
+    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self._interval = min_interval_s if self._tty else log_interval_s
+    self._step = int(initial_step)
+    self._metrics: dict[str, Any] = {}
+    self._t0: float | None = None
+    self._step0 = int(initial_step)
+    self._last_draw = -math.inf
+    self._drawn_step: int | None = None
+    self._width = 0
+    self._closed = False
+
+  @property
+  def stream(self) -> Any:
+    # Looked up at use, so redirection (and pytest's capture) after construction still works.
+    return self._stream if self._stream is not None else sys.stderr
+
+  def line(self) -> str:
+    now = _now()
+    parts = [f"step {self._step}/{self.total_steps}"]
+    if self.total_steps > 0:
+      parts[0] += f" ({100.0 * self._step / self.total_steps:.1f}%)"
+    done = self._step - self._step0
+    if self._t0 is not None and done > 0 and now > self._t0:
+      rate = done / (now - self._t0)
+      parts.append(f"{rate:.2f} it/s")
+      parts.append(f"ETA {duration(int(max(0, self.total_steps - self._step) / rate))}")
+    loss = self._metrics.get(self.loss_key)
+    if loss is not None:
+      parts.append(f"loss {float(np.asarray(loss)):.4f}")
+    tps = self._metrics.get(self.tokens_per_s_key)
+    if tps is not None:
+      parts.append(f"{_fmt_rate(float(np.asarray(tps)))} tok/s")
+    return " | ".join(parts)
+
+  def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    """Records progress; redraws only if the throttle interval has passed or at the end."""
+    now = _now()
+    if self._t0 is None:
+      self._t0, self._step0 = now, int(step)
+    self._step = int(step)
+    if metrics:
+      self._metrics.update(metrics)
+    if now - self._last_draw >= self._interval or self._step >= self.total_steps:
+      self._draw(now)
+
+  def _draw(self, now: float) -> None:
+    self._last_draw, self._drawn_step = now, self._step
+    text = self.line()
+    if self._tty:
+      # Pad over the previous, possibly longer, line instead of relying on terminal escapes.
+      self.stream.write("\r" + text.ljust(self._width))
+      self._width = len(text)
+    else:
+      self.stream.write(text + "\n")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self._closed:
+      return
+    self._closed = True
+    if self._t0 is not None and self._drawn_step != self._step:
+      self._draw(_now())  # the last state must be visible
+    if self._tty and self._drawn_step is not None:
+      self.stream.write("\n")
+      self.stream.flush()
+
+  def __enter__(self) -> ProgressBar:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,4 +1,4 @@
-"""What a run leaves in its workdir: metrics, TensorBoard events, run/config records, progress.
+"""What a run leaves in its workdir: metrics, TensorBoard events, run/config records, MFU.
 
 Workdir layout (written by process 0 only; other processes' writers are no-ops):
 
@@ -62,11 +62,6 @@ UPLOAD_EVERY_S = 30.0  # remote workdirs: how stale the uploaded JSONL files may
 def is_remote(path: str | os.PathLike) -> bool:
   """Whether ``path`` is a URL (gs://, s3://): no appends, no renames, no local directories."""
   return "://" in os.fspath(path)
-
-
-def _now() -> float:
-  """Monotonic clock of the progress bar; a function so tests can replace it."""
-  return time.monotonic()
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -498,120 +493,3 @@ def mfu(flops_per_step: float, step_time_s: float, n_devices: int, peak: float) 
       f"need positive step time, device count and peak, got {step_time_s}, {n_devices}, {peak}"
     )
   return flops_per_step / (step_time_s * n_devices * peak)
-
-
-# ------------------------------------------------------------------------------ console
-
-
-def _fmt_duration(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _fmt_rate(x: float) -> str:
-  for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-    if x >= scale:
-      return f"{x / scale:.1f}{unit}"
-  return f"{x:.0f}"
-
-
-class ProgressBar:
-  """One console line: step/total, steps/s, ETA, loss, tokens/s; no tqdm.
-
-  On a TTY the line is redrawn in place with ``\\r`` at most every ``min_interval_s``; otherwise
-  (CI logs, files) a plain line is printed every ``log_interval_s``. The final step is always
-  shown. Rates are measured from the first ``update``, so compilation time is not averaged in.
-
-  Args:
-    total_steps: the step the run ends at.
-    initial_step: the step a resumed run starts from.
-    loss_key / tokens_per_s_key: metrics keys shown, if present in ``update``'s metrics.
-  """
-
-  def __init__(
-    self,
-    total_steps: int,
-    *,
-    initial_step: int = 0,
-    loss_key: str = "train/loss",
-    tokens_per_s_key: str = "train/tokens_per_s",
-    min_interval_s: float = 0.2,
-    log_interval_s: float = 30.0,
-    stream: Any = None,
-  ):
-    self.total_steps = int(total_steps)
-    self.loss_key, self.tokens_per_s_key = loss_key, tokens_per_s_key
-    self._stream = stream
-    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-    self._interval = min_interval_s if self._tty else log_interval_s
-    self._step = int(initial_step)
-    self._metrics: dict[str, Any] = {}
-    self._t0: float | None = None
-    self._step0 = int(initial_step)
-    self._last_draw = -math.inf
-    self._drawn_step: int | None = None
-    self._width = 0
-    self._closed = False
-
-  @property
-  def stream(self) -> Any:
-    # Looked up at use, so redirection (and pytest's capture) after construction still works.
-    return self._stream if self._stream is not None else sys.stderr
-
-  def line(self) -> str:
-    now = _now()
-    parts = [f"step {self._step}/{self.total_steps}"]
-    if self.total_steps > 0:
-      parts[0] += f" ({100.0 * self._step / self.total_steps:.1f}%)"
-    done = self._step - self._step0
-    if self._t0 is not None and done > 0 and now > self._t0:
-      rate = done / (now - self._t0)
-      parts.append(f"{rate:.2f} it/s")
-      parts.append(f"ETA {_fmt_duration(max(0, self.total_steps - self._step) / rate)}")
-    loss = self._metrics.get(self.loss_key)
-    if loss is not None:
-      parts.append(f"loss {float(np.asarray(loss)):.4f}")
-    tps = self._metrics.get(self.tokens_per_s_key)
-    if tps is not None:
-      parts.append(f"{_fmt_rate(float(np.asarray(tps)))} tok/s")
-    return " | ".join(parts)
-
-  def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
-    """Records progress; redraws only if the throttle interval has passed or at the end."""
-    now = _now()
-    if self._t0 is None:
-      self._t0, self._step0 = now, int(step)
-    self._step = int(step)
-    if metrics:
-      self._metrics.update(metrics)
-    if now - self._last_draw >= self._interval or self._step >= self.total_steps:
-      self._draw(now)
-
-  def _draw(self, now: float) -> None:
-    self._last_draw, self._drawn_step = now, self._step
-    text = self.line()
-    if self._tty:
-      # Pad over the previous, possibly longer, line instead of relying on terminal escapes.
-      self.stream.write("\r" + text.ljust(self._width))
-      self._width = len(text)
-    else:
-      self.stream.write(text + "\n")
-    self.stream.flush()
-
-  def close(self) -> None:
-    if self._closed:
-      return
-    self._closed = True
-    if self._t0 is not None and self._drawn_step != self._step:
-      self._draw(_now())  # the last state must be visible
-    if self._tty and self._drawn_step is not None:
-      self.stream.write("\n")
-      self.stream.flush()
-
-  def __enter__(self) -> ProgressBar:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()

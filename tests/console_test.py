@@ -256,3 +256,48 @@ def test_no_fresh_head_warning_where_the_trained_head_is_loaded(tiny_bert, tmp_p
     eval_cli.evaluate_file(tmp_path / "run", str(data), name="again")
     predict.classify(tmp_path / "run", ["a fine film"])
   assert not [r for r in caplog.records if "fresh" in r.getMessage()], caplog.text
+
+
+def test_progress_bar_tty_redraws_in_place_and_throttles(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(console, "_now", lambda: clock[0])
+  out = _Tty()
+  bar = console.ProgressBar(100, initial_step=10, stream=out)
+  bar.update(11, {"train/loss": 2.0, "train/tokens_per_s": 12345.0})
+  clock[0] += 0.05
+  bar.update(12, {"train/loss": 1.9})  # throttled
+  assert out.getvalue().count("\r") == 1
+  clock[0] += 1.0
+  bar.update(21, {"train/loss": 1.5})
+  text = out.getvalue()
+  assert text.count("\r") == 2 and "\n" not in text
+  last = text.split("\r")[-1]
+  assert "step 21/100" in last and "loss 1.5000" in last and "12.3k tok/s" in last
+  assert "9.52 it/s" in last and "ETA 0:08" in last  # 10 steps in 1.05 s, 79 steps left
+  clock[0] += 0.01
+  bar.update(100, {"train/loss": 1.0})  # the last step is always drawn
+  bar.close()
+  text = out.getvalue()
+  assert text.split("\r")[-1].startswith("step 100/100 (100.0%)") and text.endswith("\n")
+  assert text.count("\n") == 1
+
+
+def test_progress_bar_plain_lines_when_not_a_tty(monkeypatch):
+  clock = [0.0]
+  monkeypatch.setattr(console, "_now", lambda: clock[0])
+  out = io.StringIO()
+  bar = console.ProgressBar(1000, stream=out, log_interval_s=30.0)
+  for step in range(1, 101):
+    clock[0] += 1.0
+    bar.update(step, {"train/loss": 1.0 / step})
+  bar.close()
+  lines = out.getvalue().splitlines()
+  assert "\r" not in out.getvalue()
+  # first update, then every 30 s, then the final state on close
+  assert [line.split()[1] for line in lines] == [
+    "1/1000",
+    "31/1000",
+    "61/1000",
+    "91/1000",
+    "100/1000",
+  ]
