@@ -77,11 +77,7 @@ _QK_NORM = tuple(
 
 # Gemma 3 (llama.cpp's Gemma3Model): sandwich norms around attention and MLP. Its `ffn_norm` is
 # the norm before the MLP (HF's pre_feedforward_layernorm), not Llama's post-attention norm.
-_GEMMA3_NAMES = (
-  (r"token_embd\.weight", "model.embed_tokens.weight"),
-  (r"output_norm\.weight", "model.norm.weight"),
-  (r"output\.weight", "lm_head.weight"),
-  (r"blk\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+_GEMMA3_NAMES = _DECODER_NAMES[:4] + (  # embeddings, final norm, head, attention input norm
   (r"blk\.(\d+)\.post_attention_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
   (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.pre_feedforward_layernorm.weight"),
   (r"blk\.(\d+)\.post_ffw_norm\.weight", r"model.layers.\1.post_feedforward_layernorm.weight"),
