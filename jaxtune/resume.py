@@ -45,17 +45,18 @@ SWITCHES = {"optim.grad_clip_norm": 0, "optim.ema_decay": 0, "optim.swa_start": 
 ABSENT = "<absent>"
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flat(d, prefix: str = "") -> dict[str, Any]:
+  """A nested mapping (dict or ConfigDict) as {dotted key: leaf}."""
   out = {}
   for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+    if hasattr(v, "items"):
+      out.update(flat(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
 
 
-def _plain(config) -> dict:
+def plain(config) -> dict:
   """A config (ConfigDict or dict) as JSON values, so tuples and lists compare equal."""
   if isinstance(config, ml_collections.ConfigDict):
     return json.loads(config.to_json_best_effort())
@@ -78,7 +79,7 @@ def frozen(key: str, old, new) -> bool:
 
 def differences(run: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """{key: (run value, new value)} of every key that differs and matters (not FREE)."""
-  a, b = _flat(_plain(run)), _flat(_plain(new))
+  a, b = flat(plain(run)), flat(plain(new))
   out = {}
   for key in sorted(set(a) | set(b)):
     old, val = a.get(key, ABSENT), b.get(key, ABSENT)

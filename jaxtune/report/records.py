@@ -199,7 +199,7 @@ def flat(config: Any, prefix: str = "") -> dict[str, Any]:
   lists, or a ConfigDict and its JSON, compare equal."""
   from jaxtune import resume
 
-  return resume._flat(resume._plain(config), prefix)
+  return resume.flat(resume.plain(config), prefix)
 
 
 def recipe_base(run: Run) -> tuple[str, dict | None, list[str]]:
@@ -214,9 +214,9 @@ def recipe_base(run: Run) -> tuple[str, dict | None, list[str]]:
     shown = rec.get("given") or rec["file"]
     if file.exists():
       try:
-        from jaxtune.tune.report import _load_recipe
+        from jaxtune.tune.report import load_recipe
 
-        base = _load_recipe(str(file), rec.get("variant") or "")
+        base = load_recipe(str(file), rec.get("variant") or "")
         if rec.get("sha256") and hashlib.sha256(file.read_bytes()).hexdigest() != rec["sha256"]:
           notes.append(f"{file} has changed since the run started: the differences are from "
                        "its current text")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import optuna
 
+from jaxtune import resume
+
 log = logging.getLogger(__name__)
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
@@ -104,17 +106,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
   return study.best_trial
 
 
-def _flat(node, prefix="") -> dict:
-  out = {}
-  for k, v in node.items():
-    if hasattr(v, "items"):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def _load_recipe(file: str, arg: str):
+def load_recipe(file: str, arg: str):
   import importlib.util
 
   spec = importlib.util.spec_from_file_location("_jaxtune_recipe", file)
@@ -134,7 +126,7 @@ def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config
   file = str(Path(file).resolve())
   overrides = {}
   if config is not None:
-    base, given = _flat(_load_recipe(file, arg)), _flat(config)
+    base, given = resume.flat(load_recipe(file, arg)), resume.flat(config)
     overrides = {k: v for k, v in given.items() if k in base and base[k] != v}
   overrides.update(json.loads(t.user_attrs.get("overrides", "{}")) or dict(t.params))
   metric = metric_name(study)

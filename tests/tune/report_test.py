@@ -13,7 +13,7 @@ from tests.tune.conftest import REPO
 
 
 def _tiny():
-  return report._load_recipe(f"{REPO}/configs/tiny.py", "")
+  return report.load_recipe(f"{REPO}/configs/tiny.py", "")
 
 
 def _study(tmp_path):
