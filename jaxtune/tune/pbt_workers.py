@@ -71,17 +71,13 @@ def run(
   pdir = workdir / "pbt"
   pdir.mkdir(parents=True, exist_ok=True)
   study_lib.share_compilations(workdir)
-  study = study_lib.open_study(search, workdir, storage, study_name, heartbeat_s)
-  _join(study)
-  w = Worker(
-    config,
-    search,
-    study,
-    pdir,
-    study_lib.make_storage(study_lib.storage_url(workdir, storage), heartbeat_s),
-    heartbeat_s,
-    workdir,
-  )
+  # Workers started together would race to create the study's tables (SQLite: a failed
+  # alembic stamp); the lock lets the first create them and the others open them.
+  with _flock(pdir / "queue.lock"):
+    study = study_lib.open_study(search, workdir, storage, study_name, heartbeat_s)
+    _join(study)
+    db = study_lib.make_storage(study_lib.storage_url(workdir, storage), heartbeat_s)
+  w = Worker(config, search, study, pdir, db, heartbeat_s, workdir)
   minutes = float(search.budget.minutes)
   deadline = time.monotonic() + minutes * 60 if minutes else None
   with trackers.end_on_error(), trackers.study_run(config, workdir, study.study_name) as summary:

@@ -91,7 +91,7 @@ def _trials(workdir):
 
 
 def test_two_workers_one_killed_match_the_one_process_pbt(tiny_config, tiny_search, tmp_path):
-  interval = 6  # a checkpoint every 2 steps: a kill after the first lands inside the interval
+  interval = 8  # a checkpoint every 2 steps: a kill after the first lands inside the interval
   search = tiny_search("pbt")
   search.pbt.interval = interval
   ref_dir, shared = tmp_path / "ref", tmp_path / "shared"
@@ -120,23 +120,27 @@ def test_two_workers_one_killed_match_the_one_process_pbt(tiny_config, tiny_sear
 
   t = threading.Thread(target=watch)
   t.start()
-  # Meanwhile, the reference: the one-process PBT, members one after another (the same step).
-  pbt.run(tiny_config, search, ref_dir, vmapped=False)
   t.join(timeout=240)
   a.kill()
   a.wait()
+  # Meanwhile B goes on; the reference: the one-process PBT, members one after another (the
+  # same step). It runs after the kill, so that this process's GIL does not delay the kill.
+  pbt.run(tiny_config, search, ref_dir, vmapped=False)
   b_out, b_err = b.communicate(timeout=300)
   assert b.returncode == 0, b_err[-3000:]
   a_log = "".join(lines)
   claims = re.findall(r"member (\d) generation (\d) claimed", a_log)
   assert len(claims) == 1 and "trained" not in a_log, a_log[-3000:]
   killed = tuple(map(int, claims[0]))
+  saved = [int(x) for x in re.findall(r"checkpointed at step (\d+)", a_log)]
   # B trained every member-generation once, A's after A's claim expired (2 x --heartbeat_s),
-  # from A's checkpoint at step 2 of the interval: no step past it was trained twice.
+  # from A's last checkpoint (the kill can land a checkpoint or two after the first): no step
+  # past it was trained twice.
   done = [tuple(map(int, m)) for m in re.findall(r"member (\d) generation (\d) trained", b_err)]
   assert sorted(done) == [(i, g) for i in range(4) for g in range(2)]
   step = re.search(rf"member {killed[0]} generation {killed[1]} resumes from step (\d+)", b_err)
-  assert step and int(step[1]) == killed[1] * interval + 2, b_err[-3000:]
+  start = killed[1] * interval
+  assert step and max(saved) <= int(step[1]) < start + interval, (saved, b_err[-3000:])
   # Trials, scores and lineage are the one-process PBT's; the killed claim is a failed trial
   # (its retry, a copy queued after the others, shifts the trial numbers from there on).
   s, got = _trials(shared)
