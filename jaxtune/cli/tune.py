@@ -68,6 +68,10 @@ def main(argv):
     space.check(search, _CONFIG.value)
   except ConfigError as e:
     raise ConfigError(f"--search={flags.FLAGS['search'].config_filename}: {e}") from e
+  if _PBT_SHARED.value and search.algorithm != "pbt":
+    raise ConfigError(f"--pbt_shared shares a PBT population, but search.algorithm="
+                      f"{search.algorithm!r}: use a PBT search (--search=...:pbt), or drop "
+                      "--pbt_shared (other searches share a study without it)")
   if search.algorithm == "pbt" and _PBT_SHARED.value:
     from jaxtune.tune import pbt_workers
 
