@@ -37,6 +37,10 @@ _POPULATION = flags.DEFINE_enum(
 _HEARTBEAT = flags.DEFINE_integer(
   "heartbeat_s", 30, "Seconds between trial heartbeats; a trial silent for twice this is "
   "taken as dead and re-queued.")
+_PBT_SHARED = flags.DEFINE_bool(
+  "pbt_shared", False, "PBT: share one population with every worker started with this flag on "
+  "the same --workdir and --storage; each claims members from the study and trains them one "
+  "interval at a time (jaxtune.tune.pbt_workers).")
 flags.mark_flags_as_required(["config", "search", "workdir"])
 
 
@@ -64,7 +68,16 @@ def main(argv):
     space.check(search, _CONFIG.value)
   except ConfigError as e:
     raise ConfigError(f"--search={flags.FLAGS['search'].config_filename}: {e}") from e
-  if search.algorithm == "pbt":
+  if _PBT_SHARED.value and search.algorithm != "pbt":
+    raise ConfigError(f"--pbt_shared shares a PBT population, but search.algorithm="
+                      f"{search.algorithm!r}: use a PBT search (--search=...:pbt), or drop "
+                      "--pbt_shared (other searches share a study without it)")
+  if search.algorithm == "pbt" and _PBT_SHARED.value:
+    from jaxtune.tune import pbt_workers
+
+    s = pbt_workers.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value,
+                        _HEARTBEAT.value)
+  elif search.algorithm == "pbt":
     vmapped = {"auto": None, "on": True, "off": False}[_POPULATION.value]
     s = pbt.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, vmapped=vmapped)
   else:

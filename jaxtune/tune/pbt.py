@@ -29,19 +29,20 @@ log = logging.getLogger(__name__)
 
 def run(config, search, workdir: str | Path, storage: str = "", study_name: str = "",
         vmapped: bool | None = None) -> optuna.Study:
-  space.check(search, config)
+  check(search, config)
   p = search.pbt
-  if p.population < 2 or p.interval < 1 or p.generations < 1 or not 0 < p.quantile <= 0.5:
-    raise ConfigError(f"search.pbt={p.to_dict()}: needs population >= 2, interval >= 1, "
-                      "generations >= 1 and 0 < quantile <= 0.5")
   workdir = Path(workdir)
   pdir = workdir / "pbt"
   pdir.mkdir(parents=True, exist_ok=True)
   study_lib.share_compilations(workdir)
   study = study_lib.open_study(search, workdir, storage, study_name)
+  if study.user_attrs.get("pbt") == "shared":
+    raise ConfigError(f"study {study.study_name!r} holds a population shared by workers "
+                      "(jaxtune.tune.pbt_workers): add --pbt_shared to join it, or give this run "
+                      "its own --workdir or --study_name")
   total = int(p.interval * p.generations)
   rng = np.random.default_rng(int(search.seed))
-  hparams = [space.sample(search, rng) for _ in range(p.population)]
+  hparams = initial_hparams(search, rng)
   book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
   resumed = book_path.exists() and state_path.exists()
   book = json.loads(book_path.read_text()) if resumed else {
@@ -71,7 +72,7 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
 def _generations(search, study, pop, book, rng, pdir: Path, run_config, workdir: Path) -> None:
   """Trains, evaluates and records every generation left; exploit and explore between them."""
   p = search.pbt
-  metric, maximize = search.objective.metric, search.objective.direction == "maximize"
+  metric = search.objective.metric
   book_path, state_path = pdir / "lineage.json", pdir / "population.msgpack"
   # Each member is a run of its own in MLflow / W&B (children of the study's run).
   writers = [writer.MetricWriter(
@@ -80,7 +81,6 @@ def _generations(search, study, pop, book, rng, pdir: Path, run_config, workdir:
                                                      f"member-{i:02d}"), pdir / f"member_{i:02d}"))
     for i in range(pop.size)]
   dists = space.distributions(search)
-  n_top = max(1, int(round(p.quantile * pop.size)))
 
   for gen in range(book["generation"], p.generations):
     start = gen * p.interval
@@ -97,27 +97,17 @@ def _generations(search, study, pop, book, rng, pdir: Path, run_config, workdir:
       study.add_trial(optuna.create_trial(
         params=pop.hparams[i], distributions=dists, value=scores[i][metric],
         intermediate_values={end: scores[i][metric]},
-        user_attrs={"member": i, "generation": gen, "parent": hist["parent"], "steps": end,
-                    "workdir": str(pdir / f"member_{i:02d}"),
-                    "overrides": json.dumps({**study_lib.trial_overrides(search, pop.hparams[i]),
-                                             "train.steps": end})}))
+        user_attrs=member_attrs(search, pdir, i, gen, hist["parent"], pop.hparams[i])))
     log.info("PBT generation %d done at step %d: %s", gen, end,
              ", ".join(f"member {i} {metric}={scores[i][metric]:.4g}" for i in range(pop.size)))
     if gen + 1 < p.generations:
-      order = sorted(range(pop.size), key=lambda i: scores[i][metric], reverse=maximize)
-      top, bottom = order[:n_top], order[-n_top:]
-      for i in bottom:
-        j = int(rng.choice(top))
+      moves = exploit_explore(search, pop.hparams, [s[metric] for s in scores], rng)
+      for i, j, new in moves:
         pop.copy_member(i, j)
-        new = space.perturb(search, pop.hparams[j], rng, p.perturb, p.resample_prob)
         pop.set_hparams(i, new)
-        book["members"][i]["history"].append({"generation": gen + 1, "parent": j, "hparams": new})
         log.info("PBT generation %d: member %d (%s=%.4g) <- member %d (%s=%.4g), %s", gen + 1,
                  i, metric, scores[i][metric], j, metric, scores[j][metric], new)
-      for i in range(pop.size):
-        if i not in bottom:
-          book["members"][i]["history"].append(
-            {"generation": gen + 1, "parent": i, "hparams": pop.hparams[i]})
+      advance(book, gen + 1, moves, pop.hparams)
     book["generation"] = gen + 1
     book["rng"] = rng.bit_generator.state
     pop.save(state_path)
@@ -126,3 +116,60 @@ def _generations(search, study, pop, book, rng, pdir: Path, run_config, workdir:
     tmp.replace(book_path)
   for w in writers:
     w.close()
+
+
+# ------------------------------------------------------------- shared with pbt_workers.py
+def check(search, config) -> None:
+  space.check(search, config)
+  p = search.pbt
+  if p.population < 2 or p.interval < 1 or p.generations < 1 or not 0 < p.quantile <= 0.5:
+    raise ConfigError(f"search.pbt={p.to_dict()}: needs population >= 2, interval >= 1, "
+                      "generations >= 1 and 0 < quantile <= 0.5")
+
+
+def initial_hparams(search, rng: np.random.Generator) -> list[dict]:
+  """Generation 0: every member's values drawn from the space (the first draws of `rng`)."""
+  return [space.sample(search, rng) for _ in range(search.pbt.population)]
+
+
+def exploit_explore(search, hparams: list[dict], scores: list[float],
+                    rng: np.random.Generator) -> list[tuple[int, int, dict]]:
+  """Between generations: each bottom-quantile member i takes a random top-quantile member j
+  (exploit) and perturbs j's values (explore). Returns (i, j, i's new values) in the order
+  they apply: a later move copies from the members as the earlier moves left them.
+
+  A pure function of its inputs and `rng`, so every worker of a shared population computes
+  the same moves from the same scores (jaxtune.tune.pbt_workers).
+  """
+  p = search.pbt
+  maximize = search.objective.direction == "maximize"
+  n_top = max(1, int(round(p.quantile * len(hparams))))
+  order = sorted(range(len(hparams)), key=lambda i: scores[i], reverse=maximize)
+  top, bottom = order[:n_top], order[-n_top:]
+  cur = [dict(h) for h in hparams]
+  moves = []
+  for i in bottom:
+    j = int(rng.choice(top))
+    new = space.perturb(search, cur[j], rng, p.perturb, p.resample_prob)
+    cur[i] = new
+    moves.append((i, j, new))
+  return moves
+
+
+def advance(book: dict, gen: int, moves: list[tuple[int, int, dict]], hparams: list[dict]) -> None:
+  """The lineage's entries for generation `gen`: the moved members with their parent, the
+  others continuing themselves (`hparams`: every member's values after the moves)."""
+  moved = {i: j for i, j, _ in moves}
+  for i, m in enumerate(book["members"]):
+    m["history"].append({"generation": gen, "parent": moved.get(i, i), "hparams": hparams[i]})
+
+
+def member_attrs(search, pdir: Path, member: int, gen: int, parent: int | None,
+                 hparams: dict) -> dict:
+  """The user attrs of member `member`'s trial at generation `gen` (the leaderboard's columns,
+  and what best_config.py rebuilds the run from)."""
+  end = int(search.pbt.interval) * (gen + 1)
+  return {"member": member, "generation": gen, "parent": parent, "steps": end,
+          "workdir": str(pdir / f"member_{member:02d}"),
+          "overrides": json.dumps({**study_lib.trial_overrides(search, hparams),
+                                   "train.steps": end})}

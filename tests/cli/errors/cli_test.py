@@ -163,6 +163,8 @@ CASES = {
                                    ["--search.budget.trialz", "did you mean budget.trials?"]),
   "tune_bad_enum": (["tune", TINY, "--search=configs/search/tiny.py", "--workdir={tmp}/study", "--population=maybe"],
                     ["--population=maybe", "auto|on|off"]),
+  "tune_pbt_shared_not_pbt": (["tune", TINY, "--search=configs/search/tiny.py", "--workdir={tmp}/study", "--pbt_shared"],
+                              ["--pbt_shared", "search.algorithm='tpe'", "--search=...:pbt"]),
 }
 
 
