@@ -25,6 +25,10 @@ def ray_cluster():
 
   # Two CPUs, on the loopback address only; the test's environment (the JAX compilation cache
   # of tests/tune/conftest.py, fake devices) is inherited by the workers Ray starts.
+  # Ray starts its workers 15 nice levels below the driver; the trials here are the test's own
+  # work, so they run at the test's priority.
+  old = os.environ.get("RAY_worker_niceness")
+  os.environ["RAY_worker_niceness"] = "0"
   for attempt in (1, 2):
     try:
       ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
@@ -36,6 +40,10 @@ def ray_cluster():
         raise
   yield ray
   ray.shutdown()
+  if old is None:
+    os.environ.pop("RAY_worker_niceness")
+  else:
+    os.environ["RAY_worker_niceness"] = old
 
 
 def test_trial_resources_are_parsed_strictly():
