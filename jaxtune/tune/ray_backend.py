@@ -37,8 +37,14 @@ log = logging.getLogger(__name__)
 
 INSTALL = "pip install 'jaxtune[ray]'"
 # Failures that mean the task's worker process or node went away, not that the trial failed.
-_LOST = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "LocalRayletDiedError",
-         "ObjectLostError", "OwnerDiedError")
+_LOST = (
+  "WorkerCrashedError",
+  "NodeDiedError",
+  "OutOfMemoryError",
+  "LocalRayletDiedError",
+  "ObjectLostError",
+  "OwnerDiedError",
+)
 # Lost workers in a row (no trial finishing between them) before the study gives up.
 MAX_LOST_IN_A_ROW = 3
 
@@ -58,16 +64,20 @@ def parse_resources(text: str) -> dict[str, float]:
   for part in text.split(","):
     m = re.fullmatch(r"\s*([A-Za-z_][\w.:-]*)\s*=\s*([0-9]*\.?[0-9]+)\s*", part)
     if m is None:
-      raise ConfigError(f"--trial_resources={text}: {part.strip() or 'an empty entry'!r} is not "
-                        "NAME=AMOUNT; write e.g. --trial_resources=cpu=2,gpu=1")
+      raise ConfigError(
+        f"--trial_resources={text}: {part.strip() or 'an empty entry'!r} is not "
+        "NAME=AMOUNT; write e.g. --trial_resources=cpu=2,gpu=1"
+      )
     name, amount = m.group(1), float(m.group(2))
     if name.lower() in ("cpu", "gpu"):
       name = name.lower()
     if name in out:
       raise ConfigError(f"--trial_resources={text}: {name} is given twice")
     if name == "memory":
-      raise ConfigError(f"--trial_resources={text}: memory is not a trial resource here; ask for "
-                        "cpu, gpu or an accelerator resource (TPU=4)")
+      raise ConfigError(
+        f"--trial_resources={text}: memory is not a trial resource here; ask for "
+        "cpu, gpu or an accelerator resource (TPU=4)"
+      )
     out[name] = amount
   if not any(out.values()):  # Ray would start every task at once
     raise ConfigError(f"--trial_resources={text}: a trial needs some resource (e.g. cpu=1)")
@@ -76,8 +86,12 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def task_options(resources: dict[str, float]) -> dict:
   custom = {k: v for k, v in resources.items() if k not in ("cpu", "gpu")}
-  return {"num_cpus": resources.get("cpu", 1.0), "num_gpus": resources.get("gpu", 0.0),
-          **({"resources": custom} if custom else {}), "max_retries": 0}
+  return {
+    "num_cpus": resources.get("cpu", 1.0),
+    "num_gpus": resources.get("gpu", 0.0),
+    **({"resources": custom} if custom else {}),
+    "max_retries": 0,
+  }
 
 
 def _reachable(address: str, source: str = "--ray_address") -> None:
@@ -86,29 +100,38 @@ def _reachable(address: str, source: str = "--ray_address") -> None:
   hostport = address.removeprefix("ray://")
   host, _, port = hostport.rpartition(":")
   if not host or not port.isdigit():
-    raise ConfigError(f"{source}={address}: expected auto or HOST:PORT of the cluster's "
-                      "head node (e.g. 10.0.0.5:6379)")
+    raise ConfigError(
+      f"{source}={address}: expected auto or HOST:PORT of the cluster's "
+      "head node (e.g. 10.0.0.5:6379)"
+    )
   try:
     socket.create_connection((host, int(port)), timeout=5).close()
   except OSError as e:
-    raise ConfigError(f"{source}={address}: no Ray cluster answers there ({e.strerror or e}); "
-                      "start one with `ray start --head` or give its head node's address") from e
+    raise ConfigError(
+      f"{source}={address}: no Ray cluster answers there ({e.strerror or e}); "
+      "start one with `ray start --head` or give its head node's address"
+    ) from e
 
 
 def cluster_problem(nodes: list[dict], storage: str) -> str | None:
   """Why the study cannot run on these nodes (`ray.nodes()`), or None."""
   alive = [n for n in nodes if n.get("Alive", n.get("alive"))]
   if len(alive) > 1 and storage.startswith("sqlite"):
-    return (f"--backend=ray: the cluster has {len(alive)} nodes, but the study is in SQLite "
-            f"({storage}), which only one machine can share; give every node one database: "
-            "--storage=postgresql://user:pass@host/db (and a --workdir all nodes see)")
+    return (
+      f"--backend=ray: the cluster has {len(alive)} nodes, but the study is in SQLite "
+      f"({storage}), which only one machine can share; give every node one database: "
+      "--storage=postgresql://user:pass@host/db (and a --workdir all nodes see)"
+    )
   return None
 
 
 def fits_somewhere(nodes: list[dict], resources: dict[str, float]) -> bool:
   want = {"CPU" if k == "cpu" else "GPU" if k == "gpu" else k: v for k, v in resources.items()}
-  return any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in want.items() if v)
-             for n in nodes if n.get("Alive", n.get("alive")))
+  return any(
+    all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in want.items() if v)
+    for n in nodes
+    if n.get("Alive", n.get("alive"))
+  )
 
 
 class RayTrials:
@@ -120,17 +143,20 @@ class RayTrials:
     self.address = address
     self.started = False
     # ray.init(address=None) joins $RAY_ADDRESS when it is set: checked the same way.
-    given, source = (address, "--ray_address") if address else (
-      os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS")
+    given, source = (
+      (address, "--ray_address") if address else (os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS")
+    )
     if given and given != "auto":
       _reachable(given, source)
     if not self.ray.is_initialized():
       try:
         self.ray.init(address=address or None)
       except ConnectionError as e:  # auto, with no cluster started on this machine
-        raise ConfigError(f"--ray_address={address}: no Ray cluster runs on this machine "
-                          f"({' '.join(str(e).split())[:200]}); start one with `ray start --head`, "
-                          "or give HOST:PORT of a cluster's head node") from e
+        raise ConfigError(
+          f"--ray_address={address}: no Ray cluster runs on this machine "
+          f"({' '.join(str(e).split())[:200]}); start one with `ray start --head`, "
+          "or give HOST:PORT of a cluster's head node"
+        ) from e
       self.started = True
 
   def close(self) -> None:
@@ -144,10 +170,18 @@ class RayTrials:
     if problem:
       raise ConfigError(problem)
     if not fits_somewhere(nodes, self.resources):
-      log.warning("--trial_resources=%s: no node of the Ray cluster has that much now; the trials "
-                  "wait until one joins", ",".join(f"{k}={v:g}" for k, v in self.resources.items()))
-    job = dict(job, recipe=_absolute_recipe(job["recipe"]), study_name=study.study_name,
-               config=_pack(job["config"]), search=_pack(job["search"]))
+      log.warning(
+        "--trial_resources=%s: no node of the Ray cluster has that much now; the trials "
+        "wait until one joins",
+        ",".join(f"{k}={v:g}" for k, v in self.resources.items()),
+      )
+    job = dict(
+      job,
+      recipe=_absolute_recipe(job["recipe"]),
+      study_name=study.study_name,
+      config=_pack(job["config"]),
+      search=_pack(job["search"]),
+    )
     task = ray.remote(**task_options(self.resources))(run_one_trial)
     job_ref = ray.put(job)
     deadline = time.monotonic() + timeout if timeout else None
@@ -184,19 +218,26 @@ class RayTrials:
           if type(e).__name__ not in _LOST:
             raise
           lost_in_a_row += 1
-          running = [t.number for t in study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if t.user_attrs.get("ray_task") == task_id]
+          running = [
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("ray_task") == task_id
+          ]
           dead.update(running)
           which = f"trial {running[0]}" if running else "a trial task"
-          log.warning("%s lost its Ray worker (%s); it is re-queued once its heartbeat is %ds "
-                      "stale and resumes from its last checkpoint", which, type(e).__name__,
-                      2 * job["heartbeat_s"])
+          log.warning(
+            "%s lost its Ray worker (%s); it is re-queued once its heartbeat is %ds "
+            "stale and resumes from its last checkpoint",
+            which,
+            type(e).__name__,
+            2 * job["heartbeat_s"],
+          )
           if lost_in_a_row >= MAX_LOST_IN_A_ROW:
             raise WorkdirError(
               f"--backend=ray: {lost_in_a_row} trial workers in a row were lost (last: "
               f"{' '.join(str(e).split())[:300]}); the study is kept: rerun the command to "
-              "resume it once the cluster is healthy") from e
+              "resume it once the cluster is healthy"
+            ) from e
 
 
 def _fail_stale(study: optuna.Study) -> None:
@@ -214,8 +255,13 @@ def _pack(value):
   """ConfigDicts as plain tuples for the trip to a worker: ml_collections' __setstate__ forgets
   `allow_dotted_keys`, so a search (its `space` and `fixed` have dotted keys) fails to unpickle."""
   if isinstance(value, ml_collections.ConfigDict):
-    return (_CONFIG, value.allow_dotted_keys, value.is_locked, value.is_type_safe,
-            {k: _pack(v) for k, v in value.items()})
+    return (
+      _CONFIG,
+      value.allow_dotted_keys,
+      value.is_locked,
+      value.is_type_safe,
+      {k: _pack(v) for k, v in value.items()},
+    )
   return value
 
 
@@ -241,8 +287,13 @@ def release_dead_lock(workdir: str | Path, dead: dict | None) -> bool:
   if (found.get("host"), found.get("pid")) != (dead.get("host"), dead.get("pid")):
     return False
   (Path(workdir) / workdir_lock.LOCK_FILE).unlink(missing_ok=True)
-  log.warning("%s: removed the lock of pid %s on %s, the worker of this trial before the study "
-              "declared it dead", workdir, dead.get("pid"), dead.get("host"))
+  log.warning(
+    "%s: removed the lock of pid %s on %s, the worker of this trial before the study "
+    "declared it dead",
+    workdir,
+    dead.get("pid"),
+    dead.get("host"),
+  )
   return True
 
 
@@ -263,12 +314,14 @@ def run_one_trial(job: dict, budget: int) -> int | None:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     study_lib.share_compilations(Path(job["workdir"]))
-    study = study_lib.open_study(job["search"], job["workdir"], job["storage"], job["study_name"],
-                                 job["heartbeat_s"])
+    study = study_lib.open_study(
+      job["search"], job["workdir"], job["storage"], job["study_name"], job["heartbeat_s"]
+    )
     if study_lib.finished(study) >= budget:  # other workers (e.g. local ones) spent it
       return None
-    objective = study_lib.make_objective(job["config"], job["search"],
-                                         Path(job["workdir"]), job["recipe"])
+    objective = study_lib.make_objective(
+      job["config"], job["search"], Path(job["workdir"]), job["recipe"]
+    )
     number = []
 
     def tagged(trial: optuna.Trial) -> float:
@@ -278,8 +331,10 @@ def run_one_trial(job: dict, budget: int) -> int | None:
         # A re-queued trial: its copied attrs still name the worker that died with it.
         release_dead_lock(trial.user_attrs["workdir"], trial.user_attrs["ray_worker"])
       trial.set_user_attr("ray_task", ctx.get_task_id())
-      trial.set_user_attr("ray_worker", {"node": ray.util.get_node_ip_address(),
-                                         "host": socket.gethostname(), "pid": os.getpid()})
+      trial.set_user_attr(
+        "ray_worker",
+        {"node": ray.util.get_node_ip_address(), "host": socket.gethostname(), "pid": os.getpid()},
+      )
       number.append(trial.number)
       return objective(trial)
 

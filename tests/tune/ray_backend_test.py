@@ -31,8 +31,13 @@ def ray_cluster():
   os.environ["RAY_worker_niceness"] = "0"
   for attempt in (1, 2):
     try:
-      ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
-               log_to_driver=False, _node_ip_address="127.0.0.1")
+      ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 2**20,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+      )
       break
     except Exception as e:  # Ray waits a fixed 30 s for its raylet: a loaded machine can miss it
       ray.shutdown()
@@ -49,10 +54,19 @@ def ray_cluster():
 def test_trial_resources_are_parsed_strictly():
   assert ray_backend.parse_resources("cpu=2,gpu=1") == {"cpu": 2.0, "gpu": 1.0}
   assert ray_backend.task_options(ray_backend.parse_resources("CPU=0.5, TPU=4")) == {
-    "num_cpus": 0.5, "num_gpus": 0.0, "resources": {"TPU": 4.0}, "max_retries": 0}
-  for bad, words in [("cpu2", "'cpu2' is not NAME=AMOUNT"), ("cpu=2,", "an empty entry"),
-                     ("gpu=-1", "'gpu=-1' is not"), ("cpu=1,CPU=2", "cpu is given twice"),
-                     ("cpu=0", "needs some resource"), ("memory=1e9", "'memory=1e9' is not")]:
+    "num_cpus": 0.5,
+    "num_gpus": 0.0,
+    "resources": {"TPU": 4.0},
+    "max_retries": 0,
+  }
+  for bad, words in [
+    ("cpu2", "'cpu2' is not NAME=AMOUNT"),
+    ("cpu=2,", "an empty entry"),
+    ("gpu=-1", "'gpu=-1' is not"),
+    ("cpu=1,CPU=2", "cpu is given twice"),
+    ("cpu=0", "needs some resource"),
+    ("memory=1e9", "'memory=1e9' is not"),
+  ]:
     with pytest.raises(ConfigError, match=f"--trial_resources={bad}: .*{words}"):
       ray_backend.parse_resources(bad)
 
@@ -64,13 +78,17 @@ def test_sqlite_study_is_refused_on_a_cluster_of_several_nodes():
   assert "2 nodes" in problem and "--storage=postgresql://" in problem
   assert ray_backend.cluster_problem([node, node], "postgresql://h/db") is None
   assert ray_backend.fits_somewhere([node], {"cpu": 8}) and not ray_backend.fits_somewhere(
-    [node], {"cpu": 1, "gpu": 1})
+    [node], {"cpu": 1, "gpu": 1}
+  )
 
 
 def test_without_ray_backend_ray_says_how_to_install_it(monkeypatch):
   monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as when it is absent
-  with pytest.raises(ConfigError, match=r"--backend=ray needs Ray, which is not installed: "
-                                        r"pip install 'jaxtune\[ray\]'"):
+  with pytest.raises(
+    ConfigError,
+    match=r"--backend=ray needs Ray, which is not installed: "
+    r"pip install 'jaxtune\[ray\]'",
+  ):
     ray_backend.RayTrials("cpu=1")
 
 
@@ -79,8 +97,11 @@ def test_unreachable_ray_address_is_one_error(monkeypatch):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   t0 = time.monotonic()
-  with pytest.raises(ConfigError, match=rf"--ray_address=127.0.0.1:{port}: no Ray cluster "
-                                        r"answers there .*ray start --head"):
+  with pytest.raises(
+    ConfigError,
+    match=rf"--ray_address=127.0.0.1:{port}: no Ray cluster "
+    r"answers there .*ray start --head",
+  ):
     ray_backend.RayTrials("cpu=1", f"127.0.0.1:{port}")
   assert time.monotonic() - t0 < 10  # ray.init alone would retry for minutes
   with pytest.raises(ConfigError, match="--ray_address=headnode: expected auto or HOST:PORT"):
@@ -121,8 +142,9 @@ def _first_checkpoint_then_kill(workdir: Path, number: int, seen: dict, stop: th
     time.sleep(0.05)
 
 
-def test_study_on_ray_resumes_a_killed_worker_from_its_checkpoint(ray_cluster, tiny_config,
-                                                                   tiny_search, tmp_path):
+def test_study_on_ray_resumes_a_killed_worker_from_its_checkpoint(
+  ray_cluster, tiny_config, tiny_search, tmp_path
+):
   # cpu=2 on a 2-CPU cluster: Ray runs one trial at a time. Checkpoints every 2 steps, so the
   # kill lands inside trial 1 (the one after the recipe's baseline trial 0).
   search = tiny_search("random", trials=2)
@@ -130,12 +152,19 @@ def test_study_on_ray_resumes_a_killed_worker_from_its_checkpoint(ray_cluster, t
   search.trial.steps, search.trial.eval_every = 8, 4
   config = space.apply(tiny_config, {"checkpoint.every_steps": 2})
   seen, stop = {}, threading.Event()
-  killer = threading.Thread(target=_first_checkpoint_then_kill,
-                            args=(tmp_path, 1, seen, stop), daemon=True)
+  killer = threading.Thread(
+    target=_first_checkpoint_then_kill, args=(tmp_path, 1, seen, stop), daemon=True
+  )
   killer.start()
   try:
-    s = study.run(config, search, tmp_path, heartbeat_s=1, recipe="configs/tiny.py",
-                  launch=ray_backend.RayTrials("cpu=2"))
+    s = study.run(
+      config,
+      search,
+      tmp_path,
+      heartbeat_s=1,
+      recipe="configs/tiny.py",
+      launch=ray_backend.RayTrials("cpu=2"),
+    )
   finally:
     stop.set()
   assert seen, "trial 1 was never killed"
