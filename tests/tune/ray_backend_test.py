@@ -142,6 +142,7 @@ def _first_checkpoint_then_kill(workdir: Path, number: int, seen: dict, stop: th
     time.sleep(0.05)
 
 
+@pytest.mark.slow  # the one end-to-end test of the backend (Ray start, three trial runs)
 def test_study_on_ray_resumes_a_killed_worker_from_its_checkpoint(
   ray_cluster, tiny_config, tiny_search, tmp_path
 ):
