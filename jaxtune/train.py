@@ -417,7 +417,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     mw.write_hparams(_flat_hparams(config), final_scalars)
     mw.close()
   return {"step": s, "eval": res, "results": results, "compilations": traces["train"],
-          "state": state, "stopped_early": stopped_early}
+          "state": state, "stopped_early": stopped_early, "resumed_from": start}
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ workers. Rerunning the same command resumes the study. Writes DIR/leaderboard.cs
 DIR/best_config.py (a runnable recipe), DIR/plots/*.png|html, and each trial's run
 (metrics, TensorBoard logs, checkpoints) under DIR/trials/ (PBT: DIR/pbt/member_NN/).
 --config and --config.a.b=value overrides work as for `jaxtune train` (its --help says how).
+--backend=ray runs each trial as a Ray task on a Ray cluster (pip install 'jaxtune[ray]').
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ _PBT_SHARED = flags.DEFINE_bool(
   "pbt_shared", False, "PBT: share one population with every worker started with this flag on "
   "the same --workdir and --storage; each claims members from the study and trains them one "
   "interval at a time (jaxtune.tune.pbt_workers).")
+_BACKEND = flags.DEFINE_enum(
+  "backend", "local", ["local", "ray"],
+  "Where trials run: in this process, one after another (local), or as Ray tasks on a Ray "
+  "cluster (ray; pip install 'jaxtune[ray]').")
+_RAY_ADDRESS = flags.DEFINE_string(
+  "ray_address", "", "--backend=ray: the cluster to use: auto (the one `ray start` began on this "
+  "machine) or HOST:PORT of its head node; default: $RAY_ADDRESS, else a Ray instance started "
+  "for this study on this machine.")
+_TRIAL_RESOURCES = flags.DEFINE_string(
+  "trial_resources", "cpu=1", "--backend=ray: what each trial asks Ray for: cpu=N,gpu=N and "
+  "custom resources NAME=N (e.g. TPU=4).")
 flags.mark_flags_as_required(["config", "search", "workdir"])
 
 
@@ -72,6 +84,19 @@ def main(argv):
     raise ConfigError(f"--pbt_shared shares a PBT population, but search.algorithm="
                       f"{search.algorithm!r}: use a PBT search (--search=...:pbt), or drop "
                       "--pbt_shared (other searches share a study without it)")
+  launch = None
+  if _BACKEND.value == "ray":
+    if search.algorithm == "pbt":
+      raise ConfigError("--backend=ray runs Optuna searches (grid, random, tpe, gp); for "
+                        "search.algorithm='pbt' use --backend=local (several PBT workers share "
+                        "one population with --pbt_shared)")
+    from jaxtune.tune import ray_backend
+
+    launch = ray_backend.RayTrials(_TRIAL_RESOURCES.value, _RAY_ADDRESS.value)
+  else:
+    for f in (_RAY_ADDRESS, _TRIAL_RESOURCES):
+      if flags.FLAGS[f.name].present:
+        raise ConfigError(f"--{f.name} applies to --backend=ray only; add --backend=ray")
   if search.algorithm == "pbt" and _PBT_SHARED.value:
     from jaxtune.tune import pbt_workers
 
@@ -81,8 +106,12 @@ def main(argv):
     vmapped = {"auto": None, "on": True, "off": False}[_POPULATION.value]
     s = pbt.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, vmapped=vmapped)
   else:
-    s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value,
-                  recipe=flags.FLAGS["config"].config_filename)
+    try:
+      s = study.run(_CONFIG.value, search, workdir, _STORAGE.value, _STUDY.value, _HEARTBEAT.value,
+                    recipe=flags.FLAGS["config"].config_filename, launch=launch)
+    finally:
+      if launch is not None:
+        launch.close()
   print(report.leaderboard(s, workdir / "leaderboard.csv"))
   if search.algorithm != "pbt":  # PBT has no baseline trial: its members start from samples
     print(report.gain(s))

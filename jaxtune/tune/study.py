@@ -190,6 +190,8 @@ def make_objective(config, search, workdir: Path, recipe: str = ""):
     result = train.train_and_evaluate(tconfig, tdir, on_eval=on_eval, recipe=recipe)
     trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
     trial.set_user_attr("steps", int(result["step"]))
+    if result["resumed_from"]:  # a re-queued trial: the step its last checkpoint had reached
+      trial.set_user_attr("resumed_from", int(result["resumed_from"]))
     val = {f"eval/{k}": v for k, v in metrics.scalars(result["results"]["val"]).items()}
     if metric not in val:
       raise ConfigError(f"search.objective.metric={metric!r} is not among the validation "
@@ -221,11 +223,15 @@ def finished(study: optuna.Study) -> int:
 
 
 def run(config, search, workdir: str | Path, storage: str = "", study_name: str = "",
-        heartbeat_s: int = 30, recipe: str = "") -> optuna.Study:
+        heartbeat_s: int = 30, recipe: str = "", launch=None) -> optuna.Study:
   """Run trials until the study-wide budget (finished trials, minutes) is spent.
 
   `recipe` (`configs/<recipe>.py[:variant]`) goes into each trial's run.json, so `jaxtune report`
   on a trial shows what the search changed against the recipe.
+
+  `launch(study, budget, timeout, job)`, if given, runs the trials elsewhere instead of in this
+  process (`jaxtune.tune.ray_backend.RayTrials`); `job` holds what a remote worker needs to
+  open the same study and run `make_objective` there.
 
   The trial budget counts every worker's finished trials, so a resumed or a second worker only
   runs what is left.
@@ -252,9 +258,14 @@ def run(config, search, workdir: str | Path, storage: str = "", study_name: str 
     return study
   timeout = float(search.budget.minutes) * 60 or None
   with trackers.study_run(config, workdir, study.study_name) as summary:
-    study.optimize(make_objective(config, search, workdir, recipe), timeout=timeout,
-                   callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
-                   catch=())
+    if launch is None:
+      study.optimize(make_objective(config, search, workdir, recipe), timeout=timeout,
+                     callbacks=[optuna.study.MaxTrialsCallback(budget, states=FINISHED)],
+                     catch=())
+    else:
+      launch(study, budget, timeout, dict(
+        config=config, search=search, workdir=str(workdir.resolve()), recipe=recipe,
+        storage=storage_url(workdir, storage), heartbeat_s=heartbeat_s))
     log_best(study, search, summary)
   return study
 
