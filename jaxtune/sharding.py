@@ -73,15 +73,15 @@ def population_mesh(
   fixed = fsdp * tensor * (data if data != -1 else 1)
   if population == -1:
     population = math.gcd(members, max(len(devices) // fixed, 1))
-  fix = ("set --config.mesh.population to a divisor of both (or -1 to choose one, 1 to keep "
-         "every member on every device)")
+  keep = "-1 to choose, 1 to keep every member on every device"
   if population < 1 or members % population:
     raise ConfigError(f"mesh.population={population}: {members} population members do not split "
-                      f"into {population} equal groups; {fix}")
+                      f"into {population} equal groups; set --config.mesh.population to a divisor "
+                      f"of {members} ({keep})")
   if population * fixed > len(devices):
     raise ConfigError(f"mesh.population={population}: {population} groups of {fixed} devices "
                       f"(mesh.data x fsdp x tensor) need {population * fixed} devices, have "
-                      f"{len(devices)}; {fix}")
+                      f"{len(devices)}; set --config.mesh.population or mesh.data lower ({keep})")
   return _mesh({POPULATION: population, "data": data, "fsdp": fsdp, "tensor": tensor}, devices)
 
 

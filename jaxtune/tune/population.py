@@ -19,6 +19,7 @@ not fit in device memory.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import jax
@@ -30,6 +31,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxtune import data, evaluate, metrics, optim, sharding, step, train
 from jaxtune.data import pipeline
 from jaxtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Search keys a population can vary, and the injected optimizer hyperparameter each one sets.
 TRACEABLE = {
@@ -124,6 +127,9 @@ class Population:
     self.hparams = [dict(h) for h in hparams]
     for i, h in enumerate(hparams):
       self.set_hparams(i, h)
+    log.info("population: %d members %s on mesh %s", self.size,
+             "vmapped" if self.vmapped else "one after another",
+             " x ".join(f"{k}={v}" for k, v in self.mesh.shape.items()))
 
   def _stacked(self, member: jax.sharding.Sharding) -> NamedSharding:
     spec = member.spec if isinstance(member, NamedSharding) else PartitionSpec()

@@ -65,7 +65,7 @@ def test_population_sharded_over_devices_matches_the_unsharded_one(tiny_config, 
 
 @pytest.mark.parametrize("mesh, vmapped, message", [
   ({"population": 3}, True, r"mesh.population=3: 4 population members do not split into 3 equal "
-                            r"groups; set --config.mesh.population to a divisor"),
+                            r"groups; set --config.mesh.population to a divisor of 4"),
   ({"population": 4, "data": 4}, True, r"mesh.population=4: 4 groups of 4 devices .* need 16 "
                                        r"devices, have 8"),
   ({"population": 2}, False, r"mesh.population=2 .* --population=off"),
