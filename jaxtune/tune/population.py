@@ -11,6 +11,10 @@ a difference between members is then due to their hyperparameters alone); each m
 own dropout key. Members start from the same weights (pretrained, or the recipe's seed for a
 fresh head).
 
+With several devices the members lie along the mesh's `population` axis (`mesh.population`,
+see `sharding.population_mesh`): each group of members trains on its own slice of devices, each
+member over the slice's (data, fsdp, tensor) as a single run would, in the same one program.
+
 `vmapped=False` runs the same members one after another with the plain (unbatched) step: the
 sequential reference of benchmarks/population.py, and PBT's fallback when the population does
 not fit in device memory.
