@@ -52,7 +52,7 @@ def default() -> ml_collections.ConfigDict:
 
   c.data = data_config.default_data_config()
 
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "population": -1})
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 100
@@ -316,6 +316,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check(_in_range(value, interval), key, value, _range_text(interval))
   _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data,
          "must be -1 (the devices the other axes leave) or >= 1")
+  _check(c.mesh.population == -1 or c.mesh.population >= 1, "mesh.population", c.mesh.population,
+         "must be -1 (as many groups as divide the members and devices) or >= 1")
   _check(c.model.num_labels != 1, "model.num_labels", c.model.num_labels,
          "a classifier needs at least 2 labels (0 = from the data)")
   names = data_config.parse_label_names(c.data.label_names)

@@ -24,47 +24,71 @@ def evaluate(eval_fn, params, frozen, ds: pipeline.Dataset, *, task: str, mesh, 
   `length_buckets` > 0 evaluates rows sorted by length in batches trimmed to bucket lengths
   (one compilation per bucket); the details are put back in the data set's order.
   """
+  order, batches = device_batches(ds, mesh, batch_size, length_buckets)
+  sums = Sums()
+  for b, dev in batches:
+    sums.add(jax.device_get(eval_fn(params, frozen, dev)), b)
+  return sums.result(task, label_names, order)
+
+
+def device_batches(ds: pipeline.Dataset, mesh, batch_size: int, length_buckets: int = 0):
+  """(order, iterator of (host batch, device batch)): `order` is the length sort (or None) that
+  `Sums.result` undoes."""
   order, buckets = None, ()
   if length_buckets:
     order = pipeline.length_order(ds)
     buckets = pipeline.bucket_lengths(ds.arrays["input_ids"].shape[1], length_buckets)
     ds = ds.take(order)
-  loss_sum = weight = 0.0
-  preds, labels, ids, probs = [], [], [], []
   data_ways = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-  shard = None
-  for b in pipeline.eval_batches(ds, batch_size, buckets):
-    if shard is None and batch_size % (data_ways * jax.process_count()) == 0:
-      shard = pipeline.batch_shardings(mesh, b)
-    if shard:
-      # Each process contributes its own rows of the (identical, deterministic) global batch.
-      n, i = jax.process_count(), jax.process_index()
-      per = batch_size // n
-      dev = pipeline.to_device({k: v[i * per:(i + 1) * per] for k, v in b.items()}, shard)
-    else:
-      dev = jax.device_put(b)
-    out = jax.device_get(eval_fn(params, frozen, dev))
-    loss_sum += float(out["loss_sum"])
-    weight += float(out["weight"])
+
+  def batches():
+    shard = None
+    for b in pipeline.eval_batches(ds, batch_size, buckets):
+      if shard is None and batch_size % (data_ways * jax.process_count()) == 0:
+        shard = pipeline.batch_shardings(mesh, b)
+      if shard:
+        # Each process contributes its own rows of the (identical, deterministic) global batch.
+        n, i = jax.process_count(), jax.process_index()
+        per = batch_size // n
+        yield b, pipeline.to_device({k: v[i * per:(i + 1) * per] for k, v in b.items()}, shard)
+      else:
+        yield b, jax.device_put(b)
+
+  return order, batches()
+
+
+class Sums:
+  """One model's evaluation outputs, batch by batch (host arrays), then its metrics. A vmapped
+  population keeps one per member over the same batches."""
+
+  def __init__(self):
+    self.loss_sum = self.weight = 0.0
+    self.preds, self.labels, self.ids, self.probs = [], [], [], []
+
+  def add(self, out: dict, b: dict) -> None:
+    self.loss_sum += float(out["loss_sum"])
+    self.weight += float(out["weight"])
     if "predictions" in out:
       valid = b["valid"]
-      preds.append(out["predictions"][valid])
-      labels.append(b["labels"][valid])
-      probs.append(jax.nn.softmax(out["logits"][valid], axis=-1))
+      self.preds.append(out["predictions"][valid])
+      self.labels.append(b["labels"][valid])
+      self.probs.append(jax.nn.softmax(out["logits"][valid], axis=-1))
       if "example_id" in b:
-        ids.append(b["example_id"][valid])
-  if task == "causal_lm":
-    return metrics.lm_metrics(loss_sum, weight), {}
-  names = tuple(label_names) or tuple(str(i) for i in range(np.asarray(probs[0]).shape[-1]))
-  preds_a, labels_a = np.concatenate(preds), np.concatenate(labels)
-  res = metrics.classification_metrics(preds_a, labels_a, len(names), names)
-  res["loss"] = loss_sum / max(weight, 1e-9)
-  details = {"predictions": preds_a, "labels": labels_a, "probs": np.concatenate(probs),
-             "example_id": np.concatenate(ids) if ids else None}
-  if order is not None:
-    back = np.argsort(order)
-    details = {k: None if v is None else v[back] for k, v in details.items()}
-  return res, details
+        self.ids.append(b["example_id"][valid])
+
+  def result(self, task: str, label_names=(), order=None) -> tuple[dict, dict]:
+    if task == "causal_lm":
+      return metrics.lm_metrics(self.loss_sum, self.weight), {}
+    names = tuple(label_names) or tuple(str(i) for i in range(np.asarray(self.probs[0]).shape[-1]))
+    preds_a, labels_a = np.concatenate(self.preds), np.concatenate(self.labels)
+    res = metrics.classification_metrics(preds_a, labels_a, len(names), names)
+    res["loss"] = self.loss_sum / max(self.weight, 1e-9)
+    details = {"predictions": preds_a, "labels": labels_a, "probs": np.concatenate(self.probs),
+               "example_id": np.concatenate(self.ids) if self.ids else None}
+    if order is not None:
+      back = np.argsort(order)
+      details = {k: None if v is None else v[back] for k, v in details.items()}
+    return res, details
 
 
 def write_errors(path: str | Path, details: dict, examples: list[dict] | None, label_names) -> int:

@@ -1,8 +1,9 @@
 """The device mesh, the one logical-axis rules table, and placing parameters on the mesh.
 
 Model code names axes logically ('embed', 'heads', ...); only this module knows mesh axes
-('data', 'fsdp', 'tensor'). A dimension whose size a mesh axis does not divide is replicated
-instead of failing, so tiny test models still run on any mesh.
+('data', 'fsdp', 'tensor'; 'population' for a vmapped population). A dimension whose size a
+mesh axis does not divide is replicated instead of failing, so tiny test models still run on
+any mesh.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxtune.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
+# The leading axis of a vmapped population's mesh (population_mesh): one group of members per
+# slice of devices. No logical name maps to it; the population's vmap adds it to every array.
+POPULATION = "population"
 
 # logical name -> mesh axes it is split over (None: replicated). Batch goes over data and fsdp
 # (fsdp shards parameters and also takes a share of the batch, as in ZeRO-3).
@@ -44,11 +50,44 @@ _active: list[tuple[Mesh, tuple]] = []
 
 
 def make_mesh(
-  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None,
+  population: int = -1,
 ) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 for 'the rest of the devices'."""
+  del population  # config.mesh.population: read by population_mesh only (one run, no population)
+  return _mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, devices)
+
+
+def population_mesh(
+  members: int, population: int = -1, data: int = -1, fsdp: int = 1, tensor: int = 1,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+  """A (population, data, fsdp, tensor) mesh for `members` vmapped copies of one model.
+
+  The members split into `population` groups, one group per slice of devices; within a slice
+  each member is laid over (data, fsdp, tensor) exactly as a single run is. -1: the most groups
+  that divide both the members and the devices the member axes leave (so 8 members on 8
+  devices train one per device, and 1 device or 5 members on 8 devices keep one group).
+  """
   devices = list(devices if devices is not None else jax.devices())
-  sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+  fixed = fsdp * tensor * (data if data != -1 else 1)
+  if population == -1:
+    population = math.gcd(members, max(len(devices) // fixed, 1))
+  keep = "-1 to choose, 1 to keep every member on every device"
+  if population < 1 or members % population:
+    raise ConfigError(f"mesh.population={population}: {members} population members do not split "
+                      f"into {population} equal groups; set --config.mesh.population to a divisor "
+                      f"of {members} ({keep})")
+  if population * fixed > len(devices):
+    raise ConfigError(f"mesh.population={population}: {population} groups of {fixed} devices "
+                      f"(mesh.data x fsdp x tensor) need {population * fixed} devices, have "
+                      f"{len(devices)}; set --config.mesh.population or mesh.data lower ({keep})")
+  return _mesh({POPULATION: population, "data": data, "fsdp": fsdp, "tensor": tensor}, devices)
+
+
+def _mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = dict(sizes)
   unknown = [k for k, v in sizes.items() if v == -1]
   if len(unknown) > 1:
     raise ValueError(f"mesh: only one axis may be -1, got {sizes}")
@@ -64,12 +103,10 @@ def make_mesh(
   if math.prod(sizes.values()) != len(devices):
     raise ValueError(f"mesh: {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
   try:
-    grid = mesh_utils.create_device_mesh(
-      tuple(sizes[a] for a in MESH_AXES), devices=devices
-    )
+    grid = mesh_utils.create_device_mesh(tuple(sizes.values()), devices=devices)
   except Exception:  # noqa: BLE001 - fake CPU devices have no topology; plain order is fine
-    grid = np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES))
-  return Mesh(grid, MESH_AXES)
+    grid = np.asarray(devices).reshape(tuple(sizes.values()))
+  return Mesh(grid, tuple(sizes))
 
 
 def logical_to_spec(

@@ -34,7 +34,8 @@ _STUDY = flags.DEFINE_string("study_name", "", "Study name in the storage; defau
 _POPULATION = flags.DEFINE_enum(
   "population", "auto", ["auto", "on", "off"],
   "PBT: train the members as one vmapped program (on), one after another (off), or vmapped "
-  "when the population fits in device memory (auto).")
+  "when the population fits in device memory (auto). Vmapped members are split over the "
+  "devices (--config.mesh.population, default -1: as many groups as divide both).")
 _HEARTBEAT = flags.DEFINE_integer(
   "heartbeat_s", 30, "Seconds between trial heartbeats; a trial silent for twice this is "
   "taken as dead and re-queued.")

@@ -65,6 +65,9 @@ IMPLICIT = {
   "mesh.data": "data-parallel ways; -1 = the devices the other axes leave",
   "mesh.fsdp": "ways to shard parameters and optimizer state (FSDP) across devices",
   "mesh.tensor": "tensor-parallel ways (heads and MLP split across devices)",
+  "mesh.population": "a vmapped population (PBT) only: groups of members, one per slice of "
+                     "devices, each member over data/fsdp/tensor within its slice; -1 = as many "
+                     "as divide the members and the devices, 1 = every member on every device",
 }
 
 

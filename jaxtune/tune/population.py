@@ -11,6 +11,10 @@ a difference between members is then due to their hyperparameters alone); each m
 own dropout key. Members start from the same weights (pretrained, or the recipe's seed for a
 fresh head).
 
+With several devices the members lie along the mesh's `population` axis (`mesh.population`,
+see `sharding.population_mesh`): each group of members trains on its own slice of devices, each
+member over the slice's (data, fsdp, tensor) as a single run would, in the same one program.
+
 `vmapped=False` runs the same members one after another with the plain (unbatched) step: the
 sequential reference of benchmarks/population.py, and PBT's fallback when the population does
 not fit in device memory.
@@ -19,15 +23,20 @@ not fit in device memory.
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import serialization
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxtune import data, evaluate, metrics, optim, sharding, step, train
 from jaxtune.data import pipeline
+from jaxtune.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Search keys a population can vary, and the injected optimizer hyperparameter each one sets.
 TRACEABLE = {
@@ -75,13 +84,24 @@ class Population:
     """`vmapped=None`: one vmapped program when the population fits in device memory."""
     check_traceable({k for h in hparams for k in h})
     self.config, self.size = config, len(hparams)
-    self.mesh = sharding.make_mesh(**config.mesh)
+    m = config.mesh
+    if vmapped is False and m.population not in (-1, 1):
+      raise ConfigError(f"mesh.population={m.population} splits a vmapped population over "
+                        "devices, but --population=off trains the members one after another; "
+                        "remove it or use --population=on")
+    # Members along the mesh's population axis; within a slice, each member as one run is.
+    self.mesh = (sharding.make_mesh(**m) if vmapped is False else
+                 sharding.population_mesh(self.size, m.population, m.data, m.fsdp, m.tensor))
     self.splits = data.build(config, workdir)
     self.batcher = pipeline.Batcher(self.splits["train"], config.train.batch_size, config.seed)
     num_labels = config.model.num_labels or self.splits.num_labels
     built = train.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
     self.member_bytes = state_bytes(built.state)
     self.vmapped = fits(self.member_bytes, self.size) if vmapped is None else vmapped
+    if not self.vmapped and vmapped is None:
+      # Too big for one program: members one after another, each over every device as one run.
+      self.mesh = sharding.make_mesh(**m)
+      built = train.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
     self.frozen = built.frozen
     cfg = step.StepConfig(task=config.model.task, micro_batches=config.train.micro_batches,
                           skip_nonfinite=config.train.on_nonfinite == "skip",
@@ -89,19 +109,35 @@ class Population:
     one = functools.partial(step.train_step, built.train_graphdef, built.tx, cfg)
     self.batch_sh = pipeline.batch_shardings(self.mesh, self.batcher.host_batch(0))
     if self.vmapped:
-      self.step_fn = jax.jit(jax.vmap(one, in_axes=(0, None, None)), donate_argnums=(0,))
-      keys = jnp.arange(self.size)
+      # Every state leaf gains a leading member axis split over the population axis; the batch
+      # and the frozen weights are shared (replicated over it). spmd_axis_name puts the
+      # population axis into the sharding constraints inside the model too.
+      self.state_sh = jax.tree.map(self._stacked, built.state_sh)
+      by_member = NamedSharding(self.mesh, PartitionSpec(sharding.POPULATION))
+      vmap = functools.partial(jax.vmap, spmd_axis_name=sharding.POPULATION)
+      self.step_fn = jax.jit(vmap(one, in_axes=(0, None, None)), donate_argnums=(0,),
+                             out_shardings=(self.state_sh, by_member))
+      evaluate_one = functools.partial(_eval_member, built.eval_graphdef, config.model.task)
+      self.eval_fn = jax.jit(vmap(evaluate_one, in_axes=(0, None, None)), out_shardings=by_member)
       with sharding.use_mesh(self.mesh):
-        self.states = jax.jit(jax.vmap(self._member_init, in_axes=(None, 0)))(built.state, keys)
+        init = jax.jit(vmap(self._member_init, in_axes=(None, 0)), out_shardings=self.state_sh)
+        self.states = init(built.state, jnp.arange(self.size))
     else:
       self.step_fn = jax.jit(one, donate_argnums=(0,))
+      self.eval_fn = train.make_eval_fn(built.eval_graphdef, config, self.mesh)
       with sharding.use_mesh(self.mesh):
         init = jax.jit(self._member_init)
         self.states = [init(built.state, jnp.asarray(i)) for i in range(self.size)]
-    self.eval_fn = train.make_eval_fn(built.eval_graphdef, config, self.mesh)
     self.hparams = [dict(h) for h in hparams]
     for i, h in enumerate(hparams):
       self.set_hparams(i, h)
+    log.info("population: %d members %s on mesh %s", self.size,
+             "vmapped" if self.vmapped else "one after another",
+             " x ".join(f"{k}={v}" for k, v in self.mesh.shape.items()))
+
+  def _stacked(self, member: jax.sharding.Sharding) -> NamedSharding:
+    spec = member.spec if isinstance(member, NamedSharding) else PartitionSpec()
+    return NamedSharding(self.mesh, PartitionSpec(sharding.POPULATION, *spec))
 
   @staticmethod
   def _member_init(state, i):
@@ -121,7 +157,7 @@ class Population:
         raise ValueError(f"search.space[{key!r}]: the recipe's optimizer has no {name!r} to set "
                          f"(e.g. optim.grad_clip_norm must be > 0 in the recipe to search it)")
       if self.vmapped:
-        hp[name] = hp[name].at[i].set(jnp.float32(value))
+        hp[name] = jax.device_put(hp[name].at[i].set(jnp.float32(value)), hp[name].sharding)
       else:
         hp[name] = jnp.asarray(value, hp[name].dtype)
 
@@ -151,21 +187,30 @@ class Population:
 
   def evaluate(self, split: str = "validation") -> list[dict]:
     """Each member's validation scalars, keyed like the driver's (`eval/accuracy`, ...)."""
-    out = []
+    kw = {"task": self.config.model.task, "mesh": self.mesh,
+          "batch_size": self.config.train.eval_batch_size}
+    ds, names = self.splits[split], self.splits.label_names
     with sharding.use_mesh(self.mesh):
-      for i in range(self.size):
-        res, _ = evaluate.evaluate(
-          self.eval_fn, train.eval_params(self.member(i)), self.frozen, self.splits[split],
-          task=self.config.model.task, mesh=self.mesh,
-          batch_size=self.config.train.eval_batch_size, label_names=self.splits.label_names)
-        out.append({f"eval/{k}": v for k, v in metrics.scalars(res).items()})
-    return out
+      if self.vmapped:  # one pass over the data for the whole population
+        order, batches = evaluate.device_batches(ds, self.mesh, kw["batch_size"])
+        sums = [evaluate.Sums() for _ in range(self.size)]
+        weights = {k: self.states[k] for k in ("params", "avg")}
+        for b, dev in batches:
+          out = jax.device_get(self.eval_fn(weights, self.frozen, dev))
+          for i, s in enumerate(sums):
+            s.add(jax.tree.map(lambda x, i=i: x[i], out), b)
+        results = [s.result(kw["task"], names, order)[0] for s in sums]
+      else:
+        results = [evaluate.evaluate(self.eval_fn, train.eval_params(self.member(i)), self.frozen,
+                                     ds, label_names=names, **kw)[0] for i in range(self.size)]
+    return [{f"eval/{k}": v for k, v in metrics.scalars(res).items()} for res in results]
 
   # ----------------------------------------------------------------------------------- PBT
   def copy_member(self, dst: int, src: int) -> None:
     """Exploit: member `dst` takes `src`'s weights, optimizer state and hyperparameters."""
     if self.vmapped:
-      self.states = jax.tree.map(lambda x: x.at[dst].set(x[src]), self.states)
+      self.states = jax.device_put(jax.tree.map(lambda x: x.at[dst].set(x[src]), self.states),
+                                   self.state_sh)
     else:
       self.states[dst] = jax.tree.map(jnp.copy, self.states[src])
     self.hparams[dst] = dict(self.hparams[src])
@@ -184,3 +229,7 @@ class Population:
   def total_bytes(self) -> int:
     return self.member_bytes * self.size
 
+
+def _eval_member(graphdef, task: str, state: dict, frozen, batch: dict) -> dict:
+  # Inside the vmap: a member's averaged weights (when averaging is on) are chosen per member.
+  return step.eval_step(graphdef, task, train.eval_params(state), frozen, batch)
