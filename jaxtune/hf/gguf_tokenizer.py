@@ -5,7 +5,8 @@ library (no torch, unlike transformers' own GGUF path); `write_tokenizer` lays a
 tokenizer out as that metadata for `jaxtune export --format=gguf`, as llama.cpp's
 convert_hf_to_gguf.py does: the vocabulary in id order (padded to the embedding's rows with
 unused `[PAD<i>]` tokens), token types (special added tokens CONTROL, other added tokens
-USER_DEFINED), the merges, the special ids, the add-BOS/EOS flags and the chat template.
+USER_DEFINED), the merges, the special ids, the add-BOS/EOS flags and the chat template; for
+Gemma 3's SentencePiece vocabulary also the scores and BYTE tokens (`_sentencepiece_vocab`).
 
 Both directions share one table of pre-tokenizers (`_PRE_TOKENIZERS`, llama-vocab.cpp's names for
 how text is split before BPE): reading builds the split a name stands for; writing names the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
@@ -43,7 +45,7 @@ _PRE_TOKENIZERS = {
   "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
   "smaug-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT,
 }
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # llama.cpp token types
+_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 3, 4, 5, 6  # llama.cpp token types
 
 
 
@@ -190,22 +192,23 @@ def _pre_name(backend, where: str) -> str:
   )
 
 
-def write_tokenizer(writer, tok, vocab_size: int, where: str) -> None:
-  """Add `tok` (an HF fast tokenizer, byte-level BPE) to `writer` (a gguf.GGUFWriter).
+def write_tokenizer(writer, tok, vocab_size: int, arch: str, where: str) -> None:
+  """Add `tok` (an HF fast tokenizer) to `writer` (a gguf.GGUFWriter) for an `arch` model.
 
-  `vocab_size` is the embedding's row count: ids past the tokenizer's are written as unused
-  `[PAD<i>]` tokens, as convert_hf_to_gguf.py pads them, so the two agree as llama.cpp requires.
+  Byte-level BPE tokenizers are written as llama.cpp's 'gpt2' vocabularies; Gemma 3's
+  SentencePiece one (BPE with byte fallback) as its 'llama' vocabulary. `vocab_size` is the
+  embedding's row count: ids past the tokenizer's are written as unused `[PAD<i>]` tokens, as
+  convert_hf_to_gguf.py pads them, so the two agree as llama.cpp requires.
   """
-  from transformers.convert_slow_tokenizer import bytes_to_unicode
-
   backend = getattr(tok, "backend_tokenizer", None)
   model = json.loads(backend.to_str())["model"] if backend is not None else {}
-  if model.get("type") != "BPE" or model.get("byte_fallback"):
-    kind = "SentencePiece-style BPE (byte fallback)" if model.get("byte_fallback") else (
+  sentencepiece = model.get("type") == "BPE" and model.get("byte_fallback")
+  if model.get("type") != "BPE" or sentencepiece and arch != "gemma3":
+    kind = "SentencePiece-style BPE (byte fallback)" if sentencepiece else (
       model.get("type") or type(tok).__name__)
     raise UnsupportedConfigError(
       f"{where}: the run's tokenizer is {kind}; jaxtune writes byte-level BPE tokenizers "
-      "(GPT-2, SmolLM, Llama 3, Qwen) to GGUF"
+      "(GPT-2, SmolLM, Llama 3, Qwen) to GGUF, and Gemma 3's SentencePiece one for gemma3"
     )
   vocab = backend.get_vocab(with_added_tokens=True)
   by_id = {i: t for t, i in vocab.items()}
@@ -215,28 +218,14 @@ def write_tokenizer(writer, tok, vocab_size: int, where: str) -> None:
       "embedding rows; llama.cpp needs one token per row"
     )
   added = {a.content: a for a in backend.get_added_tokens_decoder().values()}
-  spelled = set(bytes_to_unicode().values())
-  tokens, types = [], []
-  for i in range(vocab_size):
-    t = by_id.get(i)
-    if t is None:  # a gap or the padded rows: never produced by the tokenizer
-      tokens.append(f"[PAD{i}]")
-      types.append(_UNUSED)
-    elif t in added:
-      tokens.append(t)
-      types.append(_CONTROL if added[t].special else _USER_DEFINED)
-    else:
-      if not set(t) <= spelled:
-        raise UnsupportedConfigError(f"{where}: token {i} {t!r} is not spelled in the byte-level "
-                                     "alphabet; not a byte-level BPE vocabulary")
-      tokens.append(t)
-      types.append(_NORMAL)
   merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or ()]
-
-  writer.add_tokenizer_model("gpt2")
-  writer.add_tokenizer_pre(_pre_name(backend, where))
-  writer.add_token_list(tokens)
-  writer.add_token_types(types)
+  if sentencepiece:
+    _sentencepiece_vocab(writer, by_id, added, vocab_size)
+  else:
+    _byte_level_vocab(writer, by_id, added, vocab_size, where)
+    writer.add_tokenizer_pre(_pre_name(backend, where))
+  # Gemma 3's files carry no merges (readers rebuild them from the order); written, transformers
+  # uses the run's own, and llama.cpp's SentencePiece tokenizer reads the scores instead.
   writer.add_token_merges(merges)
   ids = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "unk": tok.unk_token_id,
          "pad": tok.pad_token_id}
@@ -253,3 +242,63 @@ def write_tokenizer(writer, tok, vocab_size: int, where: str) -> None:
   template = getattr(tok, "chat_template", None)
   if isinstance(template, str):
     writer.add_chat_template(template)
+
+
+def _byte_level_vocab(writer, by_id: dict, added: dict, vocab_size: int, where: str) -> None:
+  from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+  spelled = set(bytes_to_unicode().values())
+  tokens, types = [], []
+  for i in range(vocab_size):
+    t = by_id.get(i)
+    if t is None:  # a gap or the padded rows: never produced by the tokenizer
+      tokens.append(f"[PAD{i}]")
+      types.append(_UNUSED)
+    elif t in added:
+      tokens.append(t)
+      types.append(_CONTROL if added[t].special else _USER_DEFINED)
+    else:
+      if not set(t) <= spelled:
+        raise UnsupportedConfigError(f"{where}: token {i} {t!r} is not spelled in the byte-level "
+                                     "alphabet; not a byte-level BPE vocabulary")
+      tokens.append(t)
+      types.append(_NORMAL)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_token_list(tokens)
+  writer.add_token_types(types)
+
+
+def _sentencepiece_vocab(writer, by_id: dict, added: dict, vocab_size: int) -> None:
+  """Gemma 3's vocabulary as llama.cpp's converter writes it from tokenizer.model.
+
+  Types: special added tokens CONTROL, other added tokens USER_DEFINED, `<0xXX>` BYTE, the rest
+  NORMAL. Scores: llama.cpp's SentencePiece tokenizer merges the pair whose result scores
+  highest, and the pieces' order is their merge order, so NORMAL pieces score minus their rank
+  (Gemma's own file: the same order); the others -1000 (BYTE 0), as in Gemma's file. Runs of
+  spaces are written as spaces, USER_DEFINED, as Gemma's file has them (transformers' GGUF
+  loader spells them with `▁` again, as the run's tokenizer does).
+  """
+  tokens, types, scores = [], [], []
+  rank = 0
+  for i in range(vocab_size):
+    t = by_id.get(i)
+    if t is None:
+      t, kind, score = f"[PAD{i}]", _UNUSED, -1000.0
+    elif t in added:
+      kind, score = (_CONTROL if added[t].special else _USER_DEFINED), -1000.0
+    elif re.fullmatch(r"<0x[0-9A-F]{2}>", t):
+      kind, score = _BYTE, 0.0
+    elif len(t) > 1 and set(t) == {"\u2581"}:
+      t, kind, score = " " * len(t), _USER_DEFINED, -1000.0
+    else:
+      kind, score = _NORMAL, -float(rank)
+      rank += 1
+    tokens.append(t)
+    types.append(kind)
+    scores.append(score)
+  writer.add_tokenizer_model("llama")
+  writer.add_tokenizer_pre("default")
+  writer.add_token_list(tokens)
+  writer.add_token_types(types)
+  writer.add_token_scores(scores)
+  writer.add_add_space_prefix(False)  # Gemma 3: no space before the first word

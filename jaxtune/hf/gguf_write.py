@@ -194,7 +194,7 @@ def write(model, path: str | Path, tokenizer, *, quant: str, general: General) -
       add = writer.add_float32 if isinstance(value, float) else (
         writer.add_string if isinstance(value, str) else writer.add_uint32)
       add(key, value)
-    gguf_tokenizer.write_tokenizer(writer, tokenizer, hf["vocab_size"], where)
+    gguf_tokenizer.write_tokenizer(writer, tokenizer, hf["vocab_size"], arch, where)
     heads = {"q": hf["num_attention_heads"], "k": hf["num_key_value_heads"]}
     for hf_name, arr in convert.export_tensors(family, model):
       arr = np.asarray(arr, np.float32)

@@ -146,6 +146,51 @@ def test_tokenizer_and_metadata_as_llama_cpp_names_them(models, tmp_path):
   assert (by_name["<|im_start|>"], by_name["<think>"], by_name["Ġthe"]) == (3, 4, 1)
 
 
+def gemma_tokenizer():
+  """A tiny Gemma-style SentencePiece tokenizer (BPE with byte fallback, `▁` for spaces), built
+  by transformers' GemmaTokenizer as transformers builds one from a Gemma GGUF file."""
+  from transformers.tokenization_utils_base import generate_merges
+
+  pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "t", "i", "s", "▁▁", "▁▁▁", "he", "ll", "▁h",
+            "▁w", "or", "ld", "▁he", "llo", "▁hello", "▁wor", "▁world", "▁t", "▁the", "▁i", "is",
+            "▁is"]
+  # ASCII bytes only: the tiny model has 270 embedding rows; the rest are padding.
+  tokens = (["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "\n"]
+            + [f"<0x{b:02X}>" for b in range(128)] + pieces)
+  vocab = {t: i for i, t in enumerate(tokens)}
+  merges = generate_merges(vocab, {t: -i for i, t in enumerate(tokens)})
+  tok = transformers.GemmaTokenizer(vocab=vocab, merges=merges, chat_template=TEMPLATE,
+                                    add_bos_token=True)
+  tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+  tok.add_tokens(["\n"])
+  return tok
+
+
+def test_gemma3_sentencepiece_tokenizer(models, tmp_path):
+  """Gemma 3's SentencePiece vocabulary as llama.cpp's 'llama' model: types, scores in merge
+  order, runs of spaces as spaces; transformers' GGUF tokenizer encodes as the run's does."""
+  _, model = models["gemma3"]
+  tok = gemma_tokenizer()
+  path = _export(model, tmp_path, "q8_0", tok)
+  theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+  ours = gguf_tokenizer.load_tokenizer(path)
+  for text in ["hello world", "the   world is\nhello<start_of_turn>x", "  hi ZZ the\n\nis"]:
+    want = tok(text)["input_ids"]
+    assert theirs(text)["input_ids"] == want and ours(text)["input_ids"] == want, text
+  assert tok("hello")["input_ids"][0] == 2  # <bos>, which the flag below makes llama.cpp add
+  reader = gguf.GGUFReader(path)
+  value = lambda k: jaxtune.hf.gguf.field_value(reader.fields[k])  # noqa: E731
+  assert (value("tokenizer.ggml.model"), value("tokenizer.ggml.add_bos_token")) == ("llama", True)
+  tokens, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type")
+  scores = value("tokenizer.ggml.scores")
+  kind = dict(zip(tokens, types))
+  assert [kind[t] for t in ("<bos>", "<start_of_turn>", "\n", "<0x41>", "▁hello", "  ")] == [
+    3, 3, 4, 6, 1, 4]
+  normal = [s for s, k in zip(scores, types) if k == 1]
+  assert normal == sorted(normal, reverse=True) and len(set(normal)) == len(normal)
+  assert tokens[-1] == "[PAD269]" and types[-1] == 5
+
+
 def test_lora_is_merged(models, tmp_path):
   """The file holds the fine-tuned weights (adapters folded in), not the base's."""
   d, _ = models["llama"]
