@@ -247,6 +247,9 @@ def check_gguf(config, out: str, quant: str) -> Path:
       f"for causal language models ({', '.join(gguf_write.WRITTEN)}); export it with --format=hf")
   if quant not in gguf_write.QUANTS:
     raise ConfigError(f"--quant={quant!r}: expected one of {', '.join(gguf_write.QUANTS)}")
+  if (config.data.tokenizer or config.model.source).startswith("preset:"):
+    raise ConfigError(f"--format=gguf: the run has no tokenizer (model.source="
+                      f"{config.model.source!r} with no data.tokenizer); a GGUF file must carry one")
   path = Path(out).expanduser()
   if "://" in str(out) or path.suffix != ".gguf":
     raise ConfigError(f"--out={out}: a GGUF export is one local file; give a path ending in .gguf")

@@ -56,6 +56,9 @@ def _gguf(workdir) -> None:
   for name, flag in (("--dtype", _DTYPE), ("--nomerge_lora", _MERGE)):
     if flag.value is not None and (name != "--nomerge_lora" or not flag.value):
       raise ConfigError(f"{name} is for --format=hf; a GGUF export merges LoRA and takes --quant")
+  if _OVERWRITE.value:
+    raise ConfigError("--overwrite is for --format=hf; a GGUF export never replaces a file: give "
+                      "a new --out")
   quant = _QUANT.value or "f16"
   # Refuse a classifier run, a bad --quant or an existing --out before the (long) restore.
   export.check_gguf(jt_config.read_run_config(workdir), _OUT.value, quant)
