@@ -240,6 +240,9 @@ def test_export_checks_refuse_classifiers_quants_and_existing_files(tmp_path):
   with pytest.raises(ConfigError, match="seq_cls model.*causal language models.*--format=hf"):
     export.check_gguf(c, str(tmp_path / "m.gguf"), "f16")
   c.model.task = "causal_lm"
+  with pytest.raises(ConfigError, match="the run has no tokenizer"):  # a preset model
+    export.check_gguf(c, str(tmp_path / "m.gguf"), "f16")
+  c.model.source = "org/tiny"
   with pytest.raises(ConfigError, match="--quant='int4': expected one of f32, f16, bf16, q8_0"):
     export.check_gguf(c, str(tmp_path / "m.gguf"), "int4")
   with pytest.raises(ConfigError, match="ending in .gguf"):
