@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import re
@@ -48,7 +47,6 @@ from jaxtune.hf.safetensors_io import TensorSource
 
 __all__ = ["GGUFSource", "field_value", "metadata", "open_gguf", "open_reader", "permute_rotary",
            "unpermute_rotary"]
-log = logging.getLogger(__name__)
 
 # llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
 _DECODER_NAMES = (
