@@ -5,7 +5,8 @@ best checkpoint (averaged weights when the run kept them), LoRA adapters include
 `save` writes it with `jaxtune.hf.save` (merged weights, or a PEFT adapter directory) plus the
 tokenizer (truncating as the run did), a causal LM's generation_config.json (its stop tokens),
 and a README.md model card (`jaxtune.card`). The train driver's `export.enabled` and `jaxtune export`
-both go through `save`.
+both go through `save`. `save_gguf` writes a causal LM (LoRA merged) as one llama.cpp GGUF file
+instead (`jaxtune export --format=gguf`, `jaxtune.hf.gguf_write`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from etils import epath
 from flax import nnx
 
 from jaxtune import card
-from jaxtune.errors import ConfigError
+from jaxtune.errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")  # what --dtype / export.dtype may be ('' = as trained)
@@ -233,3 +234,59 @@ def write_generation_config(out: Path, tokenizer, model_config, model_source: st
     base_dir = Path(cached).parent if isinstance(cached, str) else None
   cfg = generation.generation_config(tokenizer, model_config, generation.read_base(base_dir))
   (Path(out) / "generation_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def check_gguf(config, out: str, quant: str) -> Path:
+  """Refuse, before the restore, what a GGUF export cannot do: a classifier or encoder run, an
+  unknown quant, an --out that is not a new .gguf file (one is never overwritten)."""
+  from jaxtune.hf import gguf_write
+
+  if config.model.task != "causal_lm":
+    raise ConfigError(
+      f"--format=gguf: this run trains a {config.model.task} model (model.task); GGUF export is "
+      f"for causal language models ({', '.join(gguf_write.WRITTEN)}); export it with --format=hf")
+  if quant not in gguf_write.QUANTS:
+    raise ConfigError(f"--quant={quant!r}: expected one of {', '.join(gguf_write.QUANTS)}")
+  if (config.data.tokenizer or config.model.source).startswith("preset:"):
+    raise ConfigError(f"--format=gguf: the run has no tokenizer (model.source="
+                      f"{config.model.source!r} with no data.tokenizer); a GGUF file must carry one")
+  path = Path(out).expanduser()
+  if "://" in str(out) or path.suffix != ".gguf":
+    raise ConfigError(f"--out={out}: a GGUF export is one local file; give a path ending in .gguf")
+  if path.exists() or path.is_symlink():
+    raise OutputError(f"--out={out}: the file exists and jaxtune never overwrites it; choose "
+                      f"another --out (e.g. {path.with_name(path.stem + '-2.gguf')}) or move it away")
+  return path
+
+
+def save_gguf(model: nnx.Module, out: str | Path, tokenizer, config, *, quant: str = "f16") -> Path:
+  """Write `model` (LoRA merged) with `tokenizer` as the new GGUF file `out`.
+
+  The file is written under a temporary name beside `out` and linked into place only when
+  complete, so an interrupted export leaves no half file under the name, and a file that
+  appeared at `out` meanwhile is left alone.
+  """
+  import os
+
+  from jaxtune.hf import gguf_write
+
+  path = check_gguf(config, str(out), quant)
+  model = _on_process_zero(model)
+  if model is None:
+    return path
+  source = card.describe_source(config.model.source)
+  general = gguf_write.General(name=path.stem, base_model=source.name, base_repo=source.hub_id,
+                               license=source.license)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+  try:
+    gguf_write.write(model, partial, tokenizer, quant=quant, general=general)
+    try:
+      os.link(partial, path)  # fails, rather than replaces, if `path` appeared meanwhile
+    except FileExistsError:
+      raise OutputError(f"--out={out}: a file appeared there during the export; it was left "
+                        "alone: choose another --out") from None
+  finally:
+    partial.unlink(missing_ok=True)
+  log.info("exported the model to %s", path)
+  return path

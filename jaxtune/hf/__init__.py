@@ -209,9 +209,9 @@ def load_tokenizer(source: str | os.PathLike, *, revision: str | None = None):
 
   path = resolve(source, revision=revision)
   if path.suffix == ".gguf":
-    from jaxtune.hf import gguf
+    from jaxtune.hf import gguf_tokenizer
 
-    tok = gguf.load_tokenizer(path)
+    tok = gguf_tokenizer.load_tokenizer(path)
     templates.set_template_origin(tok, f"{path} (tokenizer.chat_template)")
     return tok
   if path.is_dir() and not any((path / f).exists() for f in _TOKENIZER_FILES):

@@ -1,11 +1,11 @@
-"""llama.cpp GGUF files as HF checkpoints: a config dict, lazily dequantized tensors, a tokenizer.
+"""llama.cpp GGUF files as HF checkpoints: a config dict and lazily dequantized tensors.
 
 A GGUF carries a whole model in one file: the architecture numbers as `llama.*` metadata, the
 tokenizer (vocabulary, merges, special ids, chat template) as `tokenizer.*` metadata, and the
 weights, usually block-quantized. `open_gguf` turns the metadata into the `config.json` dict
 transformers would write and the weights into a `TensorSource` under HF names, so `jaxtune.hf.load`
-treats a GGUF like any HF checkpoint; `load_tokenizer` builds an HF fast tokenizer from the
-metadata with the `tokenizers` library (no torch, unlike transformers' own GGUF path).
+treats a GGUF like any HF checkpoint. The tokenizer is `jaxtune.hf.gguf_tokenizer`'s, and writing
+a GGUF (`jaxtune export --format=gguf`) is `jaxtune.hf.gguf_write`'s, over this module's tables.
 
 The file is memory-mapped by `gguf.GGUFReader`; a tensor is dequantized to float32 only when the
 converter asks for it, so the host holds one dequantized tensor at a time.
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import re
@@ -46,8 +45,8 @@ import numpy as np
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
 from jaxtune.hf.safetensors_io import TensorSource
 
-__all__ = ["GGUFSource", "load_tokenizer", "open_gguf", "permute_rotary", "unpermute_rotary"]
-log = logging.getLogger(__name__)
+__all__ = ["GGUFSource", "field_value", "metadata", "open_gguf", "open_reader", "permute_rotary",
+           "unpermute_rotary"]
 
 # llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
 _DECODER_NAMES = (
@@ -142,25 +141,6 @@ DEQUANTIZED = (
   "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
 )
 
-# tokenizer.ggml.pre -> how llama.cpp splits text before BPE (llama-vocab.cpp's regex table).
-_GPT2_SPLIT = "gpt2"
-_DIGITS_THEN_GPT2 = "digits"  # "\p{N}" isolated first, then the GPT-2 regex
-_LLAMA3_SPLIT = (
-  r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Qwen2's: Llama 3's with each digit isolated (transformers' Qwen2 tokenizer, llama-vocab.cpp's
-# LLAMA_VOCAB_PRE_TYPE_QWEN2). Qwen2.5 and Qwen3 files say "qwen2" too.
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-_PRE_TOKENIZERS = {
-  "gpt2": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT, "mpt": _GPT2_SPLIT, "olmo": _GPT2_SPLIT,
-  "smollm": _DIGITS_THEN_GPT2, "starcoder": _DIGITS_THEN_GPT2, "refact": _DIGITS_THEN_GPT2,
-  "codeshell": _DIGITS_THEN_GPT2,
-  "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
-  "smaug-bpe": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT,
-}
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
-
 
 # ---------------------------------------------------------------------------------------------
 # Reading the file
@@ -236,13 +216,13 @@ def _cached_reader(path: str, size: int, mtime_ns: int):
                           f"metadata does not fit in its {size} bytes; {e})") from e
 
 
-def _reader(path: str | os.PathLike):
+def open_reader(path: str | os.PathLike):
   path = str(path)
   st = os.stat(path)
   return _cached_reader(path, st.st_size, st.st_mtime_ns)
 
 
-def _value(field):
+def field_value(field):
   """A metadata field as a Python value (str, int, float, bool, or a list of them)."""
   gguf = _gguf()
   kinds = field.types
@@ -265,14 +245,14 @@ def _scalar(x):
 
 def metadata(path: str | os.PathLike) -> dict:
   """A .gguf file's metadata (general.*, the architecture's numbers), without the vocabulary."""
-  return _metadata(_reader(path))
+  return _metadata(open_reader(path))
 
 
 def _metadata(reader) -> dict:
   """Every metadata field except the big tokenizer arrays (read on demand by load_tokenizer)."""
   big = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
          "tokenizer.ggml.scores"}
-  return {k: _value(f) for k, f in reader.fields.items() if k not in big}
+  return {k: field_value(f) for k, f in reader.fields.items() if k not in big}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +452,7 @@ def _hf_name(gguf_name: str, arch: str) -> str | None:
 def open_gguf(path: str | os.PathLike) -> tuple[dict, GGUFSource]:
   """`(hf_config, tensors)` for a GGUF file: a config.json dict and a lazy TensorSource."""
   path = str(Path(path))
-  reader = _reader(path)
+  reader = open_reader(path)
   meta = _metadata(reader)
   arch = _architecture(meta, path)  # before reading tensor names of an unknown layout
   # The config first (it needs only the names), so bad metadata is reported before tensors.
@@ -483,125 +463,3 @@ def open_gguf(path: str | os.PathLike) -> tuple[dict, GGUFSource]:
   if "vocab_size" not in hf:
     hf["vocab_size"] = source.shape("model.embed_tokens.weight")[0]
   return hf, source
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def _pre_tokenizer(kind: str | None, where: str):
-  from tokenizers import Regex, pre_tokenizers
-
-  if kind is None:  # files from before llama.cpp recorded it used the GPT-2 split
-    log.warning("%s: no tokenizer.ggml.pre; splitting text the GPT-2 way", where)
-    kind = "gpt2"
-  split = _PRE_TOKENIZERS.get(kind)
-  if split is None:
-    raise UnsupportedConfigError(
-      f"{where}: GGUF metadata tokenizer.ggml.pre={kind!r} is not supported; known: "
-      f"{sorted(_PRE_TOKENIZERS)}"
-    )
-  # The GPT-2 split is ByteLevel's own regex; the others split first with theirs.
-  gpt2_regex = split in (_GPT2_SPLIT, _DIGITS_THEN_GPT2)
-  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=gpt2_regex)
-  if split == _GPT2_SPLIT:
-    return byte_level
-  if split == _DIGITS_THEN_GPT2:
-    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-  return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
-
-
-def load_tokenizer(path: str | os.PathLike):
-  """An HF `PreTrainedTokenizerFast` rebuilt from a GGUF file's `tokenizer.*` metadata.
-
-  Supports byte-level BPE vocabularies (`tokenizer.ggml.model` 'gpt2': GPT-2, SmolLM, Llama 3,
-  ...), and Gemma 3's SentencePiece one ('llama' in a `gemma3` file) through transformers. Control tokens become special tokens (kept whole, skipped when decoding with
-  skip_special_tokens), user-defined ones plain added tokens; the chat template is set.
-  """
-  from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-  from transformers import PreTrainedTokenizerFast
-  from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-  path = str(Path(path))
-  reader = _reader(path)
-  fields = reader.fields
-
-  def meta(key, default=None):
-    return _value(fields[key]) if key in fields else default
-
-  model = meta("tokenizer.ggml.model")
-  if model == "llama" and meta("general.architecture") == "gemma3":
-    # Gemma's SentencePiece vocabulary (262k pieces with scores, byte fallback): transformers'
-    # GGUF tokenizer converter rebuilds it (~15 s); llama.cpp's SentencePiece handling differs
-    # per architecture, so only the architecture checked against it is delegated.
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-  if model != "gpt2":
-    raise UnsupportedConfigError(
-      f"{path}: GGUF metadata tokenizer.ggml.model={model!r} is not supported; jaxtune builds "
-      "byte-level BPE ('gpt2') tokenizers from GGUF files (and Gemma 3's SentencePiece 'llama' "
-      "vocabulary)"
-    )
-  tokens = meta("tokenizer.ggml.tokens")
-  types = meta("tokenizer.ggml.token_type") or [1] * len(tokens)
-  merges = meta("tokenizer.ggml.merges")
-  if not tokens or merges is None:
-    raise CheckpointError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-
-  # Byte-level vocabularies spell every token in GPT-2's printable byte alphabet; a token that
-  # is not (a user-defined one stored as raw text) is respelled so BPE can still produce it.
-  alphabet = bytes_to_unicode()
-  spelled = set(alphabet.values())
-  respell = lambda t: t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8"))
-  vocab = {}
-  for i, t in enumerate(tokens):
-    vocab.setdefault(respell(t), i)
-  if len(vocab) != len(tokens):
-    raise CheckpointError(f"{path}: tokenizer.ggml.tokens has {len(tokens) - len(vocab)} duplicate token(s)")
-  bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False)
-  tok = Tokenizer(bpe)
-  tok.pre_tokenizer = _pre_tokenizer(meta("tokenizer.ggml.pre"), path)
-  tok.decoder = decoders.ByteLevel()
-  # llama.cpp matches control and user-defined tokens whole in the text; so must we, or
-  # `<|im_start|>` would be cut into `<`, `|`, `im`, ... Only tokens already spelled in the
-  # byte alphabet can be added under their own id.
-  tok.add_special_tokens([
-    AddedToken(t, special=True, normalized=False)
-    for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= spelled
-  ])
-  tok.add_tokens([
-    AddedToken(t, special=False, normalized=False)
-    for t, k in zip(tokens, types) if k == _USER_DEFINED and set(t) <= spelled
-  ])
-  if tok.get_vocab_size() != len(tokens):
-    raise CheckpointError(
-      f"{path}: tokenizer has {tok.get_vocab_size()} ids after adding special tokens, the file {len(tokens)}"
-    )
-
-  def token(key):
-    i = meta(f"tokenizer.ggml.{key}")
-    return tokens[i] if i is not None and 0 <= i < len(tokens) else None
-
-  bos, eos = token("bos_token_id"), token("eos_token_id")
-  add_bos = bool(meta("tokenizer.ggml.add_bos_token", False))
-  add_eos = bool(meta("tokenizer.ggml.add_eos_token", False))
-  if (add_bos and bos) or (add_eos and eos):
-    pre = [bos] if add_bos and bos else []
-    post = [eos] if add_eos and eos else []
-    tok.post_processor = processors.TemplateProcessing(
-      single=" ".join([*pre, "$A", *post]), pair=" ".join([*pre, "$A", *post, *pre, "$B", *post]),
-      special_tokens=[(t, vocab[t]) for t in dict.fromkeys(pre + post)],
-    )
-  else:
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-  arch = meta("general.architecture")
-  kwargs = dict(
-    tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=token("unknown_token_id"),
-    pad_token=token("padding_token_id"), clean_up_tokenization_spaces=False,
-    chat_template=meta("tokenizer.chat_template"),
-  )
-  ctx = meta(f"{arch}.context_length")
-  if ctx:
-    kwargs["model_max_length"] = ctx
-  return PreTrainedTokenizerFast(**{k: v for k, v in kwargs.items() if v is not None})

@@ -150,3 +150,33 @@ def test_training_wrote_text_samples(sft_run):
   events = acc.Tensors("samples/validation/text_summary")
   assert [e.step for e in events] == [0, 6]
   assert events[0].tensor_proto.string_val[0].decode() == samples[0]["text"]
+
+
+def test_export_gguf_through_the_cli(sft_run, tmp_path):
+  """`jaxtune export --format=gguf`: the LoRA run as one Q8_0 file that transformers' GGUF loader
+  reads to the run's logits (Q8_0 rounding), with the run's tokenizer and chat template; a
+  second export to the same path is refused and leaves the file as it was."""
+  from jaxtune import export
+
+  out = tmp_path / "gguf" / "tuned.gguf"
+  proc = jaxtune_cli("export", f"--workdir={sft_run}", "--format=gguf", "--quant=q8_0", f"--out={out}")
+  assert "(GGUF, q8_0)" in proc.stdout
+  run = export.load_run(sft_run)
+  ids = np.array([run.tokenizer("count 3: one two")["input_ids"]])
+  want = np.asarray(run.model(ids))
+  model = transformers.AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name,
+                                                            dtype=torch.float32).eval()
+  with torch.no_grad():
+    got = model(torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(got, want, atol=6e-2 * np.abs(want).max(), rtol=0)
+  tok = transformers.AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+  assert tok("count 3: one two")["input_ids"] == ids[0].tolist()
+  assert tok.chat_template == run.tokenizer.chat_template
+  before = out.read_bytes()
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  again = subprocess.run([sys.executable, "-m", "jaxtune.main", "export", f"--workdir={sft_run}",
+                          "--format=gguf", f"--out={out}"], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=300)
+  assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr
+  assert "never overwrites it; choose another --out" in again.stderr.strip().splitlines()[-1]
+  assert out.read_bytes() == before

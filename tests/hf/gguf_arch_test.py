@@ -20,6 +20,7 @@ pytest.importorskip("accelerate", reason="transformers' GGUF loader needs accele
 
 import jaxtune.hf  # noqa: E402
 from jaxtune.hf import gguf as jgguf  # noqa: E402
+from jaxtune.hf import gguf_tokenizer  # noqa: E402
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError  # noqa: E402
 from tests.hf.gguf_files import Q, write_from_hf  # noqa: E402
 from tests.hf.gguf_test import _tokens  # noqa: E402
@@ -185,7 +186,7 @@ def test_qwen2_tokenizer_matches_transformers(tmp_path):
   model = _hf_model("qwen2")
   path = str(tmp_path / "tok.gguf")
   write_from_hf(model, path, "qwen2", pre="qwen2")
-  ours = jgguf.load_tokenizer(path)
+  ours = gguf_tokenizer.load_tokenizer(path)
   theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
   for text in ["the world in 2024, 12345 items", "Héllo\n\n  wörld's 😀 <|im_start|>x", "it's I'LL  \t9z"]:
     assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
@@ -232,4 +233,4 @@ def test_sentencepiece_tokenizer_outside_gemma3_is_refused(tmp_path):
   """Only gemma3's SentencePiece vocabulary is handed to transformers (the one checked)."""
   path = _qwen2_file(tmp_path, strings={"tokenizer.ggml.model": "llama"})
   with pytest.raises(UnsupportedConfigError, match=r"tokenizer\.ggml\.model='llama' is not supported"):
-    jgguf.load_tokenizer(path)
+    gguf_tokenizer.load_tokenizer(path)

@@ -14,6 +14,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from jaxtune.hf import gguf as jgguf  # noqa: E402
+from jaxtune.hf import gguf_tokenizer  # noqa: E402
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError  # noqa: E402
 
 DIMS = dict(hidden=64, ffn=96, layers=2, heads=4, kv_heads=2, ctx=128)
@@ -204,7 +205,7 @@ def test_matches_transformers_gguf_loader(tiny):
 
 def test_tokenizer_from_metadata(tiny):
   path, _ = tiny
-  tok = jgguf.load_tokenizer(path)
+  tok = gguf_tokenizer.load_tokenizer(path)
   assert len(tok) == len(_tokens())
   assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
   vocab = tok.get_vocab()
@@ -222,7 +223,7 @@ def test_tokenizer_from_metadata(tiny):
 
 def test_tokenizer_adds_bos_when_the_file_says_so(tmp_path):
   path = write_gguf(tmp_path / "bos.gguf", hf_tensors(len(_tokens())), add_bos=True)
-  tok = jgguf.load_tokenizer(path)
+  tok = gguf_tokenizer.load_tokenizer(path)
   assert tok(" the")["input_ids"] == [1, tok.get_vocab()["Ġthe"]]
 
 
@@ -279,7 +280,7 @@ def test_truncated_file_names_file_and_tensor(tiny, tmp_path):
                  (24, "metadata does not fit in its 24 bytes")]:
     head.write_bytes(data[:n])
     with pytest.raises(CheckpointError, match=rf"head\.gguf: not a readable GGUF file \(.*{why}"):
-      jgguf.load_tokenizer(head)
+      gguf_tokenizer.load_tokenizer(head)
   head.write_bytes(b"<html>not found</html>")  # a download that went wrong
   with pytest.raises(CheckpointError, match=r"head\.gguf: .*it starts with b'<htm'"):
     jgguf.open_gguf(head)

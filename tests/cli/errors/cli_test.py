@@ -115,6 +115,12 @@ CASES = {
                             ["--step=99", "no checkpoint of that step", "it has 2, 4"]),
   "export_run_without_checkpoints": (["export", "--workdir={tmp}/fresh", "--out={tmp}/o"],
                                      ["fresh", "no checkpoint yet", "jaxtune train"]),
+  "export_gguf_classifier": (["export", "--workdir={tmp}/cls", "--format=gguf", "--out={tmp}/m.gguf"],
+                             ["--format=gguf", "seq_cls model", "causal language models", "--format=hf"]),
+  "export_gguf_unknown_quant": (["export", "--workdir={run}", "--format=gguf", "--quant=q4_k",
+                                 "--out={tmp}/m.gguf"], ["--quant='q4_k'", "f32, f16, bf16, q8_0"]),
+  "export_gguf_without_tokenizer": (["export", "--workdir={run}", "--format=gguf", "--out={tmp}/m.gguf"],
+                                    ["--format=gguf", "no tokenizer", "preset:"]),
   # generate: flags, sources, prompts
   "generate_unknown_flag": (["generate", "--model=preset:tiny-llama", "--promt=hi"],
                             ["--promt", "did you mean --prompt?"]),
