@@ -35,7 +35,7 @@ VOCAB = 130
 LLAMA = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
              max_position_embeddings=64)
-# Relative RMS error of the logits against the float32 model (measured: int8 0.7%, nf4 11%);
+# Relative RMS error of the logits against the float32 model (measured: int8 1.1%, nf4 16%);
 # 4-bit NormalFloat loses about a tenth of each weight's precision, int8 well under 1%.
 TOLERANCE = {"int8": 0.02, "nf4": 0.2}
 LORA = ml_collections.ConfigDict({"rank": 4, "alpha": 8.0})
