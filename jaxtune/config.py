@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-from jaxtune import export, lora, optim, trackers
+from jaxtune import export, lora, optim, quantize, trackers
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
@@ -38,6 +38,9 @@ def default() -> ml_collections.ConfigDict:
   c.model.pooling = "cls"
   c.model.param_dtype = "float32"
   c.model.compute_dtype = "bfloat16"
+  # '' (off) | int8 | nf4: a LoRA run's frozen base weights held quantized in memory and
+  # dequantized inside each matmul (QLoRA; jaxtune.quantize, needs jaxtune[qlora]).
+  c.model.quantize = ""
   c.model.remat = "none"  # none | full | dots
   # Layer weights stacked on a leading axis and run by one lax.scan: the layer compiles once and
   # the optimizer updates one array per weight. Needs identical layers (LoRA on all or none);
@@ -331,6 +334,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.pooling == "cls" or c.model.task == "seq_cls", "model.pooling", c.model.pooling,
          f"only sequence classification pools (model.task={c.model.task!r})")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
+  quantize.check(c.model.quantize, c.lora.rank)
   overrides = parse_overrides(c.model.config_overrides)
   if c.model.source.startswith("preset:"):
     from jaxtune.models import presets

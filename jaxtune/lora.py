@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from jaxtune import sharding
+from jaxtune import quantize, sharding
 from jaxtune.errors import ConfigError
 from jaxtune.models import layers
 from jaxtune.patterns import compile_pattern
@@ -173,7 +173,11 @@ class LoRALinear(layers.Linear):
     self.kernel = base.kernel
     self.bias = base.bias
     self.compute_dtype = base.compute_dtype
-    r, dtype = spec.rank, kernel.dtype
+    if hasattr(base, "quant_type"):  # a quantized frozen base (jaxtune.quantize): keep it so
+      self.kernel_scale = base.kernel_scale
+      self.quant_type = base.quant_type
+    # Adapters in the base's float dtype (a quantized kernel's scales keep it; its codes are ints).
+    r, dtype = spec.rank, layers.weight_dtype(base, "kernel")
     self.lora_a = _new_param(spec.init, k_a, (in_f, r), dtype, (in_axis, "lora_rank"), kernel)
     self.lora_b = _new_param("zeros", k_b, (r, out_f), dtype, ("lora_rank", out_axis), kernel)
     self.scale = spec.alpha / (math.sqrt(spec.rank) if spec.use_rslora else spec.rank)
@@ -195,16 +199,18 @@ class LoRALinear(layers.Linear):
 
   def merged(self) -> layers.Linear:
     """A plain Linear with kernel + scale * lora_a @ lora_b (in float32, cast back)."""
-    kernel = self.kernel.get_value()
+    codes = self.kernel.get_value()
+    kernel = layers.weight(self, "kernel")  # a quantized base: dequantized here
     axes = tuple(self.kernel.get_metadata().get("out_sharding") or (None, None))
     shell = nnx.eval_shape(lambda: layers.Linear(
       kernel.shape[0], kernel.shape[1], axes=axes, use_bias=self.bias is not None,
       param_dtype=kernel.dtype, compute_dtype=self.compute_dtype, rngs=nnx.Rngs(0),
     ))
     value = _fold(kernel, self.lora_a.get_value(), self.lora_b.get_value(), jnp.float32(self.scale))
-    if isinstance(getattr(kernel, "sharding", None), NamedSharding):
-      value = jax.device_put(value, kernel.sharding)
-    shell.kernel = self.kernel.replace(value)
+    if isinstance(getattr(codes, "sharding", None), NamedSharding):
+      value = jax.device_put(value, codes.sharding)
+    # A float kernel keeps its own variable's metadata; quantized codes' variable is no Param.
+    shell.kernel = (shell.kernel if hasattr(self, "kernel_scale") else self.kernel).replace(value)
     shell.bias = self.bias
     return shell
 
@@ -274,6 +280,9 @@ def merge(model: nnx.Module) -> nnx.Module:
   """A plain copy of `model` with every adapter folded into its kernel; `model` is untouched.
 
   The copy shares the (immutable) base arrays, so it costs one new kernel per adapted layer.
+  A quantized base (model.quantize) comes back dequantized: adapted kernels are the dequantized
+  codes plus the adapter, the other quantized weights the dequantized codes (float, the run's
+  param dtype), so every export writes ordinary float weights.
   """
   graphdef, state = nnx.split(model)
   plain = nnx.merge(graphdef, state)  # new module objects over the same arrays
@@ -282,7 +291,7 @@ def merge(model: nnx.Module) -> nnx.Module:
       _replace(plain, path, m.merged())
   if hasattr(plain, "lora_spec"):
     del plain.lora_spec
-  return plain
+  return quantize.dequantize_model(plain)
 
 
 # ------------------------------------------------------------------- trainable vs frozen

@@ -76,13 +76,13 @@ def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
   if head is not None:
     if type(head) is not layers.Linear or head.bias is not None:
       return None
-    return functools.partial(_dot_head, head.compute_dtype), head.kernel[...]
+    return functools.partial(_dot_head, head.compute_dtype), layers.weight(head, "kernel")
   table = getattr(model, "embed_tokens", None)
   if table is None:
     table = getattr(model, "wte", None)
   if type(table) is not layers.Embed:
     return None
-  return functools.partial(_tied_head, table.compute_dtype), table.embedding[...]
+  return functools.partial(_tied_head, table.compute_dtype), layers.weight(table, "embedding")
 
 
 def auto_lm_loss_chunk() -> int:

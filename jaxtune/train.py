@@ -73,7 +73,11 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
     model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
                     compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
                     config_overrides=overrides, seed=config.seed, pooling=m.pooling,
-                    restoring=restoring)
+                    restoring=restoring, quantize=m.quantize, keep_float=config.lora.train_also)
+  if m.quantize and m.source.startswith("preset:"):
+    from jaxtune import quantize
+
+    quantize.apply(model, m.quantize, config.lora.train_also)  # random weights: after building
   model.remat = m.remat
   layers.set_attention(model, m.attention)
   if config.lora.rank > 0:

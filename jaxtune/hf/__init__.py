@@ -92,8 +92,13 @@ def load(
   seed: int = 0,
   pooling: str = "cls",
   restoring: bool = False,
+  quantize: str = "",
+  keep_float: str = "",
 ) -> nnx.Module:
   """Load an HF checkpoint into a jaxtune model placed on `mesh` (one device if None).
+
+  `quantize` ('int8' | 'nf4'): linear and embedding weights not matching the regex `keep_float`
+  are stored quantized as they are read (jaxtune.quantize; the frozen base of a LoRA run).
 
   `config_overrides` replaces HF config attributes before conversion (e.g. dropout rates from
   a run config). A classification head absent from the checkpoint is initialised (logged as a
@@ -124,7 +129,7 @@ def load(
   return convert.load_into(
     family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
     compute_dtype=jnp.dtype(compute_dtype) if compute_dtype else None, mesh=mesh,
-    where=where, seed=seed, restoring=restoring,
+    where=where, seed=seed, restoring=restoring, quantize=quantize, keep_float=keep_float,
   )
 
 

@@ -199,8 +199,14 @@ def load_into(
   where: str,
   seed: int = 0,
   restoring: bool = False,
+  quantize: str = "",
+  keep_float: str = "",
 ) -> nnx.Module:
   """Build `family`'s model abstractly, then fill it tensor by tensor from `source`.
+
+  `quantize` ('int8' | 'nf4', jaxtune.quantize): each linear and embedding weight (except those
+  matching the regex `keep_float`) is quantized as soon as it is placed, so the model never
+  exists whole in full precision.
 
   Tensors the checkpoint lacks that may be initialised (a classifier head) are, with one
   warning, unless `restoring`: a run's checkpoint replaces every weight next (`jaxtune eval`,
@@ -210,6 +216,12 @@ def load_into(
       cfg, task=task, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=nnx.Rngs(seed)
     )
   )
+  planned = {}
+  if quantize:
+    from jaxtune import quantize as quant
+
+    planned = quant.plan(abstract, keep_float)
+  encoded = {}
   graphdef, state = nnx.split(abstract)
   params = param_paths(state)
   rows = family.table(cfg, task=task)
@@ -275,8 +287,14 @@ def load_into(
         arr = np.zeros(want, np.float32)
       else:
         arr = np.asarray(row.init_std * jax.random.normal(jax.random.fold_in(key, i), want))
-    target.set_value(_place(arr.astype(abstract_value.dtype), target, mesh))
-  return nnx.merge(graphdef, state)
+    value = _place(arr.astype(abstract_value.dtype), target, mesh)
+    if row.param in planned:  # the float copy is dropped here, before the next tensor
+      names = target.get_metadata().get("out_sharding")
+      encoded[row.param] = quant.encode(value, quantize, planned[row.param][2], names)
+      value = encoded[row.param][0]
+    target.set_value(value)
+  model = nnx.merge(graphdef, state)
+  return quant.install_all(model, encoded, planned, quantize) if planned else model
 
 
 def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:

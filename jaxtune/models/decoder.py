@@ -334,7 +334,7 @@ class Decoder(nnx.Module):
   def init_cache(self, batch: int, max_len: int, dtype=None) -> list[layers.KVCache]:
     """Empty k/v buffers [B, max_len, K, H] per layer, in the compute dtype by default."""
     cfg = self.config
-    dtype = dtype or self.compute_dtype or self.embed_tokens.embedding[...].dtype
+    dtype = dtype or self.compute_dtype or layers.weight_dtype(self.embed_tokens, "embedding")
     return [layers.KVCache.zeros(batch, max_len, cfg.num_kv_heads, cfg.head_dim, dtype)
             for _ in range(cfg.num_layers)]
 

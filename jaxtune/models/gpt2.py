@@ -209,7 +209,7 @@ class GPT2(nnx.Module):
     cfg = self.config
     if max_len > cfg.n_positions:
       raise ValueError(f"GPT-2: {max_len} tokens exceed its n_positions={cfg.n_positions}")
-    dtype = dtype or self.wte.compute_dtype or self.wte.embedding[...].dtype
+    dtype = dtype or self.wte.compute_dtype or layers.weight_dtype(self.wte, "embedding")
     return [layers.KVCache.zeros(batch, max_len, cfg.n_head, cfg.head_dim, dtype)
             for _ in range(cfg.n_layer)]
 

@@ -28,6 +28,35 @@ def _param(value: jax.Array, names: Sequence[str | None]) -> nnx.Param:
   return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
+def quantized(module: nnx.Module, name: str):
+  """`module.<name>` as a qwix QArray when it is a quantized frozen base weight (codes in
+  `<name>`, absmax scales in `<name>_scale`; see jaxtune.quantize), else None."""
+  scale = getattr(module, name + "_scale", None)
+  if scale is None:
+    return None
+  import qwix  # only a quantized base (model.quantize, the jaxtune[qlora] extra) gets here
+
+  qtype = module.quant_type if module.quant_type == "nf4" else jnp.dtype(module.quant_type)
+  return qwix.QArray(getattr(module, name)[...], scale[...], qtype=qtype)
+
+
+def weight(module: nnx.Module, name: str) -> jax.Array:
+  """`module.<name>` as a floating array: the parameter, or a quantized weight dequantized here,
+  inside the computation that reads it (so only this one weight exists in full precision)."""
+  q = quantized(module, name)
+  if q is None:
+    return getattr(module, name)[...]
+  import qwix
+
+  return qwix.dequantize(q)
+
+
+def weight_dtype(module: nnx.Module, name: str):
+  """The floating dtype `weight` returns (a quantized weight's scales keep the param dtype)."""
+  scale = getattr(module, name + "_scale", None)
+  return (getattr(module, name) if scale is None else scale)[...].dtype
+
+
 def normal_init(std: float) -> Callable[[jax.Array, tuple[int, ...], Dtype], jax.Array]:
   def init(key, shape, dtype):
     return (std * jax.random.normal(key, shape)).astype(dtype)
@@ -63,7 +92,15 @@ class Linear(nnx.Module):
     # has no randomness and ignores it, so model code can pass it whether or not LoRA is on.
     del lora_rng
     dtype = self.compute_dtype or x.dtype
-    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    q = quantized(self, "kernel")
+    if q is None:
+      y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    else:
+      import qwix
+
+      # qwix dequantizes the frozen codes into the matmul (its dequantize-first path for float
+      # activations, which XLA fuses); no full-precision kernel is kept between steps.
+      y = qwix.dot(x.astype(dtype), q.astype(dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
@@ -89,12 +126,20 @@ class Embed(nnx.Module):
     self.compute_dtype = compute_dtype
 
   def __call__(self, ids: jax.Array) -> jax.Array:
+    q = quantized(self, "embedding")
+    if q is not None:
+      import qwix
+
+      # Rows of a quantized table: gather their codes and scales, dequantize only those.
+      rows = qwix.dequantize(qwix.QArray(q.qvalue[ids], q.scale[ids], qtype=q.qtype))
+      return rows.astype(self.compute_dtype or rows.dtype)
     table = self.embedding[...]
     return jnp.take(table, ids, axis=0).astype(self.compute_dtype or table.dtype)
 
   def attend(self, x_BTD: jax.Array) -> jax.Array:
     dtype = self.compute_dtype or x_BTD.dtype
-    return jnp.einsum("...d,vd->...v", x_BTD.astype(dtype), self.embedding[...].astype(dtype))
+    table = weight(self, "embedding")
+    return jnp.einsum("...d,vd->...v", x_BTD.astype(dtype), table.astype(dtype))
 
 
 class RMSNorm(nnx.Module):

@@ -1,0 +1,156 @@
+"""QLoRA memory: LoRA SFT on Gemma 3 270M with the frozen base in float32, bfloat16, int8, nf4.
+
+Each variant is one `jaxtune.train.train_and_evaluate` run of the same recipe (chat SFT on the
+chit-chat conversations, as configs/sft_smollm2.py, short rows and few steps so the whole table
+takes minutes on a CPU) in its own subprocess, one after another, so each peak RSS is its own:
+
+  float32  model.param_dtype=float32 (the reference row)
+  bfloat16 model.param_dtype=bfloat16 (base and adapters in bfloat16)
+  int8     model.quantize=int8, param_dtype float32 (adapters and scales float32)
+  nf4      model.quantize=nf4, param_dtype float32
+
+Compute is float32 in every row (CPUs emulate bfloat16 math). Reported per row: the bytes of
+the model's arrays as the run holds them (`quantize.param_bytes`: 4-bit codes at half a byte),
+the process's peak RSS (`resource.getrusage`, loading and compilation included), the median
+step time after the first two (compilation) steps, and the eval loss on the validation split
+after the same steps on the same batches, each with its ratio to the float32 row. A quantized
+base changes the function being fine-tuned, so its eval loss differs; the stated tolerance
+(`--tolerance`, relative to float32's eval loss) says how much is accepted.
+
+  nice -n 10 python benchmarks/qlora_memory.py            # the table (BENCHMARKS.md)
+  python benchmarks/qlora_memory.py --steps 4 --variants float32,nf4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {  # the reference first
+  "float32": dict(param_dtype="float32", quantize=""),
+  "nf4": dict(param_dtype="float32", quantize="nf4"),
+  "int8": dict(param_dtype="float32", quantize="int8"),
+  "bfloat16": dict(param_dtype="bfloat16", quantize=""),
+}
+
+
+def write_text_rows(path: Path, n: int) -> None:
+  """The first `n` chit-chat conversations as plain-text SFT rows ('user: ...' lines): the
+  Gemma 3 270M base GGUF has no chat template, so the text format stands in for chat SFT."""
+  from jaxtune.data import builtin
+
+  rows = builtin.chitchat(lambda *a: None)[:n]
+  with open(path, "w") as f:
+    for r in rows:
+      text = "\n".join(f"{m['role']}: {m['content']}" for m in r.fields["messages"])
+      f.write(json.dumps({"text": text}) + "\n")
+
+
+def run_config(variant: str, steps: int, seq_len: int, batch: int, data: str):
+  sys.path.insert(0, str(REPO / "configs"))
+  import sft_smollm2
+
+  from jaxtune.data import assets
+
+  c = sft_smollm2.get_config("quick")
+  c.model.source = str(assets.gemma3_gguf())
+  c.model.param_dtype = VARIANTS[variant]["param_dtype"]
+  c.model.compute_dtype = "float32"
+  c.model.quantize = VARIANTS[variant]["quantize"]
+  c.model.scan_layers = True  # one layer body to compile (the CPU compile dominates otherwise)
+  c.data.source = data
+  c.data.sft_format = "text"
+  c.data.completion_only = False
+  c.lora.dropout = 0.0  # identical batches and no randomness between the rows
+  c.data.seq_len = seq_len
+  c.train.steps = steps
+  c.train.batch_size = c.train.eval_batch_size = batch
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.train.eval_at_start = False
+  c.train.text_samples = 0
+  c.train.progress = False
+  c.checkpoint.every_steps = 0
+  c.checkpoint.keep_best = 0
+  c.report_to = ""
+  return c
+
+
+def child(args) -> None:
+  """One variant: train, then print one JSON line."""
+  from jaxtune import quantize, train
+
+  held = []
+  split = train.split_model
+
+  def measured_split(model, config):  # the bytes of the model exactly as this run holds it
+    held.append(quantize.param_bytes(model))
+    return split(model, config)
+
+  train.split_model = measured_split
+  cfg = run_config(args.variant, args.steps, args.seq_len, args.batch, args.data)
+  with tempfile.TemporaryDirectory() as workdir:
+    result = train.train_and_evaluate(cfg, workdir)
+    rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][2:]
+  print("RESULT " + json.dumps({
+    "variant": args.variant,
+    "param_bytes": held[0],
+    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "step_s": statistics.median(times),
+    "eval_loss": result["eval"]["loss"],
+  }), flush=True)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--steps", type=int, default=6)
+  p.add_argument("--seq-len", type=int, default=64)
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--tolerance", type=float, default=0.02,
+                 help="accepted |eval loss - float32's| / float32's")
+  p.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
+  p.add_argument("--data", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args.variant:
+    return child(args)
+  rows = []
+  data = Path(tempfile.mkdtemp()) / "chitchat_text.jsonl"
+  write_text_rows(data, 200)
+  for v in args.variants.split(","):
+    t = time.time()
+    cmd = [sys.executable, __file__, "--variant", v, "--steps", str(args.steps),
+           "--seq-len", str(args.seq_len), "--batch", str(args.batch), "--data", str(data)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not lines:
+      sys.exit(f"{v}: failed (rc {done.returncode})\n{done.stderr[-3000:]}")
+    rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    # Each row as it comes, so a long run interrupted keeps the rows it finished.
+    print(f"# {v}: {time.time() - t:.0f} s: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+  ref = next((r for r in rows if r["variant"] == "float32"), rows[0])
+  mib = 2**20
+  print(f"LoRA SFT, Gemma 3 270M, {args.steps} steps x batch {args.batch} x seq {args.seq_len}; "
+        f"eval-loss tolerance {args.tolerance:.0%} of {ref['variant']}'s\n")
+  print("| base | param MiB | x | peak RSS MiB | x | step s | x | eval loss | x | within tolerance |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    rel = abs(r["eval_loss"] - ref["eval_loss"]) / ref["eval_loss"]
+    print(f"| {r['variant']} | {r['param_bytes'] / mib:.0f} | {r['param_bytes'] / ref['param_bytes']:.2f} "
+          f"| {r['peak_rss'] / mib:.0f} | {r['peak_rss'] / ref['peak_rss']:.2f} "
+          f"| {r['step_s']:.2f} | {r['step_s'] / ref['step_s']:.2f} "
+          f"| {r['eval_loss']:.4f} | {r['eval_loss'] / ref['eval_loss']:.3f} "
+          f"| {'yes' if rel <= args.tolerance else 'no'} ({rel:.1%}) |")
+
+
+if __name__ == "__main__":
+  main()
