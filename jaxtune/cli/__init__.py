@@ -10,6 +10,7 @@ It also sets up the console's logging (`jaxtune.console`) from absl's --verbosit
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import sys
@@ -51,6 +52,11 @@ def _reporting(prog: str, fn, debug: bool):
       if debug:
         traceback.print_exc()
       print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+      if not debug:
+        # The user's one line is the last: a library's background thread that logs while the
+        # interpreter shuts down (orbax's async checkpoint signalling: "cannot schedule new
+        # futures after shutdown", seen under load in CI) must not add a second.
+        logging.disable(logging.CRITICAL)
       sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
       CONSOLE.end_line()
