@@ -106,6 +106,7 @@ def test_arrays_feed_sequence_logps(tok):
   logits = jax.random.normal(jax.random.key(0), ids.shape + (len(tok),))
   logps, counts = sequence_logps(logits, ids, jnp.asarray(a["chosen_loss_mask"]))
   assert float(counts[0]) == len(" yes") + 1
-  logp = jax.nn.log_softmax(logits[0, :-1], -1)
-  want = sum(float(logp[t - 1, ids[0, t]]) for t in range(1, ids.shape[1]) if a["chosen_loss_mask"][0, t])
+  logp = np.asarray(jax.nn.log_softmax(logits[0, :-1], -1))
+  row = a["chosen_input_ids"][0]
+  want = sum(float(logp[t - 1, row[t]]) for t in range(1, len(row)) if a["chosen_loss_mask"][0, t])
   assert float(logps[0]) == pytest.approx(want, rel=1e-6)
