@@ -490,7 +490,7 @@ def _jax_breakdown(args, graphdef, tx, state, host, batch_sh) -> dict:
   import optax
   from flax import nnx
 
-  from jaxtune import step
+  from jaxtune import losses, step
   from jaxtune.data import pipeline
 
   batch = pipeline.to_device(host, batch_sh)
@@ -499,7 +499,7 @@ def _jax_breakdown(args, graphdef, tx, state, host, batch_sh) -> dict:
   def loss(p, b):
     model = nnx.merge(graphdef, p)
     logits = model(b["input_ids"], **step.model_kwargs(b))
-    s, w = step.loss_terms("causal_lm", logits, b, None)
+    s, w = losses.causal_lm_loss(logits, b)
     return s / w
 
   fwd = jax.jit(loss)
