@@ -1,10 +1,9 @@
-"""Training objectives: one module per objective (issue 18).
+"""Training objectives: one module per objective (issue 18)."""
 
-`get(config)` returns the objective of a run (`config.model.task`), `for_task(name)` the one of
-a task name; the driver, evaluation, the search, export, prediction and the model card ask it
-(`jaxtune.objectives.base.Objective`) instead of comparing the task string. Adding an objective
-is a module here with an `Objective` subclass and one line in `REGISTRY`.
-"""
+# `get(config)` returns the objective of a run (`config.model.task`), `for_task(name)` the one of
+# a task name; the driver, evaluation, the search, export, prediction and the model card ask it
+# (`jaxtune.objectives.base.Objective`) instead of comparing the task string. Adding an objective
+# is a module here with an `Objective` subclass and one line in `REGISTRY`.
 
 from __future__ import annotations
 
