@@ -2,7 +2,9 @@
 
 Sections: setup, mesh, data, model, optimizer, state and shardings, restore, loop, final.
 The step itself is the pure `jaxtune.step.train_step`, jitted once here with explicit
-shardings and buffer donation.
+shardings and buffer donation. What the run trains for (its rows, loss and metrics) is the
+objective's (`jaxtune.objectives`); the model and its state come from `jaxtune.build`, and the
+end of the run (the best checkpoint's evaluation, results.json, the export) is `jaxtune.final`.
 """
 
 from __future__ import annotations
