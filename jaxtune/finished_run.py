@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from jaxtune import averaging, build, checkpoint, sharding
@@ -44,13 +45,13 @@ def eval_params(state: dict) -> dict:
 
 def no_checkpoint_yet(workdir: Path) -> Exception:
   return jt_config.NotARunError(
-    f"--workdir={workdir}: the run has no checkpoint yet ({Path(workdir) / 'checkpoints'} holds "
+    f"--workdir={workdir}: the run has no checkpoint yet ({epath.Path(workdir) / 'checkpoints'} holds "
     "none); train it (or resume it) with `jaxtune train` first")
 
 
 def require_checkpoints(workdir) -> None:
   """Refuse a run without checkpoints/ before a model is built (or orbax makes the folder)."""
-  if not (Path(workdir) / "checkpoints").is_dir():
+  if not (epath.Path(workdir) / "checkpoints").is_dir():  # local, or gs:// and the like
     raise no_checkpoint_yet(workdir)
 
 
@@ -72,7 +73,7 @@ def choose_step(ckpt, step: int, workdir: Path) -> int:
 
 def label_names(workdir) -> tuple[str, ...]:
   """The data's label order as the run recorded it in run.json (() when it has none)."""
-  run_file = Path(workdir) / "run.json"
+  run_file = epath.Path(workdir) / "run.json"
   run = json.loads(run_file.read_text()) if run_file.exists() else {}
   return tuple(run.get("extra", {}).get("label_names") or ())
 
@@ -82,7 +83,7 @@ class Restored:
   """A run's chosen weights, as the driver holds them: split, on the mesh, LoRA separate."""
 
   config: ml_collections.ConfigDict
-  workdir: Path
+  workdir: epath.Path
   step: int
   mesh: object
   built: build.Built
@@ -104,7 +105,7 @@ def restore(workdir, config: ml_collections.ConfigDict, *, step: int = -1, mesh=
             num_labels: int | None = None, label_names: tuple[str, ...] = ()) -> Restored:
   """The weights of `workdir` at checkpoint `step` (-1: the best, else the latest), built as
   `config` builds its model (`num_labels`, `label_names`: the classes of its head)."""
-  workdir = Path(workdir)
+  workdir = epath.Path(workdir)
   require_checkpoints(workdir)
   mesh = mesh or sharding.make_mesh(**config.mesh)
   built = build.build_state(config, mesh, num_labels, 10**9, label_names, restoring=True)
