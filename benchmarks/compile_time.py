@@ -1,6 +1,6 @@
 """Compile time of jaxtune's train step: unrolled layers against `model.scan_layers` (issue 8).
 
-Traces, lowers and compiles the step the driver runs (train.build_state's model, optimizer and
+Traces, lowers and compiles the step the driver runs (build.build_state's model, optimizer and
 shardings; step.train_step) for abstract state and batch: nothing is allocated or executed, so
 1B-8B shapes compile on any machine, for the local backend (the CPU here, a GPU where there is
 one). Each mode runs in a fresh process, so neither profits from the other's caches. Reports the
@@ -42,7 +42,7 @@ def compile_once(args) -> dict:
   import jax
   import numpy as np
 
-  from jaxtune import sharding, step, train
+  from jaxtune import build, sharding, step
   from jaxtune.data import pipeline
 
   args.ckpt = ""  # random weights in the preset or flag shape (nothing is loaded)
@@ -52,8 +52,8 @@ def compile_once(args) -> dict:
   static = {}
 
   def abstract_state():
-    # train.build_state without its shardings, which read concrete arrays.
-    _, graphdef, _, params, frozen, tx, _ = train.model_and_optimizer(c, mesh, None, 10)
+    # build.build_state without its shardings, which read concrete arrays.
+    _, graphdef, _, params, frozen, tx, _ = build.model_and_optimizer(c, mesh, None, 10)
     static.update(graphdef=graphdef, tx=tx)  # static: kept for the step
     return step.init_state(params, tx=tx, seed=c.seed, optim_cfg=c.optim), frozen
 

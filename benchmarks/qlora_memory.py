@@ -86,16 +86,16 @@ def run_config(variant: str, steps: int, seq_len: int, batch: int, data: str):
 
 def child(args) -> None:
   """One variant: train, then print one JSON line."""
-  from jaxtune import quantize, train
+  from jaxtune import build, quantize, train
 
   held = []
-  split = train.split_model
+  split = build.split_model
 
   def measured_split(model, config):  # the bytes of the model exactly as this run holds it
     held.append(quantize.param_bytes(model))
     return split(model, config)
 
-  train.split_model = measured_split
+  build.split_model = measured_split  # build.model_and_optimizer looks it up at each call
   cfg = run_config(args.variant, args.steps, args.seq_len, args.batch, args.data)
   with tempfile.TemporaryDirectory() as workdir:
     result = train.train_and_evaluate(cfg, workdir)

@@ -11,7 +11,7 @@ shape flags) and times a full training step of it with every requested "side":
                  spinning thread waits for a descheduled peer, and torch's steps can take 10-100x
                  longer; on a quiet machine this row should match `torch`.
   torch-compile  the same as `torch` with `torch.compile(model)` (inductor; needs a C++ compiler).
-  jax            jaxtune: the model from `train.load_model`, the optimizer from
+  jax            jaxtune: the model from `build.load_model`, the optimizer from
                  `optim.build_optimizer`, and `step.train_step` jitted exactly as
                  `train.train_and_evaluate` jits it (state/batch shardings, donated state).
                  float32 master weights; compute in float32 on CPU, bfloat16 on a GPU.
@@ -424,15 +424,15 @@ def run_jax(args, compute_dtype: str) -> dict:
   import jax
   import numpy as np
 
-  from jaxtune import sharding, step, train
+  from jaxtune import build, sharding, step
   from jaxtune.data import pipeline
 
   c = _jax_config(args, compute_dtype)
   # The driver's own sections (train.train_and_evaluate: mesh, then model, optimizer, state and
-  # shardings from train.build_state), so what is timed is the step the driver runs.
+  # shardings from build.build_state), so what is timed is the step the driver runs.
   mesh = sharding.make_mesh(**c.mesh)
   total = args.warmup + args.steps
-  built = train.build_state(c, mesh, None, total)
+  built = build.build_state(c, mesh, None, total)
   graphdef, tx, state, state_sh = built.train_graphdef, built.tx, built.state, built.state_sh
   frozen = built.frozen  # None unless LoRA
   ones = np.ones((args.batch, args.seq), np.int32)
@@ -490,7 +490,7 @@ def _jax_breakdown(args, graphdef, tx, state, host, batch_sh) -> dict:
   import optax
   from flax import nnx
 
-  from jaxtune import step
+  from jaxtune import losses, step
   from jaxtune.data import pipeline
 
   batch = pipeline.to_device(host, batch_sh)
@@ -499,7 +499,7 @@ def _jax_breakdown(args, graphdef, tx, state, host, batch_sh) -> dict:
   def loss(p, b):
     model = nnx.merge(graphdef, p)
     logits = model(b["input_ids"], **step.model_kwargs(b))
-    s, w = step.loss_terms("causal_lm", logits, b, None)
+    s, w = losses.causal_lm_loss(logits, b)
     return s / w
 
   fwd = jax.jit(loss)

@@ -37,7 +37,6 @@ _CACHE_SNAPSHOT = re.compile(r"models--([\w.-]+?)--([\w.-]+)$")
 BUILTIN_DATASETS = {"rotten_tomatoes": ("cornell-movie-review-data/rotten_tomatoes", "en"),
                     "chitchat": (None, "en")}
 _DATA_FILES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
-PIPELINE_TAGS = {"causal_lm": "text-generation", "seq_cls": "text-classification"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,19 +169,22 @@ def model_card(config, workdir, *, adapter: bool, source: Source | None = None,
   from huggingface_hub import EvalResult, ModelCardData
 
   import jaxtune
+  from jaxtune import objectives
 
   source = source or describe_source(config.model.source)
   workdir = epath.Path(workdir) if workdir else None
   results = _read_json(workdir / "results.json") if workdir else None
   run = (_read_json(workdir / "run.json") if workdir else None) or {}
   task = config.model.task
-  pipeline_tag = PIPELINE_TAGS.get(task)
+  objective = objectives.get(config)
+  pipeline_tag = objective.pipeline_tag
   d = config.data
   data_sources = [s for s in (d.source, d.validation_source, d.test_source) if s]
   datasets = list(dict.fromkeys(i for s in data_sources if (i := dataset_id(s))))
   language = list(source.language) or sorted(
     {BUILTIN_DATASETS[s][1] for s in data_sources if s in BUILTIN_DATASETS})
-  sbert = task == "seq_cls" and config.model.pooling == "mean" and not adapter
+  # A mean-pooling classifier exports as a sentence-transformers directory (`jaxtune.hf.sbert`).
+  sbert = objective.head == "seq_cls" and config.model.pooling == "mean" and not adapter
   library = "peft" if adapter else "sentence-transformers" if sbert else "transformers"
   tags = ["jaxtune", *(["lora"] if config.lora.rank > 0 else []), *(["peft"] if adapter else []),
           *([pipeline_tag] if pipeline_tag else []), *(["gguf-base"] if source.gguf_file else [])]
@@ -217,7 +219,7 @@ def model_card(config, workdir, *, adapter: bool, source: Source | None = None,
                    ("test", d.test_source)):
     if s:
       lines.append(f"- {label}: `{_last(s) if _is_path(s) else s}`")
-  if d.kind != "sft" or task == "seq_cls":
+  if d.kind != "sft" or objective.fixed_length:
     lines.append(f"- sequence length: {d.seq_len} tokens (longer texts are truncated)")
   for key in ("rows_read", "skipped", "truncated", "loss_tokens"):
     if key in stats:
@@ -253,34 +255,13 @@ def _base_text(source: Source) -> str:
 
 
 def _usage(config, source: Source, *, adapter: bool, sbert: bool, chat: bool) -> list[str]:
+  from jaxtune import objectives
+
   here = '"path/to/this/folder"'  # this export, or its hub id once uploaded
-  seq_len = config.data.seq_len
-  if config.model.task == "seq_cls" and sbert:
-    return [
-      "A sentence-transformers pipeline (mean pooling, then the classifier) whose `encode` "
-      f"returns the logits; it truncates to the {seq_len} tokens the model was trained on.", "",
-      "```python", "from sentence_transformers import SentenceTransformer", "",
-      f"model = SentenceTransformer({here})", 'logits = model.encode(["a great film"])', "```"]
-  if config.model.task == "seq_cls" and not adapter:
-    return [
-      f"Pass `truncation=True` to cut long texts to the {seq_len} tokens the model was trained on "
-      "(the tokenizer's `model_max_length`), as jaxtune does.", "",
-      "```python", "from transformers import pipeline", "",
-      f"classifier = pipeline(\"text-classification\", model={here})",
-      'print(classifier(["a great film", "a dull film"], truncation=True))', "```"]
+  objective = objectives.get(config)
   if not adapter:
-    return [
-      "`generation_config.json` carries the end-of-sequence and chat stop tokens.", "",
-      "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-      f"path = {here}", "tokenizer = AutoTokenizer.from_pretrained(path)",
-      "model = AutoModelForCausalLM.from_pretrained(path)",
-      'ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], '
-      'add_generation_prompt=True, return_tensors="pt")' if chat else
-      'ids = tokenizer("Hello", return_tensors="pt").input_ids',
-      "out = model.generate(ids, max_new_tokens=64)",
-      "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))", "```"]
-  auto = ("AutoModelForCausalLM", "AutoPeftModelForCausalLM") if config.model.task == "causal_lm" \
-    else ("AutoModelForSequenceClassification", "AutoPeftModelForSequenceClassification")
+    return objective.usage(config, here, sbert=sbert, chat=chat)
+  auto = objective.auto_classes
   if source.gguf_file:
     lines = [
       "The base is a GGUF file: transformers loads it with `gguf_file=` (dequantized, as jaxtune "

@@ -12,12 +12,14 @@ import math
 
 import ml_collections
 
-from jaxtune import export, lora, optim, quantize, trackers
+from jaxtune import lora, objectives, optim, quantize, trackers
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
 
-TASKS = ("causal_lm", "seq_cls")
+TASKS = objectives.TASKS
+# What export.dtype and `jaxtune export --dtype` may be ('' = as trained).
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def default() -> ml_collections.ConfigDict:
@@ -219,10 +221,10 @@ READ_WHEN = (
   ("data.dedup_threshold", lambda c: c.data.dedup == "near", "data.dedup='near'"),
   *((f"data.{k}", lambda c: bool(c.data.augment), "data.augment")
     for k in ("augment_rate", "augment_copies", "augment_translator")),
-  ("model.num_labels", lambda c: c.model.task == "seq_cls", "model.task='seq_cls'"),
+  ("model.num_labels", lambda c: _objective_has(c, "labels"), "model.task='seq_cls'"),
   ("model.allow_pickle", lambda c: not c.model.source.startswith("preset:"),
    "an HF model.source (a preset has no files)"),
-  ("train.text_samples", lambda c: c.model.task == "causal_lm" and c.data.kind != "synthetic",
+  ("train.text_samples", lambda c: _objective_has(c, "generates") and c.data.kind != "synthetic",
    "model.task='causal_lm' with a tokenizer (data.kind='sft')"),
   ("train.text_sample_tokens", lambda c: c.train.text_samples > 0, "train.text_samples > 0"),
   ("train.early_stopping_min_delta", lambda c: c.train.early_stopping_patience > 0,
@@ -250,6 +252,20 @@ READ_WHEN = (
     for k in ("experiment", "run_name", "group")),
   ("tracking.mlflow_uri", lambda c: "mlflow" in trackers.parse(c.report_to), "report_to=mlflow"),
 )
+
+
+def _objective_has(c: ml_collections.ConfigDict, what: str) -> bool:
+  """Whether the objective of `c` (none for an unknown model.task) is `what` (labels, ...)."""
+  objective = objectives.REGISTRY.get(c.model.task)
+  return bool(objective and getattr(objective, what))
+
+
+def check_dtype(dtype: str | None, name: str) -> None:
+  """Refuse a weight dtype that is not a float: casting weights to int8 makes them all zeros."""
+  if dtype and dtype not in EXPORT_DTYPES:
+    raise ConfigError(f"{name}={dtype!r}: exported weights must be one of {', '.join(EXPORT_DTYPES)} "
+                      "(leave it empty to keep the dtype the run trained in); jaxtune does not "
+                      "quantize to integers")
 
 
 def known_variants(recipe: str, arg: str | None, known: tuple[str, ...] = (),
@@ -294,20 +310,15 @@ def check_best_metric(c: ml_collections.ConfigDict, label_names=()) -> None:
   """checkpoint.best_metric must be a metric the task's evaluation reports (a misspelt one
   would never improve: early stopping would end the run and no checkpoint would be best).
   Per-class metrics (eval/f1/<label>) are checked against `label_names` once known."""
-  from jaxtune import metrics
-
+  objective = objectives.get(c)
   name = c.checkpoint.best_metric
-  valid = metrics.eval_metric_names(c.model.task, label_names)
-  if name in valid:
+  if objective.accepts_metric(name, label_names):
     return
-  kind, _, label = name.removeprefix("eval/").partition("/")
-  if (c.model.task == "seq_cls" and not label_names and label and name.startswith("eval/")
-      and kind in metrics.PER_CLASS_METRICS):
-    return  # a per-class metric: its label is checked against the data's labels
+  valid = objective.metric_names(label_names)
   close = difflib.get_close_matches(name, valid, n=1)
   _check(False, "checkpoint.best_metric", name,
          f"model.task={c.model.task!r} reports {', '.join(valid)}"
-         + (", and eval/precision|recall|f1/<label>" if c.model.task == "seq_cls" and not label_names else "")
+         + (", and eval/precision|recall|f1/<label>" if objective.labels and not label_names else "")
          + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
@@ -331,7 +342,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.attention in ("auto", "xla", "cudnn"), "model.attention", c.model.attention,
          "auto|xla|cudnn")
   _check(c.model.pooling in bert.POOLINGS, "model.pooling", c.model.pooling, "|".join(bert.POOLINGS))
-  _check(c.model.pooling == "cls" or c.model.task == "seq_cls", "model.pooling", c.model.pooling,
+  head = objectives.get(c).head  # the model head the objective trains (an architecture)
+  _check(c.model.pooling == "cls" or head == "seq_cls", "model.pooling", c.model.pooling,
          f"only sequence classification pools (model.task={c.model.task!r})")
   _check(c.model.remat in ("none", "full", "dots"), "model.remat", c.model.remat, "none|full|dots")
   quantize.check(c.model.quantize, c.lora.rank)
@@ -341,7 +353,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     # Unknown names and attributes now, not after the data is read (a classifier's label count
     # may come from the data later; any count checks the overrides alike).
-    presets.model_config(c.model.source.removeprefix("preset:"), task=c.model.task,
+    presets.model_config(c.model.source.removeprefix("preset:"), task=head,
                          num_labels=c.model.num_labels or 2, pooling=c.model.pooling,
                          config_overrides=overrides)
   if c.model.scan_layers:
@@ -359,7 +371,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", c.train.on_nonfinite, "stop|skip")
   _check(c.checkpoint.best_mode in ("min", "max"), "checkpoint.best_mode", c.checkpoint.best_mode, "min|max")
   trackers.check(c.report_to)  # names, and the package of each (mlflow, wandb) installed
-  export.check_dtype(c.export.dtype, "export.dtype")  # the rule `jaxtune export --dtype` uses
+  check_dtype(c.export.dtype, "export.dtype")  # the rule `jaxtune export --dtype` uses
   check_best_metric(c, names)
   data_config.check_files(c.data)  # a missing data file is the first thing to say
   _check(c.data.kind == "synthetic" or bool(c.data.tokenizer)

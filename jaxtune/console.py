@@ -23,16 +23,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-# The metrics shown beside the objective on an evaluation line and in the final table, by task
-# (metrics.LM_METRICS / CLASSIFICATION_METRICS; per-class ones stay in results.json).
-EVAL_LINE_METRICS = {
-  "seq_cls": ("accuracy", "f1_macro", "loss"),
-  "causal_lm": ("loss", "perplexity"),
-}
-TABLE_METRICS = {
-  "seq_cls": ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "examples"),
-  "causal_lm": ("loss", "perplexity", "tokens"),
-}
+# The metrics shown beside the best metric on an evaluation line and in the final table are the
+# objective's (`Objective.line_metrics`, `table_metrics`; per-class ones stay in results.json).
 _SHORT = {"f1_macro": "f1", "precision_macro": "precision", "recall_macro": "recall"}
 
 
@@ -196,6 +188,13 @@ def number(value: Any) -> str:
   return f"{v:.4g}"
 
 
+def _objective_metrics(task: str, which: str) -> tuple[str, ...]:
+  from jaxtune import objectives  # JAX: only once a run reports, not when the CLI starts
+
+  objective = objectives.REGISTRY.get(task)
+  return getattr(objective, which) if objective else ("loss",)
+
+
 class EvalLine:
   """Formats one line per evaluation: the objective metric with the best value so far, then
   the task's main metrics, e.g.
@@ -228,7 +227,7 @@ class EvalLine:
       elif self.best is not None:
         note = f" (best {number(self.best)} @{self.best_step})"
       parts.append(f"{_SHORT.get(self.metric, self.metric)} {number(value)}{note}")
-    for name in EVAL_LINE_METRICS.get(self.task, ("loss",)):
+    for name in _objective_metrics(self.task, "line_metrics"):
       if name != self.metric and name in values:
         parts.append(f"{_SHORT.get(name, name)} {number(values[name])}")
     return " | ".join(parts)
@@ -294,7 +293,7 @@ def run_summary(result: Mapping[str, Any], config, workdir, seconds: float) -> s
   head += f"; best checkpoint: step {results['best_step']} by {_SHORT.get(metric, metric)}"
   if best is not None:
     head += f" ({number(best)})"
-  rows = list(TABLE_METRICS.get(config.model.task, ("loss",)))
+  rows = list(_objective_metrics(config.model.task, "table_metrics"))
   if metric not in rows:
     rows.insert(0, metric)
   where = [f"results: {workdir / 'results.json'}"]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from jaxtune import metrics
+from jaxtune import objectives
 from jaxtune.data import pipeline
 
 
@@ -77,18 +77,8 @@ class Sums:
         self.ids.append(b["example_id"][valid])
 
   def result(self, task: str, label_names=(), order=None) -> tuple[dict, dict]:
-    if task == "causal_lm":
-      return metrics.lm_metrics(self.loss_sum, self.weight), {}
-    names = tuple(label_names) or tuple(str(i) for i in range(np.asarray(self.probs[0]).shape[-1]))
-    preds_a, labels_a = np.concatenate(self.preds), np.concatenate(self.labels)
-    res = metrics.classification_metrics(preds_a, labels_a, len(names), names)
-    res["loss"] = self.loss_sum / max(self.weight, 1e-9)
-    details = {"predictions": preds_a, "labels": labels_a, "probs": np.concatenate(self.probs),
-               "example_id": np.concatenate(self.ids) if self.ids else None}
-    if order is not None:
-      back = np.argsort(order)
-      details = {k: None if v is None else v[back] for k, v in details.items()}
-    return res, details
+    """(metrics, details) by the objective of `task`; `order` (a length sort) is undone."""
+    return objectives.for_task(task).metrics(self, label_names, order)
 
 
 def write_errors(path: str | Path, details: dict, examples: list[dict] | None, label_names) -> int:

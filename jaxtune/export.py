@@ -1,82 +1,33 @@
-"""A run's model out of jaxtune: restore it from a workdir, write it as an HF directory with a card.
+"""A run's model out of jaxtune: write it as an HF directory with a card, or as a GGUF file.
 
-`load_run` rebuilds a finished (or interrupted) run's model from workdir/config.json and its
-best checkpoint (averaged weights when the run kept them), LoRA adapters included;
-`save` writes it with `jaxtune.hf.save` (merged weights, or a PEFT adapter directory) plus the
-tokenizer (truncating as the run did), a causal LM's generation_config.json (its stop tokens),
-and a README.md model card (`jaxtune.card`). The train driver's `export.enabled` and `jaxtune export`
-both go through `save`. `save_gguf` writes a causal LM (LoRA merged) as one llama.cpp GGUF file
+The run's model comes from `jaxtune.finished_run.load_run` (its best checkpoint, averaged
+weights when the run kept them, LoRA adapters included); `save` writes it with `jaxtune.hf.save`
+(merged weights, or a PEFT adapter directory) plus the tokenizer (truncating as the run did when
+its objective reads a fixed length), generation_config.json when it generates (its stop tokens),
+and a README.md model card (`jaxtune.card`). The train driver's `export.enabled` and `jaxtune
+export` both go through `save`. `save_gguf` writes a causal LM (LoRA merged) as one llama.cpp GGUF file
 instead (`jaxtune export --format=gguf`, `jaxtune.hf.gguf_write`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import jax
-import ml_collections
 from etils import epath
 from flax import nnx
 
-from jaxtune import card
+from jaxtune import card, objectives
+from jaxtune.config import check_dtype
 from jaxtune.errors import ConfigError, OutputError
 
+# Loading a run lives in finished_run; these names stay reachable as export.load_run & co.
+from jaxtune.finished_run import Run, choose_step, load_run, no_checkpoint_yet  # noqa: F401
+
 log = logging.getLogger(__name__)
-DTYPES = ("float32", "bfloat16", "float16")  # what --dtype / export.dtype may be ('' = as trained)
-
-
-def check_dtype(dtype: str | None, name: str) -> None:
-  """Refuse a weight dtype that is not a float: casting weights to int8 makes them all zeros."""
-  if dtype and dtype not in DTYPES:
-    raise ConfigError(f"{name}={dtype!r}: exported weights must be one of {', '.join(DTYPES)} "
-                      "(leave it empty to keep the dtype the run trained in); jaxtune does not "
-                      "quantize to integers")
-
-
-@dataclasses.dataclass
-class Run:
-  config: ml_collections.ConfigDict
-  model: nnx.Module  # eval mode, LoRA layers still separate
-  tokenizer: object  # None when the run had none (synthetic data on a preset)
-  step: int
-  workdir: Path
-
-
-def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
-  """The model of `workdir` at checkpoint `step` (-1: the best, else the latest)."""
-  from jaxtune import checkpoint, sharding, train
-  from jaxtune import config as jt_config
-  from jaxtune import data as data_lib
-  from jaxtune import step as step_lib
-  from jaxtune.models import layers
-
-  workdir = Path(workdir)
-  config = jt_config.read_run_config(workdir)
-  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
-    raise no_checkpoint_yet(workdir)
-  run_file = workdir / "run.json"
-  run = json.loads(run_file.read_text()) if run_file.exists() else {}
-  label_names = tuple(run.get("extra", {}).get("label_names") or ())
-  mesh = mesh or sharding.make_mesh(**config.mesh)
-  num_labels = config.model.num_labels or len(label_names) or None
-  built = train.build_state(config, mesh, num_labels, 10**9, label_names, restoring=True)
-  ckpt = checkpoint.Checkpointer(
-    workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
-    keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
-  )
-  chosen = choose_step(ckpt, step, workdir)
-  params = train.eval_params(train.restore_step(ckpt, chosen, built))
-  ckpt.close()
-  model = step_lib.merge(built.eval_graphdef, params, built.frozen)
-  model.eval()
-  layers.unstack_layers(model)  # generation walks the layers one by one (KV cache)
-  source = config.data.tokenizer or config.model.source
-  tokenizer = None if source.startswith("preset:") else data_lib.load_tokenizer(source)
-  return Run(config, model, tokenizer, int(chosen), workdir)
 
 
 def output_folder(out, workdir=None, *, overwrite: bool = False, flag: str = "--out",
@@ -91,32 +42,6 @@ def output_folder(out, workdir=None, *, overwrite: bool = False, flag: str = "--
     inputs = [w / "checkpoints", w / "config.json", w / "run.json", w / "results.json"]
   return outputs.Folder(out, command="jaxtune export", flag=flag, overwrite=overwrite,
                         inputs=inputs, expected=("config.json", "README.md"), hint=hint)
-
-
-def no_checkpoint_yet(workdir: Path) -> Exception:
-  from jaxtune import config as jt_config
-
-  return jt_config.NotARunError(
-    f"--workdir={workdir}: the run has no checkpoint yet ({Path(workdir) / 'checkpoints'} holds "
-    "none); train it (or resume it) with `jaxtune train` first")
-
-
-def choose_step(ckpt, step: int, workdir: Path) -> int:
-  """`step` (-1: the best checkpoint, else the latest) when the run has it, else an error
-  naming the steps it has (with `ckpt` closed)."""
-  from jaxtune import config as jt_config
-
-  steps = ckpt._valid_steps()
-  if not steps or step >= 0 and step not in steps:
-    ckpt.close()  # orbax's start-up threads must finish before the error ends the process
-  if not steps:
-    raise no_checkpoint_yet(workdir)
-  if step < 0:
-    return ckpt.best_step() or steps[-1]
-  if step not in steps:
-    raise jt_config.NotARunError(f"--step={step}: {ckpt.directory} has no checkpoint of that step; "
-                                 f"it has {', '.join(map(str, steps))} (or leave --step out)")
-  return step
 
 
 def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str | Path | None = None,
@@ -144,14 +69,14 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
     local = folder.staging()
     try:
       source = card.describe_source(config.model.source)
-      classifier = config.model.task == "seq_cls"
+      objective = objectives.get(config)
       if adapter:
         hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
                 base_model_name_or_path=source.peft_base)
       else:
         hf.save(model, local, tokenizer, dtype=dtype,
-                max_seq_length=config.data.seq_len if classifier else None)
-        if config.model.task == "causal_lm":
+                max_seq_length=config.data.seq_len if objective.fixed_length else None)
+        if objective.generates:
           write_generation_config(local, tokenizer, model.config, config.model.source, source)
       if tokenizer is not None:
         fit_tokenizer_config(local, config)
@@ -212,7 +137,7 @@ def fit_tokenizer_config(out: Path, config) -> None:
   tc = json.loads(path.read_text())
   for key in _STALE_TOKENIZER_KEYS:
     tc.pop(key, None)
-  if config.model.task == "seq_cls":
+  if objectives.get(config).fixed_length:
     tc["model_max_length"] = int(config.data.seq_len)
     tc["truncation_strategy"] = "longest_first"
     tc.setdefault("truncation_side", "right")
@@ -241,7 +166,7 @@ def check_gguf(config, out: str, quant: str) -> Path:
   unknown quant, an --out that is not a new .gguf file (one is never overwritten)."""
   from jaxtune.hf import gguf_write
 
-  if config.model.task != "causal_lm":
+  if not objectives.get(config).generates:
     raise ConfigError(
       f"--format=gguf: this run trains a {config.model.task} model (model.task); GGUF export is "
       f"for causal language models ({', '.join(gguf_write.WRITTEN)}); export it with --format=hf")

@@ -299,9 +299,9 @@ def load_source(*, workdir: str | None = None, model: str | None = None, tokeniz
     raise ConfigError("pass exactly one of --workdir (a `jaxtune train` run) and --model (an HF "
                       f"directory, hub id, .gguf file or preset:NAME); got {'both' if workdir else 'neither'}")
   if workdir:
-    from jaxtune import export
+    from jaxtune import finished_run
 
-    run = export.load_run(workdir, step=step)
+    run = finished_run.load_run(workdir, step=step)
     # LoRA layers stay unmerged: decoding pays a rank-r matmul per adapted projection, and an
     # export (which merges) checked against this output tests the merge independently.
     m, tok = run.model, run.tokenizer

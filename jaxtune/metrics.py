@@ -6,21 +6,13 @@ import math
 
 import numpy as np
 
-# What an evaluation reports per task (`evaluate.evaluate`), logged as eval/<name>: the names
-# checkpoint.best_metric and a search's objective may pick from. A classifier also reports
-# precision/<label>, recall/<label> and f1/<label> per class.
+# What an evaluation reports per objective (`jaxtune.objectives`, `Objective.metric_names`),
+# logged as eval/<name>: the names checkpoint.best_metric and a search's objective may pick from.
+# A classifier also reports precision/<label>, recall/<label> and f1/<label> per class.
 LM_METRICS = ("loss", "perplexity", "tokens")
 CLASSIFICATION_METRICS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro",
                           "examples")
 PER_CLASS_METRICS = ("precision", "recall", "f1")
-
-
-def eval_metric_names(task: str, label_names=()) -> tuple[str, ...]:
-  """The eval/* scalars an evaluation of `task` writes (per-class ones for `label_names`)."""
-  if task != "seq_cls":
-    return tuple(f"eval/{m}" for m in LM_METRICS)
-  per_class = tuple(f"eval/{m}/{n}" for n in label_names for m in PER_CLASS_METRICS)
-  return tuple(f"eval/{m}" for m in CLASSIFICATION_METRICS) + per_class
 
 
 def lm_metrics(loss_sum: float, weight: float) -> dict[str, float]:

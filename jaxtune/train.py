@@ -2,14 +2,13 @@
 
 Sections: setup, mesh, data, model, optimizer, state and shardings, restore, loop, final.
 The step itself is the pure `jaxtune.step.train_step`, jitted once here with explicit
-shardings and buffer donation.
+shardings and buffer donation. What the run trains for (its rows, loss and metrics) is the
+objective's (`jaxtune.objectives`); the model and its state come from `jaxtune.build`, and the
+end of the run (the best checkpoint's evaluation, results.json, the export) is `jaxtune.final`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import logging
 import math
 import time
@@ -21,14 +20,13 @@ from etils import epath
 from flax import nnx
 
 from jaxtune import (
-  averaging,
   checkpoint,
   console,
-  data,
   evaluate,
+  final,
   metrics,
   monitor,
-  optim,
+  objectives,
   preemption,
   resume,
   sharding,
@@ -38,79 +36,22 @@ from jaxtune import (
   workdir_lock,
   writer,
 )
-from jaxtune.config import parse_overrides, validate
+from jaxtune.build import (
+  Built,
+  build_state,
+  check_vocab,
+  load_model,  # noqa: F401 (built in jaxtune.build; train.load_model stays for its callers)
+  make_eval_fn,
+)
+from jaxtune.config import validate
 from jaxtune.data import pipeline, prefetch
 from jaxtune.errors import NonFiniteError
-from jaxtune.models import layers, presets
+from jaxtune.finished_run import ckpt_tree, eval_params, from_ckpt_tree
+from jaxtune.models import layers
 
 log = logging.getLogger(__name__)
 # Batches built and copied to the device ahead of the running step (jaxtune/data/prefetch.py).
 PREFETCH_DEPTH = 2
-
-
-def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
-               label_names: tuple[str, ...] = (), restoring: bool = False):
-  """The model, placed on the mesh: HF weights, or random ones from a preset.
-
-  Label names from the data become the model's id2label, so an export knows its classes.
-  `restoring`: a run's checkpoint replaces the weights next, so a head the HF source lacks is
-  not reported as initialised fresh.
-  """
-  m = config.model
-  compute = None if m.compute_dtype == m.param_dtype else m.compute_dtype
-  if m.source.startswith("preset:"):
-    model = presets.init(m.source.removeprefix("preset:"), task=m.task, num_labels=num_labels,
-                         param_dtype=m.param_dtype, compute_dtype=compute, mesh=mesh,
-                         seed=config.seed, pooling=m.pooling,
-                         config_overrides=parse_overrides(m.config_overrides))
-  else:
-    from jaxtune import hf
-    from jaxtune.hf import convert
-
-    overrides = parse_overrides(m.config_overrides)
-    if m.task == "seq_cls" and label_names:
-      overrides.update(convert.label_config(label_names))
-    model = hf.load(m.source, task=m.task, num_labels=num_labels, param_dtype=m.param_dtype,
-                    compute_dtype=compute, mesh=mesh, allow_pickle=m.allow_pickle,
-                    config_overrides=overrides, seed=config.seed, pooling=m.pooling,
-                    restoring=restoring, quantize=m.quantize, keep_float=config.lora.train_also)
-  if m.quantize and m.source.startswith("preset:"):
-    from jaxtune import quantize
-
-    quantize.apply(model, m.quantize, config.lora.train_also)  # random weights: after building
-  model.remat = m.remat
-  layers.set_attention(model, m.attention)
-  if config.lora.rank > 0:
-    from jaxtune import lora
-
-    model = lora.apply(model, config.lora)
-  if m.scan_layers:
-    layers.stack_layers(model, mesh)  # after LoRA, so adapters stack with their layers
-  return model
-
-
-def split_model(model, config) -> tuple[nnx.GraphDef, nnx.GraphDef, dict, dict | None]:
-  """(train graphdef, eval graphdef, trainable params, frozen params or None)."""
-  graphs = []
-  for mode in ("train", "eval"):
-    getattr(model, mode)()
-    if config.lora.rank > 0:
-      from jaxtune import lora
-
-      graphdef, trainable, frozen = lora.split_trainable(model, config.lora)
-      frozen = frozen.to_pure_dict()
-    else:
-      graphdef, trainable = nnx.split(model)
-      frozen = None
-    graphs.append(graphdef)
-  return graphs[0], graphs[1], trainable.to_pure_dict(), frozen
-
-
-def _state_shardings(state, mesh):
-  """Shardings of every state leaf as placed (params from their logical names, optimizer
-  moments by XLA's propagation from them), with scalars replicated."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) and x.ndim else replicated, state)
 
 
 @storage.reports_storage_errors
@@ -145,7 +86,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   resumed = resume.Check(workdir, config, allow_config_change)  # refuses a changed config now
   if config.export.enabled and is_main:
     # Files in workdir/export that jaxtune did not write: refused now, not after training.
-    export_folder(workdir)
+    final.export_folder(workdir)
 
   # -------------------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(**config.mesh)
@@ -159,7 +100,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     )
 
   # -------------------------------------------------------------------------------- data
-  splits = data.build(config, workdir)
+  objective = objectives.get(config)
+  splits = objective.splits(config, workdir)
   resumed.data(splits["train"].fingerprint(), splits.label_names)
   batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
                              length_buckets=config.train.length_buckets)
@@ -167,7 +109,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     total_steps = max(1, math.ceil(config.train.epochs * batcher.steps_per_epoch))
   else:
     total_steps = config.train.steps
-  if config.model.task == "seq_cls":  # per-class metrics (eval/f1/<label>) name the data's labels
+  if objective.labels:  # per-class metrics (eval/f1/<label>) name the data's labels
     from jaxtune.config import check_best_metric
 
     check_best_metric(config, splits.label_names)
@@ -217,10 +159,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                                   config.train.early_stopping_min_delta)
   alarm = monitor.OverfitAlarm(config.train.overfit_alarm_evals)
   start, stopped_early = 0, False
-  restored = ckpt.restore_latest(_ckpt_tree(abstract))
+  restored = ckpt.restore_latest(ckpt_tree(abstract))
   if restored is not None:
     start, tree, meta = restored
-    state = _from_ckpt_tree(tree, state)
+    state = from_ckpt_tree(tree, state)
     state["opt_state"] = resumed.apply(state["opt_state"], built.state["opt_state"])
     stopper.load(meta["early_stopping"])
     alarm.load(meta["overfit_alarm"])
@@ -280,13 +222,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       good = ckpt.latest_step(at_most=bad)
       if good is not None:
         ckpt.protect(good)
-    if not bool(all_finite(_ckpt_tree(state))):
+    if not bool(all_finite(ckpt_tree(state))):
       raise NonFiniteError(f"the train state at step {s} holds NaN or Inf; not checkpointing it "
                            f"over the good ones in {workdir / 'checkpoints'}")
     meta = {"step": s, "data_position": batcher.position(s), "total_steps": total_steps,
             "early_stopping": stopper.state(), "overfit_alarm": alarm.state(),
             "stopped_early": stopped_early}
-    ckpt.save(s, _ckpt_tree(state), meta=meta, metrics=eval_scalars, force=force)
+    ckpt.save(s, ckpt_tree(state), meta=meta, metrics=eval_scalars, force=force)
 
   # -------------------------------------------------------------------------------- loop
   peak = writer.device_peak_flops(jax.devices()[0])
@@ -305,7 +247,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       res, _ = run_eval(eval_params(state), "validation")
     if mw is not None:
       mw.write(0, _eval_scalars(res))
-      _write_confusion(mw, 0, res, "eval", splits.label_names)
+      final.write_confusion(mw, 0, res, "eval", splits.label_names)
     if show:  # not a checkpoint: it cannot be the best
       console.CONSOLE.print(eval_line(0, metrics.scalars(res), track=False))
   if sample_text is not None and start == 0:
@@ -361,7 +303,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
           scalars["train/stopped_early"] = 1.0
         if mw is not None:
           mw.write(s, scalars)
-          _write_confusion(mw, s, res, "eval", splits.label_names)
+          final.write_confusion(mw, s, res, "eval", splits.label_names)
         if sample_text is not None:
           sample_text(mw, s, eval_params(state))
         save(state, s, scalars, force=True)
@@ -387,103 +329,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     console.CONSOLE.print(eval_line(s, final_scalars))
   if mw is not None and start < s:
     mw.write(s, final_scalars)
-    _write_confusion(mw, s, res, "eval", splits.label_names)
+    final.write_confusion(mw, s, res, "eval", splits.label_names)
     if sample_text is not None:
       sample_text(mw, s, eval_params(state))
   save(state, s, final_scalars, force=True)
-  ckpt.wait()
-  best_step = ckpt.best_step() or s
-  best_state = state
-  if best_step != s:
-    best_state = restore_step(ckpt, best_step, built)
-    log.info("restored the best checkpoint (step %d by %s) for the final evaluation", best_step,
-             config.checkpoint.best_metric)
-  ckpt.close()
-  best_params = eval_params(best_state)
-  results: dict = {"best_step": int(best_step)}
-  with sharding.use_mesh(mesh):
-    results["val"], _ = run_eval(best_params, "validation")
-    if "test" in splits:
-      results["test"], details = run_eval(best_params, "test")
-      if details and is_main:
-        n = evaluate.write_errors(workdir / "errors.jsonl", details,
-                                  splits.examples.get("test"), splits.label_names)
-        log.info("%d misclassified test examples written to %s", n, workdir / "errors.jsonl")
-  if is_main:
-    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-  if mw is not None and "test" in results:  # the best checkpoint's test metrics, at the last step
-    mw.write(s, {f"test/{k}": v for k, v in metrics.scalars(results["test"]).items()})
-    _write_confusion(mw, s, results["test"], "test", splits.label_names,
-                     title=f"test, best checkpoint (step {best_step})")
-  if config.export.enabled:
-    export_model(config, workdir, train_graphdef, best_params, frozen, splits)
+  results = final.best_results(config, workdir, mesh, ckpt, built, state, s, splits, run_eval, mw)
   if mw is not None:
     mw.write_hparams(_flat_hparams(config), final_scalars)
     mw.close()
   return {"step": s, "eval": res, "results": results, "compilations": traces["train"],
           "state": state, "stopped_early": stopped_early, "resumed_from": start}
-
-
-@dataclasses.dataclass
-class Built:
-  """Everything the loop and `jaxtune eval` need about the model and its training state."""
-
-  train_graphdef: nnx.GraphDef
-  eval_graphdef: nnx.GraphDef
-  frozen: dict | None
-  tx: object
-  schedule: object
-  state: dict
-  state_sh: dict
-  model_config: object = None
-
-  def abstract(self) -> dict:
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        self.state, self.state_sh)
-
-
-def model_and_optimizer(config, mesh, num_labels: int | None, total_steps: int,
-                        label_names: tuple[str, ...] = (), restoring: bool = False) -> tuple:
-  """(model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule): the model
-  loaded and split trainable / frozen, and its optimizer. Reads no concrete array, so
-  `jax.eval_shape` can run it (benchmarks/compile_time.py compiles without allocating)."""
-  model = load_model(config, mesh, num_labels, label_names, restoring)
-  num_layers = layers.num_layers(model.layers)
-  train_graphdef, eval_graphdef, params, frozen = split_model(model, config)
-  tx, schedule = optim.build_optimizer(config.optim, params, total_steps, num_layers)
-  return model.config, train_graphdef, eval_graphdef, params, frozen, tx, schedule
-
-
-def build_state(config, mesh, num_labels: int | None, total_steps: int,
-                label_names: tuple[str, ...] = (), restoring: bool = False) -> Built:
-  """Load the model, split trainable from frozen, build the optimizer and the initial state
-  (`restoring`: see `load_model`)."""
-  model_config, train_graphdef, eval_graphdef, params, frozen, tx, schedule = model_and_optimizer(
-    config, mesh, num_labels, total_steps, label_names, restoring)
-  with sharding.use_mesh(mesh):
-    state = jax.jit(functools.partial(step.init_state, tx=tx, seed=config.seed,
-                                      optim_cfg=config.optim))(params)
-  return Built(train_graphdef, eval_graphdef, frozen, tx, schedule, state,
-               _state_shardings(state, mesh), model_config)
-
-
-def check_vocab(model_config, splits, config) -> None:
-  """Token ids past the embedding table would be clamped silently inside XLA: refuse them."""
-  vocab = getattr(model_config, "vocab_size", None)
-  for name, ds in splits.splits.items():
-    top = int(ds.arrays["input_ids"].max(initial=0))
-    if vocab is not None and top >= vocab:
-      raise ValueError(
-        f"data: the {name} split has token id {top}, but the model's vocabulary has {vocab} "
-        f"entries: data.tokenizer={config.data.tokenizer or config.model.source!r} does not "
-        f"match model.source={config.model.source!r}"
-      )
-
-
-def make_eval_fn(eval_graphdef, config, mesh):
-  # Replicated outputs: every process can read all predictions (multi-host evaluation).
-  return jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task),
-                 out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def _text_sampler(config, built: Built, splits, mesh):
@@ -492,7 +347,7 @@ def _text_sampler(config, built: Built, splits, mesh):
   or no tokenizer). Every process generates (the weights may span hosts); the writer of
   process 0 records it. The decode program compiles once and is reused at each evaluation."""
   n = config.train.text_samples
-  if not n or config.model.task != "causal_lm" or splits.tokenizer is None:
+  if not n or not objectives.get(config).generates or splits.tokenizer is None:
     return None
   from jaxtune import generate
 
@@ -518,42 +373,9 @@ def _text_sampler(config, built: Built, splits, mesh):
   return sample
 
 
-def export_model(config, workdir: epath.Path, graphdef, params, frozen, splits) -> epath.Path:
-  """Write the (best, averaged if enabled) weights as an HF directory under workdir/export."""
-  from jaxtune import export
-
-  model = step.merge(graphdef, params, frozen)
-  model.eval()
-  return export.save(model, workdir / "export", splits.tokenizer, config, workdir=workdir,
-                     **_EXPORT_FOLDER)
-
-
-# The driver's own export folder under the rule of jaxtune.outputs, without an --overwrite.
-_EXPORT_FOLDER = dict(flag="export.enabled", hint=(
-  "move them out of the folder, or set export.enabled=False and export elsewhere with "
-  "`jaxtune export --out=DIR`"))
-
-
-def export_folder(workdir: epath.Path):
-  from jaxtune import export
-
-  return export.output_folder(workdir / "export", workdir, **_EXPORT_FOLDER)
-
-
-def _write_confusion(mw, s: int, res: dict, prefix: str, label_names, title: str = "") -> None:
-  """Classification: the confusion matrix as an image in TensorBoard (`<prefix>/confusion_matrix`)."""
-  if "confusion" not in res or not mw.has_tensorboard:  # drawing costs ~0.1 s: only for a reader
-    return
-  from jaxtune import plots  # matplotlib: imported by classification runs only
-
-  title = title or f"validation, step {s}"
-  fig = plots.confusion_matrix_figure(res["confusion"], label_names, title=title)
-  mw.write_image(s, f"{prefix}/confusion_matrix", plots.figure_rgb(fig))
-
-
 def _hparams_metrics(config, splits) -> list[str]:
   """The scalar tags TensorBoard's HParams tab shows for a run: all it may write at the start."""
-  names = metrics.eval_metric_names(config.model.task, splits.label_names)
+  names = objectives.get(config).metric_names(splits.label_names)
   if "test" in splits:
     names += tuple("test/" + n.removeprefix("eval/") for n in names)
   return ["train/loss", *names]
@@ -561,26 +383,6 @@ def _hparams_metrics(config, splits) -> list[str]:
 
 def _eval_scalars(res: dict) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
-
-
-def restore_step(ckpt: checkpoint.Checkpointer, s: int, built: Built) -> dict:
-  """The train state saved at step `s`, in `built`'s shapes and shardings."""
-  tree, _ = ckpt.restore(s, _ckpt_tree(built.abstract()))
-  return _from_ckpt_tree(tree, built.state)
-
-
-def eval_params(state: dict) -> dict:
-  """The weights to evaluate and export: the averaged ones when averaging is on."""
-  return averaging.params_for_eval(state.get("avg"), state["params"])
-
-
-def _ckpt_tree(state: dict) -> dict:
-  # orbax stores no None leaves: drop absent weight averages.
-  return {k: v for k, v in state.items() if v is not None}
-
-
-def _from_ckpt_tree(tree: dict, like: dict) -> dict:
-  return {k: tree.get(k) if like[k] is not None else None for k in like}
 
 
 def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, peak) -> dict:

@@ -42,42 +42,30 @@ def evaluate_file(workdir: str | Path, data: str, *, name: str = "", text_column
                   label_column: str = "", step: int = -1, overwrite: bool = False) -> dict:
   import jax
 
-  from jaxtune import checkpoint, evaluate, export, sharding, train, workdir_lock
+  from jaxtune import build, evaluate, finished_run, objectives, sharding, workdir_lock
   from jaxtune import config as jt_config
-  from jaxtune import data as data_lib
 
   workdir = Path(workdir_lock.require(workdir))
   name = name or Path(data).stem
   folder = output_folder(workdir, data, name, overwrite=overwrite)
   config = jt_config.read_run_config(workdir)
-  if not (workdir / "checkpoints").is_dir():  # before building a model, or orbax making the folder
-    raise export.no_checkpoint_yet(workdir)
-  run_file = workdir / "run.json"
-  run = json.loads(run_file.read_text()) if run_file.exists() else {}
+  finished_run.require_checkpoints(workdir)  # before the data is read
   if text_column:
     config.data.text_column = text_column
   if label_column:
     config.data.label_column = label_column
   # The run's label order, so predictions mean the same classes as in training.
-  config.data.label_names = ",".join(run.get("extra", {}).get("label_names") or [])
-  split = data_lib.build_eval(config, data, workdir)
-  mesh = sharding.make_mesh(**config.mesh)
-  built = train.build_state(config, mesh, config.model.num_labels or split.num_labels, 10**9,
-                            restoring=True)
-  ckpt = checkpoint.Checkpointer(
-    workdir / "checkpoints", save_every_steps=0, save_every_minutes=0, keep_last=10**6,
-    keep_best=10**6, best_metric=config.checkpoint.best_metric, best_mode=config.checkpoint.best_mode,
-  )
-  chosen = export.choose_step(ckpt, step, workdir)
-  params = train.eval_params(train.restore_step(ckpt, chosen, built))
-  ckpt.close()
-  eval_fn = train.make_eval_fn(built.eval_graphdef, config, mesh)
-  with sharding.use_mesh(mesh):
+  config.data.label_names = ",".join(finished_run.label_names(workdir))
+  split = objectives.get(config).eval_split(config, data, workdir)
+  restored = finished_run.restore(workdir, config, step=step,
+                                  num_labels=config.model.num_labels or split.num_labels)
+  eval_fn = build.make_eval_fn(restored.built.eval_graphdef, config, restored.mesh)
+  with sharding.use_mesh(restored.mesh):
     res, details = evaluate.evaluate(
-      eval_fn, params, built.frozen, split["eval"], task=config.model.task, mesh=mesh,
-      batch_size=config.train.eval_batch_size, label_names=split.label_names,
+      eval_fn, restored.params, restored.built.frozen, split["eval"], task=config.model.task,
+      mesh=restored.mesh, batch_size=config.train.eval_batch_size, label_names=split.label_names,
       length_buckets=config.train.get("length_buckets", 0))  # runs from before the key: off
-  out = {"data": str(data), "step": int(chosen), **res}
+  out = {"data": str(data), "step": restored.step, **res}
   if jax.process_index() == 0:
     folder.path(f"eval_{name}.json").write_text(json.dumps(out, indent=2, default=float) + "\n")
     if details:

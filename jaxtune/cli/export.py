@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   del argv
-  from jaxtune import export, workdir_lock
+  from jaxtune import export, finished_run, workdir_lock
 
   workdir = workdir_lock.require(_WORKDIR.value)
   if _FORMAT.value == "gguf":
@@ -43,7 +43,7 @@ def main(argv):
   # Refuse a bad --dtype or --out before the (possibly long) restore; save checks again.
   export.check_dtype(_DTYPE.value, "--dtype")
   export.output_folder(_OUT.value, workdir, overwrite=_OVERWRITE.value)
-  run = export.load_run(workdir, step=_STEP.value)
+  run = finished_run.load_run(workdir, step=_STEP.value)
   out = export.save(run.model, _OUT.value, run.tokenizer, run.config, workdir=run.workdir,
                     merge_lora=_MERGE.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
   print(f"exported step {run.step} of {run.workdir} to {out}")
@@ -51,7 +51,7 @@ def main(argv):
 
 def _gguf(workdir) -> None:
   from jaxtune import config as jt_config
-  from jaxtune import export
+  from jaxtune import export, finished_run
 
   for name, flag in (("--dtype", _DTYPE), ("--nomerge_lora", _MERGE)):
     if flag.value is not None and (name != "--nomerge_lora" or not flag.value):
@@ -62,7 +62,7 @@ def _gguf(workdir) -> None:
   quant = _QUANT.value or "f16"
   # Refuse a classifier run, a bad --quant or an existing --out before the (long) restore.
   export.check_gguf(jt_config.read_run_config(workdir), _OUT.value, quant)
-  run = export.load_run(workdir, step=_STEP.value)
+  run = finished_run.load_run(workdir, step=_STEP.value)
   out = export.save_gguf(run.model, _OUT.value, run.tokenizer, run.config, quant=quant)
   print(f"exported step {run.step} of {run.workdir} to {out} (GGUF, {quant})")
 

@@ -8,7 +8,6 @@ balance / augment transform the train rows first (`quality.train_split`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,32 +18,10 @@ import numpy as np
 
 from jaxtune.data import config as data_config
 from jaxtune.data import readers
-from jaxtune.data.pipeline import Dataset
+from jaxtune.data.pipeline import Dataset, Splits  # noqa: F401 (data.Splits)
 from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Splits:
-  """Named splits plus what the model and loss need to know about the labels."""
-
-  splits: dict[str, Dataset]
-  num_labels: int | None = None
-  label_names: tuple[str, ...] = ()
-  class_weights: tuple[float, ...] | None = None
-  # split -> the original rows (text, label, origin), indexed by the `example_id` array.
-  examples: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
-  stats: dict = dataclasses.field(default_factory=dict)  # rows read, skipped, truncated, ...
-  tokenizer: object = None
-
-  def __getitem__(self, name: str) -> Dataset:
-    if name not in self.splits:
-      raise KeyError(f"no {name!r} split; have {sorted(self.splits)}")
-    return self.splits[name]
-
-  def __contains__(self, name: str) -> bool:
-    return name in self.splits
 
 
 def build(config, workdir: str | Path) -> Splits:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from jaxtune.data import assets
-from jaxtune.data.readers import BadRows, Row
+from jaxtune.data.rows import BadRows, Row
 
 NAMES = ("rotten_tomatoes", "chitchat")
 ROTTEN_TOMATOES_POSITIVE_IDS = range(1, 5332)

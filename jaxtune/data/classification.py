@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from jaxtune.data import config as data_config
-from jaxtune.data.pipeline import Dataset
+from jaxtune.data.pipeline import Dataset, Splits
 from jaxtune.data.readers import BadRows, DataError, Row
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,6 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: in
   The first split (train, or the only one when scoring a file) sets the inferred label names
   and the balanced class weights; `num_labels` > 0 (model.num_labels) fixes their number.
   """
-  from jaxtune.data import Splits
-
   first = next(iter(rows))
   # Columns first, per split: label names are inferred from the train rows that survive.
   parsed: dict[str, list] = {}

@@ -66,6 +66,28 @@ class Dataset:
     return np.where(m.any(axis=1), last, 1)
 
 
+@dataclasses.dataclass
+class Splits:
+  """Named splits plus what the model and loss need to know about the labels."""
+
+  splits: dict[str, Dataset]
+  num_labels: int | None = None
+  label_names: tuple[str, ...] = ()
+  class_weights: tuple[float, ...] | None = None
+  # split -> the original rows (text, label, origin), indexed by the `example_id` array.
+  examples: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+  stats: dict = dataclasses.field(default_factory=dict)  # rows read, skipped, truncated, ...
+  tokenizer: object = None
+
+  def __getitem__(self, name: str) -> Dataset:
+    if name not in self.splits:
+      raise KeyError(f"no {name!r} split; have {sorted(self.splits)}")
+    return self.splits[name]
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.splits
+
+
 def bucket_lengths(width: int, n: int) -> tuple[int, ...]:
   """`n` trim lengths up to `width`, evenly spaced and rounded up to multiples of 8."""
   if n <= 1:

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxtune.data import packing, templates
 from jaxtune.data.classification import RowError, pad_token_id, text_field
-from jaxtune.data.pipeline import Dataset
+from jaxtune.data.pipeline import Dataset, Splits
 from jaxtune.data.readers import BadRows, DataError, Row, reason_kind
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,6 @@ def check_length(ids: list[int], mask: list[int], seq_len: int, fmt: str) -> boo
 
 def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
   """Splits of SFT arrays from rows per split (see `jaxtune.data.build`)."""
-  from jaxtune.data import Splits
-
   first = rows[next(iter(rows))]  # train, or the only split when scoring a file
   fmt = d.sft_format
   if fmt == "auto":

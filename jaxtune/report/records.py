@@ -15,6 +15,7 @@ from typing import Any
 
 from etils import epath
 
+from jaxtune import objectives
 from jaxtune.config import NotARunError
 
 ERRORS_SHOWN = 20  # errors.jsonl is written most confident mistake first
@@ -175,7 +176,9 @@ def load(path, flag: str = "--workdir", name: str = "") -> Run:
     run.status = f"stopped {at} (crashed, killed or preempted)"
     missing.append(f"no results.json: the run stopped {at} without finishing (crashed, "
                    "killed or preempted); `jaxtune train` with the same --workdir resumes it")
-  if run.task == "seq_cls" and results is not None and not (w / "errors.jsonl").exists():
+  # A classifier writes its misclassified test examples (`jaxtune.final`).
+  labels = getattr(objectives.REGISTRY.get(run.task), "labels", False)
+  if labels and results is not None and not (w / "errors.jsonl").exists():
     missing.append("no errors.jsonl: no test split, so no misclassified examples to show")
   return run
 

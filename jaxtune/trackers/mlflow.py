@@ -16,8 +16,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from jaxtune import trackers, writer
+from jaxtune import writer
 from jaxtune.errors import ConfigError
+from jaxtune.trackers import common
 
 log = logging.getLogger(__name__)
 PARAM_LIMIT = 6000  # characters MLflow keeps of a parameter value
@@ -90,7 +91,7 @@ def parent_run(config, study_dir) -> tuple[Any, str]:
   uri = tracking_uri(config, study_dir)
   client = _client(uri)
   run_id = _group_parent(
-    client, _experiment_id(client, uri, trackers.experiment(config)), config.tracking.group
+    client, _experiment_id(client, uri, common.experiment(config)), config.tracking.group
   )
   client.update_run(run_id, status="RUNNING")
   client.set_tag(run_id, "jaxtune.workdir", os.path.abspath(os.fspath(study_dir)))
@@ -106,8 +107,8 @@ class MlflowTracker:
     self.client = _client(self.uri)
     self._step = 0
     self._closed = False
-    exp_id = _experiment_id(self.client, self.uri, trackers.experiment(config))
-    old = trackers.read_ids(workdir).get("mlflow", {})
+    exp_id = _experiment_id(self.client, self.uri, common.experiment(config))
+    old = common.read_ids(workdir).get("mlflow", {})
     run = None
     if old.get("tracking_uri") == self.uri:
       from mlflow.exceptions import MlflowException
@@ -132,12 +133,12 @@ class MlflowTracker:
       if config.tracking.group:
         tags["jaxtune.group"] = config.tracking.group
         tags["mlflow.parentRunId"] = _group_parent(self.client, exp_id, config.tracking.group)
-      run = self.client.create_run(exp_id, run_name=trackers.run_name(config, workdir), tags=tags)
+      run = self.client.create_run(exp_id, run_name=common.run_name(config, workdir), tags=tags)
     self.run_id = run.info.run_id
-    trackers.register(self)  # from here on, a failure ends the run FAILED
+    common.register(self)  # from here on, a failure ends the run FAILED
     if run.info.run_id != old.get("run_id"):
-      trackers.write_id(workdir, "mlflow", {"run_id": run.info.run_id, "tracking_uri": self.uri})
-    self._log_params(trackers.flat_config(config), dict(run.data.params))
+      common.write_id(workdir, "mlflow", {"run_id": run.info.run_id, "tracking_uri": self.uri})
+    self._log_params(common.flat_config(config), dict(run.data.params))
 
   def _log_params(self, params: Mapping[str, Any], logged: Mapping[str, str]) -> None:
     """Params not yet in the run (MLflow refuses to change one: a resume with
@@ -153,7 +154,7 @@ class MlflowTracker:
 
     self._step = int(step)
     now = int(time.time() * 1000)
-    values = [Metric(k, v, now, int(step)) for k, v in trackers.finite(metrics).items()]
+    values = [Metric(k, v, now, int(step)) for k, v in common.finite(metrics).items()]
     if values:
       self.client.log_batch(self.run_id, metrics=values)
 
@@ -173,12 +174,12 @@ class MlflowTracker:
       return
     self._closed = True
     try:
-      self.write(self._step, trackers.results_metrics(self.workdir))
+      self.write(self._step, common.results_metrics(self.workdir))
       if not writer.is_remote(self.workdir):  # MLflow uploads local files
-        for path in trackers.output_files(self.workdir):
+        for path in common.output_files(self.workdir):
           self.client.log_artifact(self.run_id, os.fspath(path))
-        export = trackers.export_dir(self.workdir)
+        export = common.export_dir(self.workdir)
         if export is not None:
-          self.client.log_artifacts(self.run_id, os.fspath(export), trackers.EXPORT_DIR)
+          self.client.log_artifacts(self.run_id, os.fspath(export), common.EXPORT_DIR)
     finally:
       self.client.set_terminated(self.run_id, status)

@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from jaxtune import trackers, writer
+from jaxtune import writer
+from jaxtune.trackers import common
 
 log = logging.getLogger(__name__)
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 143}
@@ -43,15 +44,15 @@ class WandbTracker:
     self.workdir = workdir
     self._closed = False
     self._texts: dict[str, list[list[Any]]] = {}
-    old = trackers.read_ids(workdir).get("wandb", {})
+    old = common.read_ids(workdir).get("wandb", {})
     # Chosen here (as W&B would: 8 of [a-z0-9]) to be recorded for a resume.
     run_id = old.get("run_id") or "".join(secrets.choice(_ID_CHARS) for _ in range(8))
     # W&B writes its run files locally; a remote workdir's go to a temporary directory.
     local = tempfile.mkdtemp(prefix="jaxtune_wandb_") if writer.is_remote(workdir) else workdir
     os.makedirs(local, exist_ok=True)
     self.run = wandb.init(
-      project=trackers.experiment(config),
-      name=trackers.run_name(config, workdir),
+      project=common.experiment(config),
+      name=common.run_name(config, workdir),
       group=config.tracking.group or None,
       id=run_id,
       resume="allow",
@@ -61,12 +62,12 @@ class WandbTracker:
       reinit="create_new",  # one run per tracker: PBT members are open at once
     )
     _live[0] += 1
-    trackers.register(self)  # from here on, a failure ends the run FAILED
+    common.register(self)  # from here on, a failure ends the run FAILED
     if not old:
-      trackers.write_id(workdir, "wandb", {"run_id": run_id, "project": self.run.project})
+      common.write_id(workdir, "wandb", {"run_id": run_id, "project": self.run.project})
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
-    values = trackers.finite(metrics)
+    values = common.finite(metrics)
     if values:
       self.run.log(values, step=int(step))
 
@@ -83,7 +84,7 @@ class WandbTracker:
     self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int | None = None
   ) -> None:
     self.run.config.update(dict(hparams), allow_val_change=True)
-    self.run.summary.update(trackers.finite(metrics))
+    self.run.summary.update(common.finite(metrics))
 
   def close(self, status: str = "FINISHED") -> None:
     """Final results into the summary, the workdir's outputs as run files, the export as a
@@ -94,11 +95,11 @@ class WandbTracker:
     import wandb
 
     try:
-      self.run.summary.update(trackers.results_metrics(self.workdir))
+      self.run.summary.update(common.results_metrics(self.workdir))
       if not writer.is_remote(self.workdir):
-        for path in trackers.output_files(self.workdir):
+        for path in common.output_files(self.workdir):
           self.run.save(os.fspath(path), base_path=os.fspath(self.workdir), policy="now")
-        export = trackers.export_dir(self.workdir)
+        export = common.export_dir(self.workdir)
         if export is not None:
           name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.run.name or self.run.id}-export")
           art = wandb.Artifact(name, type="model")

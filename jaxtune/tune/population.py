@@ -32,7 +32,7 @@ import numpy as np
 from flax import serialization
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxtune import data, evaluate, metrics, optim, sharding, step, train
+from jaxtune import build, evaluate, finished_run, metrics, objectives, optim, sharding, step
 from jaxtune.data import pipeline
 from jaxtune.errors import ConfigError
 
@@ -92,16 +92,16 @@ class Population:
     # Members along the mesh's population axis; within a slice, each member as one run is.
     self.mesh = (sharding.make_mesh(**m) if vmapped is False else
                  sharding.population_mesh(self.size, m.population, m.data, m.fsdp, m.tensor))
-    self.splits = data.build(config, workdir)
+    self.splits = objectives.get(config).splits(config, workdir)
     self.batcher = pipeline.Batcher(self.splits["train"], config.train.batch_size, config.seed)
     num_labels = config.model.num_labels or self.splits.num_labels
-    built = train.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
+    built = build.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
     self.member_bytes = state_bytes(built.state)
     self.vmapped = fits(self.member_bytes, self.size) if vmapped is None else vmapped
     if not self.vmapped and vmapped is None:
       # Too big for one program: members one after another, each over every device as one run.
       self.mesh = sharding.make_mesh(**m)
-      built = train.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
+      built = build.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)
     self.frozen = built.frozen
     cfg = step.StepConfig(task=config.model.task, micro_batches=config.train.micro_batches,
                           skip_nonfinite=config.train.on_nonfinite == "skip",
@@ -124,7 +124,7 @@ class Population:
         self.states = init(built.state, jnp.arange(self.size))
     else:
       self.step_fn = jax.jit(one, donate_argnums=(0,))
-      self.eval_fn = train.make_eval_fn(built.eval_graphdef, config, self.mesh)
+      self.eval_fn = build.make_eval_fn(built.eval_graphdef, config, self.mesh)
       with sharding.use_mesh(self.mesh):
         init = jax.jit(self._member_init)
         self.states = [init(built.state, jnp.asarray(i)) for i in range(self.size)]
@@ -201,7 +201,7 @@ class Population:
             s.add(jax.tree.map(lambda x, i=i: x[i], out), b)
         results = [s.result(kw["task"], names, order)[0] for s in sums]
       else:
-        results = [evaluate.evaluate(self.eval_fn, train.eval_params(self.member(i)), self.frozen,
+        results = [evaluate.evaluate(self.eval_fn, finished_run.eval_params(self.member(i)), self.frozen,
                                      ds, label_names=names, **kw)[0] for i in range(self.size)]
     return [{f"eval/{k}": v for k, v in metrics.scalars(res).items()} for res in results]
 
@@ -232,4 +232,4 @@ class Population:
 
 def _eval_member(graphdef, task: str, state: dict, frozen, batch: dict) -> dict:
   # Inside the vmap: a member's averaged weights (when averaging is on) are chosen per member.
-  return step.eval_step(graphdef, task, train.eval_params(state), frozen, batch)
+  return step.eval_step(graphdef, task, finished_run.eval_params(state), frozen, batch)
