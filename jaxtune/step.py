@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxtune import averaging, losses, optim
+from jaxtune import averaging, losses, optim, quantize
 from jaxtune.models import layers
 
 # Keys of a batch that the model consumes (the rest feed the loss).
@@ -82,6 +82,8 @@ def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
     table = getattr(model, "wte", None)
   if type(table) is not layers.Embed:
     return None
+  if layers.quantized(table, "embedding") is not None:  # dequantized block by block in the loss
+    return quantize.tied_head(table)
   return functools.partial(_tied_head, table.compute_dtype), layers.weight(table, "embedding")
 
 
