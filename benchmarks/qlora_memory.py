@@ -94,21 +94,27 @@ def rss() -> int:
 
 
 class MeasuredStep:
-  """The driver's jitted train step, compiled explicitly on its first call so the compiled
-  program's `memory_analysis()` can be read; every call records the RSS and the bytes of live
-  JAX arrays on entry (after the previous step, which `block_until_ready` waits for)."""
+  """The driver's jitted train step, unchanged, recording on every call the RSS and the bytes of
+  live JAX arrays on entry (after the previous step, which `block_until_ready` waits for), and
+  on the first the arguments' shapes, so `memory_analysis` can compile the same program again
+  after the run (an explicitly compiled step cannot be called in its place: XLA's CPU client
+  rejects the frozen uint4 codes' layout) and read its buffer sizes."""
 
   def __init__(self, jitted):
-    self.jitted, self.compiled, self.entries = jitted, None, []
+    self.jitted, self.specs, self.entries = jitted, None, []
 
   def __call__(self, state, batch, frozen):
     import jax
 
     jax.block_until_ready(state)
     self.entries.append((rss(), sum(x.nbytes for x in jax.live_arrays())))
-    if self.compiled is None:
-      self.compiled = self.jitted.lower(state, batch, frozen).compile()
-    return self.compiled(state, batch, frozen)
+    if self.specs is None:
+      spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+      self.specs = jax.tree.map(spec, (state, batch, frozen))
+    return self.jitted(state, batch, frozen)
+
+  def memory_analysis(self):
+    return self.jitted.lower(*self.specs).compile().memory_analysis()
 
 
 def child(args) -> None:
@@ -138,7 +144,7 @@ def child(args) -> None:
     rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   train.jax.jit = jit
   times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][2:]
-  mem = steps[0].compiled.memory_analysis()
+  mem = steps[0].memory_analysis()
   (rss_first, _), (rss_last, live_last) = steps[0].entries[0], steps[0].entries[-1]
   print("RESULT " + json.dumps({
     "variant": args.variant,
