@@ -3,7 +3,7 @@
 The reader's tables (`jaxtune.hf.gguf.ARCHS`) run backwards: each architecture's tensor-name
 table is inverted (HF name -> llama.cpp name), its metadata is written under the keys the
 reader accepts for it, and the layout changes the reader undoes are done (`llama`'s Q/K rotary
-row permutation, Gemma 3's norms stored as 1 + w). Before anything is written, the metadata is
+row permutation, Gemma 2/3's norms stored as 1 + w). Before anything is written, the metadata is
 read back through the reader's own `hf_config` and the jaxtune config it implies must equal the
 model's: a model the file cannot describe (a Gemma 3 layer pattern other than llama.cpp's, a
 rope scaling llama.cpp would not apply, another activation) is refused by attribute, never
@@ -99,8 +99,11 @@ def _metadata(hf: dict, arch: str, where: str) -> dict:
   elif kind != "default":
     raise UnsupportedConfigError(f"{where}: rope_type={kind!r} is not written to GGUF (the GGUF "
                                  "import reads linear scaling only)")
-  if arch == "gemma3":
+  if arch in ("gemma2", "gemma3"):
     meta["attention.sliding_window"] = hf["sliding_window"]
+  if arch == "gemma2":  # no cap (null) cannot be written: the reader's defaults refuse it below
+    meta.update({k: float(hf[k]) for k in ("attn_logit_softcapping", "final_logit_softcapping")
+                 if hf.get(k) is not None})
   unknown = sorted(set(meta) - gguf.ARCHS[arch].keys)
   assert not unknown, unknown  # the reader's key table is the only list of keys
   return {f"{arch}.{k}": v for k, v in meta.items()}
