@@ -21,6 +21,7 @@ base changes the function being fine-tuned, so its eval loss differs; the stated
 (`--tolerance`, relative to float32's eval loss) says how much is accepted.
 
   nice -n 10 python benchmarks/qlora_memory.py            # the table (BENCHMARKS.md)
+  nice -n 10 python benchmarks/qlora_memory.py --head-only  # the tied head's temporaries
   python benchmarks/qlora_memory.py --steps 4 --variants float32,nf4
 """
 
@@ -164,6 +165,44 @@ def child(args) -> None:
   }), flush=True)
 
 
+def head_only() -> None:
+  """Compile only (nothing allocated): the chunked causal-LM loss and its gradient through Gemma 3
+  270M's quantized tied head ([262144, 640], the benchmark's batch 2 x seq 64, chunk 128), with
+  the head as `step.lm_head` gives it now (`quantize.tied_head`: `HEAD_ROWS` rows dequantized at
+  a time) and as it did before (the whole table dequantized to float32 for the call). Prints the
+  compiled program's temporary bytes for each."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import qwix
+
+  from jaxtune import losses, quantize, step
+
+  V, D, B, T = 262144, 640, 2, 64
+  for qtype in quantize.QTYPES:
+    qt = "nf4" if qtype == "nf4" else jnp.dtype(jnp.int8)
+    args = (jax.ShapeDtypeStruct((B, T, D), jnp.float32),
+            jax.ShapeDtypeStruct((V, D), jnp.uint4 if qtype == "nf4" else jnp.int8),
+            jax.ShapeDtypeStruct((V, D // quantize.BLOCK), jnp.float32),
+            jax.ShapeDtypeStruct((B, T), jnp.int32))
+    for how in ("whole table (before)", "blocks (now)"):
+
+      def loss(h, codes, scale, ids, how=how, qt=qt):
+        batch = {"input_ids": ids, "loss_mask": jnp.ones_like(ids)}
+        if how.startswith("blocks"):
+          head = (functools.partial(quantize._tied_logits, qt, None, V // quantize.HEAD_ROWS),
+                  (codes, scale))
+        else:
+          head = (functools.partial(step._tied_head, None),
+                  qwix.dequantize(qwix.QArray(codes, scale, qtype=qt)))
+        total, weight = losses.chunked_causal_lm_loss(h, *head, batch, chunk=128)
+        return total / weight
+
+      mem = jax.jit(jax.value_and_grad(loss)).lower(*args).compile().memory_analysis()
+      print(f"| {qtype} | {how} | {mem.temp_size_in_bytes / 2**20:.0f} |", flush=True)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default=",".join(VARIANTS))
@@ -174,7 +213,11 @@ def main() -> None:
                  help="accepted |eval loss - float32's| / float32's")
   p.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
   p.add_argument("--data", help=argparse.SUPPRESS)
+  p.add_argument("--head-only", action="store_true",
+                 help="compile only the loss through the quantized tied head, before/after")
   args = p.parse_args()
+  if args.head_only:
+    return head_only()
   if args.variant:
     return child(args)
   rows = []
