@@ -11,13 +11,17 @@ takes minutes on a CPU) in its own subprocess, one after another, so each peak R
 
 Compute is float32 in every row (CPUs emulate bfloat16 math). Reported per row: the bytes of
 the model's arrays as the run holds them (`quantize.param_bytes`: 4-bit codes at half a byte),
-the process's peak RSS (`resource.getrusage`, loading and compilation included), the median
+the steady-state memory of training: the compiled step's argument and temporary bytes
+(`memory_analysis()`), the RSS on entry to the first and to the last step and the bytes of
+live JAX arrays then; the process's peak RSS (`resource.getrusage`, loading and compilation
+included), the median
 step time after the first two (compilation) steps, and the eval loss on the validation split
 after the same steps on the same batches, each with its ratio to the float32 row. A quantized
 base changes the function being fine-tuned, so its eval loss differs; the stated tolerance
 (`--tolerance`, relative to float32's eval loss) says how much is accepted.
 
   nice -n 10 python benchmarks/qlora_memory.py            # the table (BENCHMARKS.md)
+  nice -n 10 python benchmarks/qlora_memory.py --head-only  # the tied head's temporaries
   python benchmarks/qlora_memory.py --steps 4 --variants float32,nf4
 """
 
@@ -84,30 +88,120 @@ def run_config(variant: str, steps: int, seq_len: int, batch: int, data: str):
   return c
 
 
+def rss() -> int:
+  """The process's resident bytes now (Linux)."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * resource.getpagesize()
+
+
+class MeasuredStep:
+  """The driver's jitted train step, unchanged, recording on every call the RSS and the bytes of
+  live JAX arrays on entry (after the previous step, which `block_until_ready` waits for), and
+  on the first the arguments' shapes, so `memory_analysis` can compile the same program again
+  after the run (an explicitly compiled step cannot be called in its place: XLA's CPU client
+  rejects the frozen uint4 codes' layout) and read its buffer sizes."""
+
+  def __init__(self, jitted):
+    self.jitted, self.specs, self.entries = jitted, None, []
+
+  def __call__(self, state, batch, frozen):
+    import jax
+
+    jax.block_until_ready(state)
+    self.entries.append((rss(), sum(x.nbytes for x in jax.live_arrays())))
+    if self.specs is None:
+      spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+      self.specs = jax.tree.map(spec, (state, batch, frozen))
+    return self.jitted(state, batch, frozen)
+
+  def memory_analysis(self):
+    return self.jitted.lower(*self.specs).compile().memory_analysis()
+
+
 def child(args) -> None:
   """One variant: train, then print one JSON line."""
+  import jax
+
   from jaxtune import build, quantize, train
 
-  held = []
-  split = build.split_model
+  held, steps = [], []
+  split, jit = build.split_model, jax.jit
 
   def measured_split(model, config):  # the bytes of the model exactly as this run holds it
     held.append(quantize.param_bytes(model))
     return split(model, config)
 
-  build.split_model = measured_split  # build.model_and_optimizer looks it up at each call
+  def measured_jit(fn, *a, **kw):  # the train step only (the driver's `counted_step`)
+    jitted = jit(fn, *a, **kw)
+    if getattr(fn, "__name__", "") == "counted_step":
+      steps.append(MeasuredStep(jitted))
+      return steps[-1]
+    return jitted
+
+  # build.model_and_optimizer looks split_model up at each call; the driver jits its step itself.
+  build.split_model, train.jax.jit = measured_split, measured_jit
   cfg = run_config(args.variant, args.steps, args.seq_len, args.batch, args.data)
   with tempfile.TemporaryDirectory() as workdir:
     result = train.train_and_evaluate(cfg, workdir)
     rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  train.jax.jit = jit
   times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][2:]
+  mem = steps[0].memory_analysis()
+  (rss_first, _), (rss_last, live_last) = steps[0].entries[0], steps[0].entries[-1]
   print("RESULT " + json.dumps({
     "variant": args.variant,
     "param_bytes": held[0],
     "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    # The compiled step's own buffers: its arguments (state, batch, frozen base) and the
+    # temporaries XLA allocates while it runs; their sum is what one step needs resident.
+    "step_arg_bytes": mem.argument_size_in_bytes,
+    "step_temp_bytes": mem.temp_size_in_bytes,
+    # RSS on entry to the first step (model loaded, nothing compiled) and to the last one
+    # (after N-1 steps); live: bytes of all JAX arrays at that last entry.
+    "rss_before_steps": rss_first,
+    "rss_after_steps": rss_last,
+    "live_bytes_after_steps": live_last,
     "step_s": statistics.median(times),
     "eval_loss": result["eval"]["loss"],
   }), flush=True)
+
+
+def head_only() -> None:
+  """Compile only (nothing allocated): the chunked causal-LM loss and its gradient through Gemma 3
+  270M's quantized tied head ([262144, 640], the benchmark's batch 2 x seq 64, chunk 128), with
+  the head as `step.lm_head` gives it now (`quantize.tied_head`: `HEAD_ROWS` rows dequantized at
+  a time) and as it did before (the whole table dequantized to float32 for the call). Prints the
+  compiled program's temporary bytes for each."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  import qwix
+
+  from jaxtune import losses, quantize, step
+
+  V, D, B, T = 262144, 640, 2, 64
+  for qtype in quantize.QTYPES:
+    qt = "nf4" if qtype == "nf4" else jnp.dtype(jnp.int8)
+    args = (jax.ShapeDtypeStruct((B, T, D), jnp.float32),
+            jax.ShapeDtypeStruct((V, D), jnp.uint4 if qtype == "nf4" else jnp.int8),
+            jax.ShapeDtypeStruct((V, D // quantize.BLOCK), jnp.float32),
+            jax.ShapeDtypeStruct((B, T), jnp.int32))
+    for how in ("whole table (before)", "blocks (now)"):
+
+      def loss(h, codes, scale, ids, how=how, qt=qt):
+        batch = {"input_ids": ids, "loss_mask": jnp.ones_like(ids)}
+        if how.startswith("blocks"):
+          head = (functools.partial(quantize._tied_logits, qt, None, V // quantize.HEAD_ROWS),
+                  (codes, scale))
+        else:
+          head = (functools.partial(step._tied_head, None),
+                  qwix.dequantize(qwix.QArray(codes, scale, qtype=qt)))
+        total, weight = losses.chunked_causal_lm_loss(h, *head, batch, chunk=128)
+        return total / weight
+
+      mem = jax.jit(jax.value_and_grad(loss)).lower(*args).compile().memory_analysis()
+      print(f"| {qtype} | {how} | {mem.temp_size_in_bytes / 2**20:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -120,7 +214,11 @@ def main() -> None:
                  help="accepted |eval loss - float32's| / float32's")
   p.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
   p.add_argument("--data", help=argparse.SUPPRESS)
+  p.add_argument("--head-only", action="store_true",
+                 help="compile only the loss through the quantized tied head, before/after")
   args = p.parse_args()
+  if args.head_only:
+    return head_only()
   if args.variant:
     return child(args)
   rows = []
@@ -141,15 +239,18 @@ def main() -> None:
   mib = 2**20
   print(f"LoRA SFT, Gemma 3 270M, {args.steps} steps x batch {args.batch} x seq {args.seq_len}; "
         f"eval-loss tolerance {args.tolerance:.0%} of {ref['variant']}'s\n")
-  print("| base | param MiB | x | peak RSS MiB | x | step s | x | eval loss | x | within tolerance |")
+  print("| base | param MiB (x) | step args + temp MiB (x) | temp MiB (x) | RSS before -> after steps MiB "
+        "(x after) | live arrays MiB (x) | peak RSS MiB (x) | step s (x) | eval loss (x) | within tolerance |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     rel = abs(r["eval_loss"] - ref["eval_loss"]) / ref["eval_loss"]
-    print(f"| {r['variant']} | {r['param_bytes'] / mib:.0f} | {r['param_bytes'] / ref['param_bytes']:.2f} "
-          f"| {r['peak_rss'] / mib:.0f} | {r['peak_rss'] / ref['peak_rss']:.2f} "
-          f"| {r['step_s']:.2f} | {r['step_s'] / ref['step_s']:.2f} "
-          f"| {r['eval_loss']:.4f} | {r['eval_loss'] / ref['eval_loss']:.3f} "
-          f"| {'yes' if rel <= args.tolerance else 'no'} ({rel:.1%}) |")
+    r["step_bytes"] = r["step_arg_bytes"] + r["step_temp_bytes"]
+    ref["step_bytes"] = ref["step_arg_bytes"] + ref["step_temp_bytes"]
+    cell = lambda k, scale=mib, fmt=".0f": f"{r[k] / scale:{fmt}} ({r[k] / ref[k]:.2f})"  # noqa: B023
+    print(f"| {r['variant']} | {cell('param_bytes')} | {cell('step_bytes')} | {cell('step_temp_bytes')} "
+          f"| {r['rss_before_steps'] / mib:.0f} -> {cell('rss_after_steps')} "
+          f"| {cell('live_bytes_after_steps')} | {cell('peak_rss')} | {cell('step_s', 1, '.2f')} "
+          f"| {cell('eval_loss', 1, '.4f')} | {'yes' if rel <= args.tolerance else 'no'} ({rel:.1%}) |")
 
 
 if __name__ == "__main__":

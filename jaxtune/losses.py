@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def causal_lm_loss(logits_BTV: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -58,7 +59,8 @@ def chunked_causal_lm_loss(
 
 
 def _ce_chunks(head_fn, params, h_KCD, tgt_KC, mask_KC, *, with_grads: bool):
-  """Loss sum over the chunks and, with `with_grads`, (dparams, dh_KCD) of that sum."""
+  """Loss sum over the chunks and, with `with_grads`, (dparams, dh_KCD) of that sum (dparams: a
+  tuple of the floating leaves' gradients)."""
 
   def chunk_terms(p, h_CD, tgt_C, mask_C):
     if with_grads:
@@ -75,7 +77,10 @@ def _ce_chunks(head_fn, params, h_KCD, tgt_KC, mask_KC, *, with_grads: bool):
     dlogits = (jnp.exp(logits - lse[:, None]) - onehot) * mask_C[:, None]
     return loss, pull(dlogits.astype(logits_CV.dtype))
 
-  f32 = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
+  # Only floating head params are summed (dp: their sums, in leaf order); integer ones (a
+  # quantized table's codes, frozen) take float0 cotangents (`_chunked_ce_bwd`).
+  leaves = jax.tree.leaves(params)
+  sums = [i for i, x in enumerate(leaves) if _inexact(x)]
 
   def body(carry, xs):
     loss, dp = carry
@@ -83,10 +88,12 @@ def _ce_chunks(head_fn, params, h_KCD, tgt_KC, mask_KC, *, with_grads: bool):
     if grads is None:
       return (loss + l, dp), None
     dp_c, dh_CD = grads
-    dp = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), dp, dp_c)
+    dp_c = jax.tree.leaves(dp_c)
+    dp = tuple(a + dp_c[i].astype(jnp.float32) for a, i in zip(dp, sums, strict=True))
     return (loss + l, dp), dh_CD
 
-  init = (jnp.zeros((), jnp.float32), f32(params) if with_grads else None)
+  init = (jnp.zeros((), jnp.float32), tuple(jnp.zeros(leaves[i].shape, jnp.float32) for i in sums)
+          if with_grads else None)
   (loss, dp), dh = jax.lax.scan(body, init, (h_KCD, tgt_KC, mask_KC))
   return loss, dp, dh
 
@@ -103,13 +110,20 @@ def _chunked_ce_fwd(head_fn, params, h_KCD, tgt_KC, mask_KC):
 
 def _chunked_ce_bwd(head_fn, res, g):
   params, dp, dh, tgt_KC, mask_KC = res
-  dparams = jax.tree.map(lambda d, p: (g * d).astype(p.dtype), dp, params)
+  leaves, tree = jax.tree.flatten(params)
+  sums = iter(dp)
+  dparams = jax.tree.unflatten(tree, [(g * next(sums)).astype(p.dtype) if _inexact(p)
+                                      else np.zeros(p.shape, jax.dtypes.float0) for p in leaves])
   # Targets are integers (float0 cotangent); the mask is data, not a parameter.
   dtgt = jnp.zeros(tgt_KC.shape, jax.dtypes.float0)
   return dparams, (g * dh).astype(dh.dtype), dtgt, jnp.zeros_like(mask_KC)
 
 
 _chunked_ce.defvjp(_chunked_ce_fwd, _chunked_ce_bwd)
+
+
+def _inexact(x) -> bool:
+  return jnp.issubdtype(x.dtype, jnp.inexact)
 
 
 def target_mask(batch: dict) -> jax.Array:

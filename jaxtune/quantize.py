@@ -11,7 +11,9 @@ the optimizer and the checkpoints see only them, and the codes ride in the froze
 
 Dequantization happens where a weight is read, inside the jitted step (`layers.quantized`,
 `layers.weight`): a Linear calls `qwix.dot` on the QArray, an embedding lookup dequantizes the
-gathered rows only, a tied LM head dequantizes its table for the call. `hf.load` quantizes
+gathered rows only, a tied LM head dequantizes its table for the call; in the chunked
+causal-LM loss (training and evaluation) the tied head is `tied_head`'s, which dequantizes
+`HEAD_ROWS` rows of the table at a time, so no float [V, D] copy of it ever exists. `hf.load` quantizes
 tensor by tensor as it reads them, so the whole model never exists in full precision; exports
 dequantize (`lora.merge` -> `dequantize_model`).
 
@@ -46,6 +48,11 @@ BLOCK = 64
 # Kept in float: MPNet's relative-position bias table is indexed directly, not looked up or
 # multiplied (and is tiny).
 _KEEP_FLOAT = compile_pattern("model.quantize", r"(^|/)relative_attention_bias$")
+
+
+# Rows of a quantized tied head dequantized at once inside the chunked loss (`tied_head`):
+# 8192 x 640 float32 is 20 MiB for Gemma 3 270M, where its whole [262144, 640] table is 640 MiB.
+HEAD_ROWS = 8192
 
 
 class QuantizedBase(nnx.Variable):
@@ -195,3 +202,71 @@ def param_bytes(tree) -> int:
     tree = nnx.state(tree)
   leaves = jax.tree.leaves(tree)
   return sum(int(np.prod(x.shape)) * _bits(x.dtype) // 8 for x in leaves if hasattr(x, "dtype"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The tied LM head of a quantized base, for the chunked loss
+
+
+def tied_head(table: layers.Embed):
+  """(head_fn, head_params) of a tied head whose table is quantized, for
+  `losses.chunked_causal_lm_loss`: logits [N, V] = h [N, D] @ table.T, the table dequantized
+  `HEAD_ROWS` rows at a time inside each loss chunk (and again, block by block, for dh in the
+  backward pass) rather than as one float [V, D] temporary per step.
+
+  The table is frozen (a `QuantizedBase`, never trained), so no gradient flows to its codes or
+  scales: only dh is computed."""
+  q = layers.quantized(table, "embedding")
+  V = q.qvalue.shape[0]
+  blocks = -(-V // HEAD_ROWS)
+  while V % blocks:  # equal blocks (scanned); a vocabulary without a fitting divisor: one block
+    blocks += 1
+  if V // blocks < HEAD_ROWS // 8:
+    blocks = 1
+  return functools.partial(_tied_logits, q.qtype, table.compute_dtype, blocks), (q.qvalue, q.scale)
+
+
+def _rows(qtype, params, i, rows: int, dtype) -> jax.Array:
+  """Rows [i * rows, (i + 1) * rows) of the quantized table, dequantized to `dtype`."""
+  import qwix
+
+  codes, scale = (jax.lax.dynamic_slice_in_dim(x, i * rows, rows) for x in params)
+  return qwix.dequantize(qwix.QArray(codes, scale, qtype=qtype)).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _tied_logits(qtype, compute_dtype, blocks: int, params, h_ND):
+  dtype = compute_dtype or h_ND.dtype
+  h_ND = h_ND.astype(dtype)
+  V, rows = params[0].shape[0], params[0].shape[0] // blocks
+
+  def block(logits_NV, i):
+    part = jnp.einsum("nd,vd->nv", h_ND, _rows(qtype, params, i, rows, dtype))
+    return jax.lax.dynamic_update_slice_in_dim(logits_NV, part, i * rows, axis=1), None
+
+  logits_NV, _ = jax.lax.scan(block, jnp.zeros((h_ND.shape[0], V), dtype), jnp.arange(blocks))
+  return logits_NV
+
+
+def _tied_logits_fwd(qtype, compute_dtype, blocks, params, h_ND):
+  # Residuals are the inputs only: the backward pass dequantizes each block again.
+  return _tied_logits(qtype, compute_dtype, blocks, params, h_ND), (params, h_ND)
+
+
+def _tied_logits_bwd(qtype, compute_dtype, blocks, res, g_NV):
+  params, h_ND = res
+  dtype = compute_dtype or h_ND.dtype
+  rows = params[0].shape[0] // blocks
+
+  def block(dh_ND, i):
+    g = jax.lax.dynamic_slice_in_dim(g_NV, i * rows, rows, axis=1).astype(dtype)
+    return dh_ND + jnp.einsum("nv,vd->nd", g, _rows(qtype, params, i, rows, dtype),
+                              preferred_element_type=jnp.float32), None
+
+  dh_ND, _ = jax.lax.scan(block, jnp.zeros(h_ND.shape, jnp.float32), jnp.arange(blocks))
+  codes, scale = params
+  # Frozen: integer codes take a float0 cotangent, the scales zeros.
+  return (np.zeros(codes.shape, jax.dtypes.float0), jnp.zeros_like(scale)), dh_ND.astype(h_ND.dtype)
+
+
+_tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)

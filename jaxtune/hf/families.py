@@ -9,6 +9,7 @@ from jaxtune.hf.errors import UnsupportedConfigError
 # model_type -> module in jaxtune.hf exporting FAMILY (imported lazily).
 _MODULES = {
   "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
+  "gemma2": "llama",
   "gemma3_text": "llama",
   "gpt2": "gpt2",
   "bert": "bert",

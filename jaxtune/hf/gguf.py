@@ -10,10 +10,11 @@ a GGUF (`jaxtune export --format=gguf`) is `jaxtune.hf.gguf_write`'s, over this 
 The file is memory-mapped by `gguf.GGUFReader`; a tensor is dequantized to float32 only when the
 converter asks for it, so the host holds one dequantized tensor at a time.
 
-Architectures (`general.architecture`): `llama`, `qwen2`, `qwen3` and `gemma3` (the Gemma 3
-text family: its norms are stored as 1 + w, and the layer pattern, local rope base and query
-scale are not in the file, so `_config` states what llama.cpp and transformers assume), each
-with its own table of metadata keys and tensor names (`_ARCHS`); an unknown key under the architecture's namespace
+Architectures (`general.architecture`): `llama`, `qwen2`, `qwen3`, `gemma2` and `gemma3` (the
+Gemma 2 and Gemma 3 text families: their norms are stored as 1 + w, and the layer pattern,
+Gemma 3's local rope base and the query scale are not in the file, so `hf_config` states what
+llama.cpp and transformers assume; Gemma 2's attention and logit caps are), each
+with its own table of metadata keys and tensor names (`ARCHS`); an unknown key under the architecture's namespace
 or an unknown tensor is an error naming it. Tensor types: every ggml type the `gguf` package
 dequantizes (`DEQUANTIZED`); another type is an error naming the tensor and the type. jaxtune
 calls `gguf.quants.dequantize` rather than its own numpy: it is vectorised over blocks, within
@@ -21,13 +22,13 @@ calls `gguf.quants.dequantize` rather than its own numpy: it is vectorised over 
 reference llama.cpp ships.
 
 llama.cpp's layout differs from HF's in three ways, undone here:
-- names: `blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight` (`_ARCHS[...].names`);
+- names: `blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight` (`ARCHS[...].names`);
 - dims: GGUF lists them fastest-first (`[in, out]`); the reader's numpy arrays are already
   row-major `[out, in]`, which is HF's order, so only the reported shape is reversed;
 - Q/K rows: llama.cpp rotates adjacent pairs (x0, x1), (x2, x3) of each head, HF rotates halves
   (x_i, x_{i+H/2}), so convert_hf_to_gguf.py interleaves the two halves of each head's rows of
   q_proj (over n_head heads) and k_proj (over n_head_kv). `unpermute_rotary` inverts that. Only
-  the `llama` architecture is permuted: llama.cpp runs Qwen2/Qwen3/Gemma 3 with the NeoX (halves)
+  the `llama` architecture is permuted: llama.cpp runs Qwen2/Qwen3/Gemma 2/3 with the NeoX (halves)
   rotary, so their converters write HF's rows unchanged (transformers' GGUF loader agrees).
 """
 
@@ -45,8 +46,9 @@ import numpy as np
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
 from jaxtune.hf.safetensors_io import TensorSource
 
-__all__ = ["GGUFSource", "field_value", "metadata", "open_gguf", "open_reader", "permute_rotary",
-           "unpermute_rotary"]
+__all__ = ["ARCHS", "DEQUANTIZED", "SUPPORTED_ARCHITECTURES", "Arch", "GGUFSource", "field_value",
+           "gguf_package", "hf_config", "hf_name", "metadata", "open_gguf", "open_reader",
+           "permute_rotary", "unpermute_rotary"]
 
 # llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
 _DECODER_NAMES = (
@@ -74,15 +76,17 @@ _QK_NORM = tuple(
   (rf"blk\.(\d+)\.attn_{p}_norm\.weight", rf"model.layers.\1.self_attn.{p}_norm.weight") for p in "qk"
 )
 
-# Gemma 3 (llama.cpp's Gemma3Model): sandwich norms around attention and MLP. Its `ffn_norm` is
-# the norm before the MLP (HF's pre_feedforward_layernorm), not Llama's post-attention norm.
-_GEMMA3_NAMES = _DECODER_NAMES[:4] + (  # embeddings, final norm, head, attention input norm
+# Gemma 2 and 3 (llama.cpp's Gemma2Model, Gemma3Model): sandwich norms around attention and MLP.
+# Their `ffn_norm` is the norm before the MLP (HF's pre_feedforward_layernorm), not Llama's
+# post-attention norm. Gemma 3 adds per-head QK norms.
+_GEMMA2_NAMES = _DECODER_NAMES[:4] + (  # embeddings, final norm, head, attention input norm
   (r"blk\.(\d+)\.post_attention_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
   (r"blk\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.pre_feedforward_layernorm.weight"),
   (r"blk\.(\d+)\.post_ffw_norm\.weight", r"model.layers.\1.post_feedforward_layernorm.weight"),
-) + _DECODER_NAMES[5:] + _QK_NORM  # q, k, v, o, gate, up, down
+) + _DECODER_NAMES[5:]  # q, k, v, o, gate, up, down
+_GEMMA3_NAMES = _GEMMA2_NAMES + _QK_NORM
 
-# `<arch>.*` metadata that `_config` reads. Any other key under the architecture is refused by
+# `<arch>.*` metadata that `hf_config` reads. Any other key under the architecture is refused by
 # name, as an unknown config.json attribute would be: it may change the computation.
 _DECODER_KEYS = frozenset({
   "context_length", "embedding_length", "block_count", "feed_forward_length", "vocab_size",
@@ -94,7 +98,7 @@ _DECODER_KEYS = frozenset({
 
 
 @dataclasses.dataclass(frozen=True)
-class _Arch:
+class Arch:
   """How one `general.architecture` maps onto an HF model_type."""
 
   model_type: str
@@ -109,21 +113,29 @@ class _Arch:
   norm_plus_one: bool = False
 
 
-_ARCHS = {
-  "llama": _Arch("llama", "LlamaForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _MLP_BIAS,
+ARCHS = {
+  "llama": Arch("llama", "LlamaForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _MLP_BIAS,
                  interleaved_rotary=True),
   # Qwen2 always has q/k/v biases and no other bias; the loader reports a missing one.
-  "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", _DECODER_NAMES + _ATTN_BIAS[:3]),
-  "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _QK_NORM),
-  "gemma3": _Arch("gemma3_text", "Gemma3ForCausalLM", _GEMMA3_NAMES,
-                  keys=_DECODER_KEYS | {"attention.sliding_window"}, norm_plus_one=True),
+  "qwen2": Arch("qwen2", "Qwen2ForCausalLM", _DECODER_NAMES + _ATTN_BIAS[:3]),
+  "qwen3": Arch("qwen3", "Qwen3ForCausalLM", _DECODER_NAMES + _ATTN_BIAS + _QK_NORM),
+  # Gemma 2: the tanh caps of the attention scores and the final logits are in the file.
+  "gemma2": Arch("gemma2", "Gemma2ForCausalLM", _GEMMA2_NAMES,
+                 keys=_DECODER_KEYS | {"attention.sliding_window", "attn_logit_softcapping",
+                                       "final_logit_softcapping"}, norm_plus_one=True),
+  "gemma3": Arch("gemma3_text", "Gemma3ForCausalLM", _GEMMA3_NAMES,
+                 keys=_DECODER_KEYS | {"attention.sliding_window"}, norm_plus_one=True),
 }
 # What a gemma3 file leaves out, as llama.cpp's gemma3 graph and transformers' GGUF loader
 # (Gemma3TextConfig's defaults) both assume it: every 6th layer global, the others local
 # (sliding window) with rope base 1e4.
 _GEMMA3_GLOBAL_EVERY = 6
 _GEMMA3_LOCAL_ROPE_BASE = 10000.0
-SUPPORTED_ARCHITECTURES = tuple(_ARCHS)
+# Gemma 2 (llama.cpp's gemma2 graph, Gemma2Config's defaults): every 2nd layer global, one rope
+# for all; caps of 50 (attention) and 30 (logits) when the file leaves them out.
+_GEMMA2_GLOBAL_EVERY = 2
+_GEMMA2_CAPS = {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}
+SUPPORTED_ARCHITECTURES = tuple(ARCHS)
 
 # Tensors we recognise but cannot use, and why (better than "unknown tensor").
 _REFUSED = {
@@ -146,7 +158,8 @@ DEQUANTIZED = (
 # Reading the file
 
 
-def _gguf():
+def gguf_package():
+  """The `gguf` package, or an ImportError naming the extra that installs it."""
   try:
     import gguf
   except ImportError as e:  # an optional dependency: say which extra brings it
@@ -159,7 +172,7 @@ class _TensorTableError(Exception):
 
 
 def _reader_class():
-  gguf = _gguf()
+  gguf = gguf_package()
 
   class Reader(gguf.GGUFReader):
     """GGUFReader that names the tensor a truncated or corrupt file cuts off.
@@ -224,7 +237,7 @@ def open_reader(path: str | os.PathLike):
 
 def field_value(field):
   """A metadata field as a Python value (str, int, float, bool, or a list of them)."""
-  gguf = _gguf()
+  gguf = gguf_package()
   kinds = field.types
   if kinds[0] == gguf.GGUFValueType.ARRAY:
     if kinds[-1] == gguf.GGUFValueType.STRING:
@@ -269,10 +282,10 @@ def _architecture(meta: dict, where: str) -> str:
   return arch
 
 
-def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
+def hf_config(meta: dict, tensor_names: set[str], where: str) -> dict:
   """The config.json transformers would write for this file (its config class's attribute names)."""
   arch = _architecture(meta, where)
-  spec = _ARCHS[arch]
+  spec = ARCHS[arch]
   unknown = sorted(
     k for k in meta if k.startswith(f"{arch}.") and k[len(arch) + 1 :] not in spec.keys
   )
@@ -335,28 +348,34 @@ def _config(meta: dict, tensor_names: set[str], where: str) -> dict:
     hf.update(attention_bias=has(r"self_attn\.[qkvo]_proj\.bias$"), mlp_bias=has(r"mlp\.\w+_proj\.bias$"))
   elif arch == "qwen3":
     hf["attention_bias"] = has(r"self_attn\.[qkvo]_proj\.bias$")
-  elif arch == "gemma3":
+  elif arch in ("gemma2", "gemma3"):
     # Queries are scaled by 1/sqrt(query_pre_attn_scalar), which the file does not store:
-    # llama.cpp takes head_dim (except for the 27B model), transformers' loader keeps
-    # Gemma3TextConfig's 256. They agree only at head_dim 256 (270M, 1B, 4B, 12B).
+    # llama.cpp takes head_dim (except for the 27B models), transformers' loader keeps
+    # Gemma2Config's / Gemma3TextConfig's 256. They agree only at head_dim 256 (Gemma 2 2B and
+    # 9B; Gemma 3 270M, 1B, 4B, 12B).
     require(head_dim == 256, "attention.key_length", "query_pre_attn_scalar is not in the file; "
             "llama.cpp and transformers' GGUF loader agree on it only for head_dim 256")
-    require(scaling == "none", "rope.scaling.type", "rope scaling of Gemma 3 files is not read "
+    require(scaling == "none", "rope.scaling.type", f"rope scaling of {arch} files is not read "
             "(transformers' GGUF loader ignores it)")
-    n_layers = get("block_count")
+    every = _GEMMA3_GLOBAL_EVERY if arch == "gemma3" else _GEMMA2_GLOBAL_EVERY
     del hf["hidden_act"]
     hf.update(
-      hidden_activation="gelu_pytorch_tanh",  # llama.cpp's gemma3 graph: GELU (tanh approx.)
+      hidden_activation="gelu_pytorch_tanh",  # llama.cpp's gemma2/3 graphs: GELU (tanh approx.)
       query_pre_attn_scalar=head_dim,
       sliding_window=get("attention.sliding_window"),
-      layer_types=["sliding_attention" if (i + 1) % _GEMMA3_GLOBAL_EVERY else "full_attention"
-                   for i in range(n_layers)],
-      rope_parameters={
-        "full_attention": rope,
-        "sliding_attention": {"rope_type": "default", "rope_theta": _GEMMA3_LOCAL_ROPE_BASE},
-      },
+      layer_types=["sliding_attention" if (i + 1) % every else "full_attention"
+                   for i in range(get("block_count"))],
       attention_bias=False,
     )
+    if arch == "gemma3":
+      hf["rope_parameters"] = {
+        "full_attention": rope,
+        "sliding_attention": {"rope_type": "default", "rope_theta": _GEMMA3_LOCAL_ROPE_BASE},
+      }
+    else:
+      # llama.cpp reads these caps (and transformers' GGUF loader does not: it keeps
+      # Gemma2Config's defaults, which are llama.cpp's defaults too).
+      hf.update({key: float(get(key, cap)) for key, cap in _GEMMA2_CAPS.items()})
   elif arch == "qwen2":
     # Qwen2Config has no head_dim: its attention derives it from the hidden size.
     require(head_dim * n_head == hidden, "attention.key_length",
@@ -392,12 +411,12 @@ class GGUFSource(TensorSource):
     self.path = path
     self._tensors = {}
     self._heads = {}  # HF name -> head count whose rotary permutation `get` undoes
-    spec = _ARCHS[arch]
+    spec = ARCHS[arch]
     self._minus_one = spec.norm_plus_one
     for t in reader.tensors:
       if t.name in _REFUSED:
         raise UnsupportedConfigError(f"{path}: tensor {t.name!r} is not supported: {_REFUSED[t.name]}")
-      hf = _hf_name(t.name, arch)
+      hf = hf_name(t.name, arch)
       if hf is None:
         raise CheckpointError(
           f"{path}: unknown tensor {t.name!r}: not part of a {arch} model as jaxtune reads it"
@@ -423,7 +442,7 @@ class GGUFSource(TensorSource):
   def get(self, name: str) -> np.ndarray:
     t = self._tensors[name]
     try:
-      arr = _gguf().quants.dequantize(t.data, t.tensor_type)
+      arr = gguf_package().quants.dequantize(t.data, t.tensor_type)
     except Exception as e:  # noqa: BLE001 - corrupt blocks, short data: name the tensor
       raise CheckpointError(f"{self.path}: cannot dequantize tensor {t.name!r} ({name}): {e}") from e
     if tuple(arr.shape) != self.shape(name):
@@ -441,8 +460,9 @@ class GGUFSource(TensorSource):
     return self.path
 
 
-def _hf_name(gguf_name: str, arch: str) -> str | None:
-  for pattern, template in _ARCHS[arch].names:
+def hf_name(gguf_name: str, arch: str) -> str | None:
+  """The HF name of llama.cpp tensor `gguf_name` in architecture `arch`, or None if unknown."""
+  for pattern, template in ARCHS[arch].names:
     m = re.fullmatch(pattern, gguf_name)
     if m:
       return m.expand(template)
@@ -456,7 +476,7 @@ def open_gguf(path: str | os.PathLike) -> tuple[dict, GGUFSource]:
   meta = _metadata(reader)
   arch = _architecture(meta, path)  # before reading tensor names of an unknown layout
   # The config first (it needs only the names), so bad metadata is reported before tensors.
-  hf = _config(meta, {_hf_name(t.name, arch) for t in reader.tensors} - {None}, path)
+  hf = hf_config(meta, {hf_name(t.name, arch) for t in reader.tensors} - {None}, path)
   source = GGUFSource(
     path, reader, arch=arch, n_head=hf["num_attention_heads"], n_kv_head=hf["num_key_value_heads"]
   )

@@ -25,7 +25,10 @@ from pathlib import Path
 from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
 from jaxtune.hf.gguf import field_value, open_reader
 
-__all__ = ["load_tokenizer", "write_tokenizer"]
+__all__ = ["SENTENCEPIECE_ARCHS", "load_tokenizer", "write_tokenizer"]
+# Architectures whose SentencePiece ('llama') vocabulary is read and written: Gemma 2 and 3 (the
+# same vocabulary layout; llama.cpp's SentencePiece handling differs per architecture).
+SENTENCEPIECE_ARCHS = ("gemma2", "gemma3")
 log = logging.getLogger(__name__)
 
 # tokenizer.ggml.pre -> how llama.cpp splits text before BPE (llama-vocab.cpp's regex table).
@@ -75,7 +78,7 @@ def load_tokenizer(path: str | os.PathLike):
   """An HF `PreTrainedTokenizerFast` rebuilt from a GGUF file's `tokenizer.*` metadata.
 
   Supports byte-level BPE vocabularies (`tokenizer.ggml.model` 'gpt2': GPT-2, SmolLM, Llama 3,
-  ...), and Gemma 3's SentencePiece one ('llama' in a `gemma3` file) through transformers. Control tokens become special tokens (kept whole, skipped when decoding with
+  ...), and Gemma 2/3's SentencePiece one ('llama' in a `gemma2`/`gemma3` file) through transformers. Control tokens become special tokens (kept whole, skipped when decoding with
   skip_special_tokens), user-defined ones plain added tokens; the chat template is set.
   """
   from tokenizers import AddedToken, Tokenizer, decoders, models, processors
@@ -90,7 +93,7 @@ def load_tokenizer(path: str | os.PathLike):
     return field_value(fields[key]) if key in fields else default
 
   model = meta("tokenizer.ggml.model")
-  if model == "llama" and meta("general.architecture") == "gemma3":
+  if model == "llama" and meta("general.architecture") in SENTENCEPIECE_ARCHS:
     # Gemma's SentencePiece vocabulary (262k pieces with scores, byte fallback): transformers'
     # GGUF tokenizer converter rebuilds it (~15 s); llama.cpp's SentencePiece handling differs
     # per architecture, so only the architecture checked against it is delegated.
@@ -100,7 +103,7 @@ def load_tokenizer(path: str | os.PathLike):
   if model != "gpt2":
     raise UnsupportedConfigError(
       f"{path}: GGUF metadata tokenizer.ggml.model={model!r} is not supported; jaxtune builds "
-      "byte-level BPE ('gpt2') tokenizers from GGUF files (and Gemma 3's SentencePiece 'llama' "
+      "byte-level BPE ('gpt2') tokenizers from GGUF files (and Gemma 2/3's SentencePiece 'llama' "
       "vocabulary)"
     )
   tokens = meta("tokenizer.ggml.tokens")
@@ -203,12 +206,12 @@ def write_tokenizer(writer, tok, vocab_size: int, arch: str, where: str) -> None
   backend = getattr(tok, "backend_tokenizer", None)
   model = json.loads(backend.to_str())["model"] if backend is not None else {}
   sentencepiece = model.get("type") == "BPE" and model.get("byte_fallback")
-  if model.get("type") != "BPE" or sentencepiece and arch != "gemma3":
+  if model.get("type") != "BPE" or sentencepiece and arch not in SENTENCEPIECE_ARCHS:
     kind = "SentencePiece-style BPE (byte fallback)" if sentencepiece else (
       model.get("type") or type(tok).__name__)
     raise UnsupportedConfigError(
       f"{where}: the run's tokenizer is {kind}; jaxtune writes byte-level BPE tokenizers "
-      "(GPT-2, SmolLM, Llama 3, Qwen) to GGUF, and Gemma 3's SentencePiece one for gemma3"
+      "(GPT-2, SmolLM, Llama 3, Qwen) to GGUF, and Gemma's SentencePiece one for gemma2/gemma3"
     )
   vocab = backend.get_vocab(with_added_tokens=True)
   by_id = {i: t for t, i in vocab.items()}

@@ -1,10 +1,10 @@
 """A jaxtune causal LM written as one llama.cpp GGUF file (`jaxtune export --format=gguf`).
 
-The reader's tables (`jaxtune.hf.gguf._ARCHS`) run backwards: each architecture's tensor-name
+The reader's tables (`jaxtune.hf.gguf.ARCHS`) run backwards: each architecture's tensor-name
 table is inverted (HF name -> llama.cpp name), its metadata is written under the keys the
 reader accepts for it, and the layout changes the reader undoes are done (`llama`'s Q/K rotary
-row permutation, Gemma 3's norms stored as 1 + w). Before anything is written, the metadata is
-read back through the reader's own `_config` and the jaxtune config it implies must equal the
+row permutation, Gemma 2/3's norms stored as 1 + w). Before anything is written, the metadata is
+read back through the reader's own `hf_config` and the jaxtune config it implies must equal the
 model's: a model the file cannot describe (a Gemma 3 layer pattern other than llama.cpp's, a
 rope scaling llama.cpp would not apply, another activation) is refused by attribute, never
 written as a different network.
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 QUANTS = ("f32", "f16", "bf16", "q8_0")
 # HF model_type -> general.architecture, for every architecture the reader reads.
-WRITTEN = {spec.model_type: arch for arch, spec in gguf._ARCHS.items()}
+WRITTEN = {spec.model_type: arch for arch, spec in gguf.ARCHS.items()}
 # DecoderConfig fields a GGUF does not carry and that do not change the logits.
 _NOT_IN_FILE = ("attention_dropout", "initializer_range", "pad_token_id", "bos_token_id",
                 "eos_token_id", "num_labels", "id2label")
@@ -54,7 +54,7 @@ class General:
 def _inverse_names(arch: str) -> list[tuple[re.Pattern, str]]:
   """The reader's (llama.cpp regex, HF template) rows as (HF regex, llama.cpp template)."""
   rows = []
-  for pattern, template in gguf._ARCHS[arch].names:
+  for pattern, template in gguf.ARCHS[arch].names:
     hf = re.compile(re.escape(template).replace(re.escape(r"\1"), r"(\d+)"))
     name = pattern.replace(r"(\d+)", r"\1").replace(r"\.", ".")
     rows.append((hf, name))
@@ -66,7 +66,7 @@ def _gguf_name(hf_name: str, arch: str, inverse, where: str) -> str:
     if m := hf.fullmatch(hf_name):
       name = m.expand(template)
       # The reader must map it back to the same HF name (its table, not a second copy).
-      if gguf._hf_name(name, arch) == hf_name:
+      if gguf.hf_name(name, arch) == hf_name:
         return name
   raise UnsupportedConfigError(f"{where}: tensor {hf_name!r} has no llama.cpp name in the "
                                f"{arch} table; jaxtune cannot write it to GGUF")
@@ -99,9 +99,12 @@ def _metadata(hf: dict, arch: str, where: str) -> dict:
   elif kind != "default":
     raise UnsupportedConfigError(f"{where}: rope_type={kind!r} is not written to GGUF (the GGUF "
                                  "import reads linear scaling only)")
-  if arch == "gemma3":
+  if arch in ("gemma2", "gemma3"):
     meta["attention.sliding_window"] = hf["sliding_window"]
-  unknown = sorted(set(meta) - gguf._ARCHS[arch].keys)
+  if arch == "gemma2":  # no cap (null) cannot be written: the reader's defaults refuse it below
+    meta.update({k: float(hf[k]) for k in ("attn_logit_softcapping", "final_logit_softcapping")
+                 if hf.get(k) is not None})
+  unknown = sorted(set(meta) - gguf.ARCHS[arch].keys)
   assert not unknown, unknown  # the reader's key table is the only list of keys
   return {f"{arch}.{k}": v for k, v in meta.items()}
 
@@ -114,7 +117,7 @@ def _check_round_trip(model_cfg, family, meta: dict, hf_names: set[str], where: 
   """Refuse a model whose file would read back (in jaxtune, as in llama.cpp) as another network."""
   # The reader's floats are the file's float32 values.
   file_meta = {"general.architecture": WRITTEN[model_cfg.model_type], **meta}
-  read = gguf._config({k: _float32(v) for k, v in file_meta.items()}, hf_names, where)
+  read = gguf.hf_config({k: _float32(v) for k, v in file_meta.items()}, hf_names, where)
   back = family.config_from_hf(read, task="causal_lm", num_labels=None, where=where)
   back = dataclasses.replace(back, **{f: getattr(model_cfg, f) for f in _NOT_IN_FILE})
   differ = [f.name for f in dataclasses.fields(model_cfg)
@@ -129,7 +132,7 @@ def _check_round_trip(model_cfg, family, meta: dict, hf_names: set[str], where: 
 
 def _encode(arr: np.ndarray, quant: str, name: str, where: str):
   """(data, ggml type) for one tensor: 1-D stays F32; rows not a multiple of 32 get F16 for Q8_0."""
-  q = gguf._gguf().GGMLQuantizationType
+  q = gguf.gguf_package().GGMLQuantizationType
   kind = "f32" if arr.ndim == 1 else quant
   if kind == "q8_0" and arr.shape[-1] % 32:
     kind = "f16"  # convert_hf_to_gguf.py's fallback for rows that do not fill Q8_0 blocks
@@ -141,7 +144,7 @@ def _encode(arr: np.ndarray, quant: str, name: str, where: str):
   if kind == "f16":
     return arr.astype(np.float16), q.F16
   qtype = q.BF16 if kind == "bf16" else q.Q8_0
-  return gguf._gguf().quants.quantize(np.ascontiguousarray(arr, np.float32), qtype), qtype
+  return gguf.gguf_package().quants.quantize(np.ascontiguousarray(arr, np.float32), qtype), qtype
 
 
 def write(model, path: str | Path, tokenizer, *, quant: str, general: General) -> Path:
@@ -163,7 +166,7 @@ def write(model, path: str | Path, tokenizer, *, quant: str, general: General) -
   if tokenizer is None:
     raise ConfigError(f"{where}: the run has no tokenizer (a preset model on synthetic data); "
                       "a GGUF file must carry one")
-  arch, spec = WRITTEN[mt], gguf._ARCHS[WRITTEN[mt]]
+  arch, spec = WRITTEN[mt], gguf.ARCHS[WRITTEN[mt]]
   layers.unstack_layers(model)
   if lora.has_lora(model):
     model = lora.merge(model)
@@ -175,7 +178,7 @@ def write(model, path: str | Path, tokenizer, *, quant: str, general: General) -
   inverse = _inverse_names(arch)
   names = {h: _gguf_name(h, arch, inverse, where) for h in hf_names}  # all named before writing
 
-  g = gguf._gguf()
+  g = gguf.gguf_package()
   writer = g.GGUFWriter(str(path), arch, use_temp_file=True)
   try:
     writer.add_name(general.name)

@@ -1,4 +1,5 @@
-"""HF <-> jaxtune map for the Llama-style decoders: llama, mistral, qwen2, qwen3, gemma, gemma3_text.
+"""HF <-> jaxtune map for the Llama-style decoders: llama, mistral, qwen2, qwen3, gemma, gemma2,
+gemma3_text.
 
 `config_from_hf` reads a config.json strictly: every attribute is either used, known to be
 harmless, or refused by name (MoE, rope types other than default/linear/llama3, Qwen sliding
@@ -24,9 +25,10 @@ from jaxtune.models import decoder, layers
 log = logging.getLogger(__name__)
 
 ARCH = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma",
-        "gemma3_text": "Gemma3"}
+        "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
 _SEQ_CLS_ARCH = {"gemma3_text": "Gemma3TextForSequenceClassification"}  # else ARCH + ForSeq...
-GEMMA = ("gemma", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings, hidden_activation
+GEMMA = ("gemma", "gemma2", "gemma3_text")  # (1 + w) norms, sqrt(D)-scaled embeddings, hidden_activation
+SANDWICH = ("gemma2", "gemma3_text")  # norms around attention and MLP, local/global layer kinds
 
 # Defaults of the transformers 5 config classes for attributes a config.json may leave out
 # (None for num_key_value_heads / head_dim means "derive from the head count").
@@ -46,6 +48,13 @@ _DEFAULTS = {
   "gemma": dict(num_key_value_heads=16, head_dim=256, hidden_act="gelu_pytorch_tanh",
                 rms_norm_eps=1e-6, max_position_embeddings=8192, tie_word_embeddings=True,
                 pad_token_id=0, bos_token_id=2, eos_token_id=1),
+  # sliding_window_pattern: not a Gemma2Config attribute; its layer_types default (every 2nd
+  # layer global) expressed as `_gemma3_layer_types` derives Gemma 3's.
+  "gemma2": dict(num_key_value_heads=4, head_dim=256, hidden_act="gelu_pytorch_tanh",
+                 rms_norm_eps=1e-6, max_position_embeddings=8192, tie_word_embeddings=True,
+                 pad_token_id=0, bos_token_id=2, eos_token_id=1, sliding_window=4096,
+                 query_pre_attn_scalar=256, sliding_window_pattern=2,
+                 final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
   "gemma3_text": dict(num_key_value_heads=4, head_dim=256, hidden_act="gelu_pytorch_tanh",
                       rms_norm_eps=1e-6, max_position_embeddings=131072, tie_word_embeddings=True,
                       pad_token_id=0, bos_token_id=2, eos_token_id=1, sliding_window=4096,
@@ -67,6 +76,10 @@ _USED = {
   "qwen3": _COMMON | {"attention_bias", "use_sliding_window", "sliding_window",
                       "max_window_layers", "layer_types"},
   "gemma": _COMMON | {"attention_bias", "hidden_activation", "use_bidirectional_attention"},
+  "gemma2": _COMMON | {
+    "attention_bias", "hidden_activation", "use_bidirectional_attention", "query_pre_attn_scalar",
+    "sliding_window", "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+  },
   "gemma3_text": _COMMON | {
     "attention_bias", "hidden_activation", "use_bidirectional_attention", "query_pre_attn_scalar",
     "sliding_window", "sliding_window_pattern", "_sliding_window_pattern", "layer_types",
@@ -75,7 +88,7 @@ _USED = {
 }
 # Present in real checkpoints of that type and without effect on the computation.
 _HARMLESS: dict[str, set[str]] = {"llama": set(), "mistral": set(), "qwen2": set(), "qwen3": set(),
-                                  "gemma": set(),
+                                  "gemma": set(), "gemma2": {"cache_implementation"},
                                   # "hybrid": HF's cache layout (sliding layers keep a window)
                                   "gemma3_text": {"cache_implementation"}}
 # Switches some configs carry set to false; any other value changes the network.
@@ -222,23 +235,30 @@ class DecoderFamily(convert.Family):
     gemma3: dict = {}
     if mt == "mistral":
       sliding = _get(hf, defaults, "sliding_window")
-    if mt == "gemma3_text":
+    if mt in SANDWICH:
       sliding = _get(hf, defaults, "sliding_window")
-      theta, scaling, local_theta = _gemma3_rope(hf, defaults, max_pos, where)
+      local_theta = None  # Gemma 2: one rope for both layer kinds
+      if mt == "gemma3_text":
+        theta, scaling, local_theta = _gemma3_rope(hf, defaults, max_pos, where)
       types = _gemma3_layer_types(hf, defaults, int(_required(hf, "num_hidden_layers", where)), where)
       require(sliding or "sliding_attention" not in types, where, "sliding_window", sliding,
               "layer_types has sliding_attention layers, which need a window size")
-      cap = hf.get("final_logit_softcapping")
-      require(cap is None or (isinstance(cap, int | float) and cap > 0), where,
-              "final_logit_softcapping", cap, "expected null or a positive number")
-      # transformers' Gemma3Attention never passes this cap to its attention functions, so a
-      # set value is ignored there; refused here rather than guessing which network is meant.
-      require(hf.get("attn_logit_softcapping") is None, where, "attn_logit_softcapping",
-              hf.get("attn_logit_softcapping"), "transformers' Gemma 3 does not apply it; set null")
+      caps = {}
+      for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        cap = _get(hf, defaults, key)
+        require(cap is None or (isinstance(cap, int | float) and cap > 0), where, key, cap,
+                "expected null or a positive number")
+        caps[key] = float(cap) if cap else None
+      if mt == "gemma3_text":
+        # transformers' Gemma3Attention never passes this cap to its attention functions, so a
+        # set value is ignored there; refused here rather than guessing which network is meant.
+        require(caps["attn_logit_softcapping"] is None, where, "attn_logit_softcapping",
+                hf.get("attn_logit_softcapping"), "transformers' Gemma 3 does not apply it; set null")
       gemma3 = dict(
         layer_types=types, rope_local_theta=local_theta, sandwich_norms=True,
         query_pre_attn_scalar=float(_get(hf, defaults, "query_pre_attn_scalar")),
-        final_logit_softcap=float(cap) if cap else None,
+        final_logit_softcap=caps["final_logit_softcapping"],
+        attn_logit_softcap=caps["attn_logit_softcapping"],
       )
     if mt in ("qwen2", "qwen3"):
       use = hf.get("use_sliding_window", False)
@@ -287,7 +307,7 @@ class DecoderFamily(convert.Family):
     where = f"export of a {mt} model"
     # Refuse switches this model_type's HF class cannot express, rather than write a config
     # transformers would load as a different network.
-    gemma3 = mt == "gemma3_text"
+    gemma3 = mt in SANDWICH  # Gemma 2 or 3
     fixed = {
       "qkv_bias": mt == "qwen2", "qk_norm": mt in ("qwen3", "gemma3_text"),
       "norm_plus_one": mt in GEMMA, "scale_embeddings": mt in GEMMA, "sandwich_norms": gemma3,
@@ -295,11 +315,15 @@ class DecoderFamily(convert.Family):
     if not gemma3:
       fixed.update(layer_types=(), rope_local_theta=None, query_pre_attn_scalar=None,
                    final_logit_softcap=None)
+    if mt != "gemma2":
+      fixed["attn_logit_softcap"] = None
+    else:
+      fixed["rope_local_theta"] = None
     if mt not in ("llama",):
       fixed["mlp_bias"] = False
     if mt in ("mistral", "qwen2"):
       fixed["attention_bias"] = False
-    if mt not in ("mistral", "gemma3_text"):
+    if mt not in ("mistral", *SANDWICH):
       fixed["sliding_window"] = None
     for attr, want in fixed.items():
       require(getattr(cfg, attr) == want, where, attr, getattr(cfg, attr),
@@ -334,23 +358,24 @@ class DecoderFamily(convert.Family):
               "Qwen2 needs head_dim == hidden_size // num_attention_heads")
     else:
       out["head_dim"] = cfg.head_dim
-    if mt in ("llama", "qwen3", "gemma", "gemma3_text"):
+    if mt in ("llama", "qwen3", "gemma", *SANDWICH):
       out["attention_bias"] = cfg.attention_bias
     if gemma3:
       out["hidden_activation"] = out.pop("hidden_act")
       types = cfg.layer_types or (
         ("sliding_attention" if cfg.sliding_window else "full_attention"),) * cfg.num_layers
       local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
-      # Integers where Gemma3TextConfig's strict fields want them (query_pre_attn_scalar: int).
+      # Integers where Gemma 2/3's strict config fields want them (query_pre_attn_scalar: int).
       scalar = cfg.query_pre_attn_scalar or cfg.head_dim
       require(float(scalar).is_integer(), where, "query_pre_attn_scalar", scalar,
-              "Gemma3TextConfig takes an integer")
+              f"{ARCH[mt]}'s config takes an integer")
       out.update(
         layer_types=list(types), sliding_window=cfg.sliding_window or 4096,
-        rope_parameters={"full_attention": rope, "sliding_attention": local},
         query_pre_attn_scalar=int(scalar), final_logit_softcapping=cfg.final_logit_softcap,
-        attn_logit_softcapping=None, use_bidirectional_attention=False,
+        attn_logit_softcapping=cfg.attn_logit_softcap, use_bidirectional_attention=False,
       )
+      if mt == "gemma3_text":
+        out["rope_parameters"] = {"full_attention": rope, "sliding_attention": local}
     if mt == "llama":
       out.update(mlp_bias=cfg.mlp_bias, pretraining_tp=1)
     if mt == "mistral":

@@ -1,15 +1,16 @@
-"""Llama-style decoder-only transformers: Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 3.
+"""Llama-style decoder-only transformers: Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2 and Gemma 3.
 
 They differ only in switches on `DecoderConfig` (biases, q/k norms, (1 + w) norms, scaled
-embeddings, sliding window, activation, tied head, Gemma 3's extra norms and per-layer
-attention kinds), so one pre-norm block serves all of them:
+embeddings, sliding window, activation, tied head, Gemma 2/3's extra norms and per-layer
+attention kinds, Gemma 2's tanh caps), so one pre-norm block serves all of them:
 
   x = x + o_proj(attend(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x))))
   x = x + down_proj(act(gate_proj(norm(x))) * up_proj(norm(x)))
 
-Gemma 3 also normalises each block's output before the residual add ("sandwich" norms) and
-interleaves local layers (sliding-window mask, rope base `rope_local_theta`) with global ones
-(full causal mask, `rope_theta` and its scaling). The two kinds share one parameter structure,
+Gemma 2 and 3 also normalise each block's output before the residual add ("sandwich" norms) and
+interleave local layers (sliding-window mask; Gemma 3: rope base `rope_local_theta`) with global
+ones (full causal mask, `rope_theta` and its scaling); Gemma 2 caps the attention scores with
+tanh (`attn_logit_softcap`). The two kinds share one parameter structure,
 so the decoder builds both masks and both rope tables once per forward ([M, ...] with M kinds)
 and each layer takes its kind as data (`DecoderConfig.layer_kinds`): unrolled layers get a
 constant, a scanned stack (`layers.stack_layers`) gets it as a scanned input.
@@ -73,7 +74,8 @@ class DecoderConfig:
   layer_types: tuple[str, ...] = ()
   rope_local_theta: float | None = None  # Gemma 3: rope base of sliding layers (no scaling)
   query_pre_attn_scalar: float | None = None  # Gemma 3: scores scale by this**-0.5, not H**-0.5
-  sandwich_norms: bool = False  # Gemma 3: norms on the attention and MLP outputs too
+  sandwich_norms: bool = False  # Gemma 2/3: norms on the attention and MLP outputs too
+  attn_logit_softcap: float | None = None  # Gemma 2: scores -> tanh(scores / cap) * cap
   final_logit_softcap: float | None = None  # Gemma 2/3 style tanh cap on the output logits
   max_position_embeddings: int = 2048
   initializer_range: float = 0.02
@@ -142,6 +144,7 @@ class Attention(nnx.Module):
     self.attention_impl = "xla"  # layers.set_attention
     self.num_heads, self.num_kv_heads, self.head_dim = N, K, H
     self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
+    self.softcap = cfg.attn_logit_softcap
 
   def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array,
           rng: layers.RngSplitter | None = None):
@@ -163,7 +166,7 @@ class Attention(nnx.Module):
     rng = rng or layers.RngSplitter(None)
     B, T = q_BTNH.shape[:2]
     out = layers.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.scale,
+      q_BTNH, k_BSKH, v_BSKH, mask_B1TS, scale=self.scale, softcap=self.softcap,
       dropout=self.dropout, dropout_rng=dropout_rng, implementation=self.attention_impl,
       causal=True,
     )

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtune import losses, metrics
+from jaxtune import losses, metrics, quantize
 from jaxtune.models import layers
 from jaxtune.objectives.base import Objective, model_kwargs
 
@@ -54,6 +54,8 @@ def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
     table = getattr(model, "wte", None)
   if type(table) is not layers.Embed:
     return None
+  if layers.quantized(table, "embedding") is not None:  # dequantized block by block in the loss
+    return quantize.tied_head(table)
   return functools.partial(_tied_head, table.compute_dtype), layers.weight(table, "embedding")
 
 

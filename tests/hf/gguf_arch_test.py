@@ -43,6 +43,10 @@ SPECS = {
                    "full_attention": {"rope_type": "default", "rope_theta": 50000.0},
                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
 }
+# Layers 0 and 2 local (window 4), 1 global, as a gemma2 file implies; the caps are
+# Gemma2Config's defaults, which transformers' GGUF loader keeps whatever the file says.
+SPECS["gemma2"] = dict(num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                       head_dim=256, sliding_window=4, tie_word_embeddings=True)
 MODEL_TYPE = {"gemma3": "gemma3_text"}  # transformers' name for the text-only Gemma 3
 # llama.cpp's Q4_K_M-style mixes use several types in one file; these are the ones gguf can
 # quantize (block 32, so the tiny rows of 64 and 96 work).
@@ -209,16 +213,6 @@ def test_gemma3_config_states_what_the_file_leaves_out(tmp_path):
   np.testing.assert_allclose(src.get(name), model.state_dict()[name].numpy(), atol=1e-6)
 
 
-def test_gemma3_unknown_metadata_and_tensor_are_named(tmp_path):
-  path = _qwen2_file(tmp_path, extra_meta=[("gemma3.attention.logit_softcapping", 50)], arch="gemma3")
-  with pytest.raises(UnsupportedConfigError, match=r"'gemma3\.attention\.logit_softcapping'"):
-    jgguf.open_gguf(path)
-  path = _qwen2_file(tmp_path, extra_tensors=[("blk.0.attn_q.bias", np.zeros(512, np.float32))],
-                     arch="gemma3")
-  with pytest.raises(CheckpointError, match=r"unknown tensor 'blk\.0\.attn_q\.bias'.*gemma3"):
-    jgguf.open_gguf(path)
-
-
 def test_gemma3_other_head_dim_is_refused(tmp_path):
   """The query scale is not in the file; jaxtune does not guess it where the readers disagree."""
   model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
@@ -234,3 +228,38 @@ def test_sentencepiece_tokenizer_outside_gemma3_is_refused(tmp_path):
   path = _qwen2_file(tmp_path, strings={"tokenizer.ggml.model": "llama"})
   with pytest.raises(UnsupportedConfigError, match=r"tokenizer\.ggml\.model='llama' is not supported"):
     gguf_tokenizer.load_tokenizer(path)
+
+
+def test_gemma2_reads_what_the_file_leaves_out_and_its_caps(tmp_path):
+  """Layer pattern and query scale as llama.cpp and transformers assume them; the tanh caps from
+  the file (llama.cpp reads them; transformers' GGUF loader keeps Gemma2Config's 50 and 30)."""
+  cfg = transformers.AutoConfig.for_model("gemma2", **{**BASE, **SPECS["gemma2"]},
+                                          attn_logit_softcapping=0.5, final_logit_softcapping=2.0)
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(
+    cfg, attn_implementation="eager", dtype=torch.float32).eval()
+  path = str(tmp_path / "g2.gguf")
+  write_from_hf(model, path, "gemma2")
+  hf_cfg, src = jgguf.open_gguf(path)
+  assert hf_cfg["layer_types"] == model.config.layer_types == [
+    "sliding_attention", "full_attention", "sliding_attention"]
+  assert (hf_cfg["sliding_window"], hf_cfg["query_pre_attn_scalar"]) == (4, 256)
+  assert (hf_cfg["attn_logit_softcapping"], hf_cfg["final_logit_softcapping"]) == (0.5, 2.0)
+  name = "model.layers.1.post_feedforward_layernorm.weight"  # stored as 1 + w, read back as w
+  np.testing.assert_allclose(src.get(name), model.state_dict()[name].numpy(), atol=1e-6)
+  ids = _ids()
+  got = np.asarray(jaxtune.hf.load(path)(ids))
+  np.testing.assert_allclose(got, _logits(model, ids), atol=1e-5, rtol=1e-5)
+  assert np.abs(_logits(_transformers_load(path), ids) - got).max() > 1e-2  # it drops the caps
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gemma_unknown_metadata_and_tensor_are_named(tmp_path, arch):
+  path = _qwen2_file(tmp_path, extra_meta=[(f"{arch}.attention.logit_softcapping", 50)], arch=arch)
+  with pytest.raises(UnsupportedConfigError, match=rf"'{arch}\.attention\.logit_softcapping'"):
+    jgguf.open_gguf(path)
+  # Gemma 3's QK norm is not part of Gemma 2; a bias is part of neither.
+  extra = "blk.0.attn_q_norm.weight" if arch == "gemma2" else "blk.0.attn_q.bias"
+  path = _qwen2_file(tmp_path, extra_tensors=[(extra, np.zeros(256, np.float32))], arch=arch)
+  with pytest.raises(CheckpointError, match=rf"unknown tensor '{re.escape(extra)}'.*{arch}"):
+    jgguf.open_gguf(path)

@@ -2,7 +2,7 @@
 
 `write_from_hf` lays a transformers model's state dict out as a GGUF file: tensor names from
 the gguf package's own HF -> GGUF name map (not jaxtune's table), the Q/K row permutation for
-the `llama` architecture only, Gemma 3's norms stored as 1 + w, the architecture's metadata keys as the converter sets them, and
+the `llama` architecture only, Gemma 2/3's norms stored as 1 + w, the architecture's metadata keys as the converter sets them, and
 each weight matrix stored as the ggml type the caller picks. `encode` turns a float32 array
 into a type's bytes: `gguf.quants.quantize` where the package can quantize that type, else
 random blocks of its layout with sane scales.
@@ -92,8 +92,11 @@ def write_from_hf(
   rope = cfg.rope_parameters
   w.add_rope_freq_base((rope["full_attention"] if arch == "gemma3" else rope)["rope_theta"])
   w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-  if arch == "gemma3":  # Gemma3Model.set_gguf_parameters (the local rope base is not written)
+  if arch in ("gemma2", "gemma3"):  # Gemma2/3Model.set_gguf_parameters (no local rope base)
     w.add_sliding_window(cfg.sliding_window)
+  if arch == "gemma2":
+    w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+    w.add_final_logit_softcapping(cfg.final_logit_softcapping)
   if arch == "llama":  # LlamaModel.set_gguf_parameters
     w.add_vocab_size(cfg.vocab_size)
     w.add_rope_dimension_count(head_dim)
@@ -125,7 +128,7 @@ def write_from_hf(
     if arch == "llama" and gname.endswith(("attn_q.weight", "attn_k.weight")):  # LlamaModel.modify_tensors
       heads = cfg.num_attention_heads if ".attn_q." in gname else cfg.num_key_value_heads
       arr = llama_cpp_permute(arr, heads, None)
-    if arch == "gemma3" and gname.endswith("norm.weight"):  # Gemma3Model.modify_tensors: 1 + w
+    if arch in ("gemma2", "gemma3") and gname.endswith("norm.weight"):  # modify_tensors: 1 + w
       arr = arr + np.float32(1.0)
     qtype = Q.F32 if arr.ndim == 1 else qtype_of(gname, arr)
     data = encode(arr, qtype, rng)

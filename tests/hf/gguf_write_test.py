@@ -64,7 +64,7 @@ def run_tokenizer():
 def models(tmp_path_factory):
   """arch -> (its HF directory, the jaxtune model loaded from it)."""
   out = {}
-  for arch in ("llama", "qwen2", "qwen3", "gemma3"):
+  for arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3"):
     d = tmp_path_factory.mktemp(arch)
     _hf_model(arch).save_pretrained(d)
     out[arch] = (d, jaxtune.hf.load(d))
@@ -92,7 +92,7 @@ def _transformers_logits(path, ids):
 # Every architecture and every type, each at least once (the tight file-vs-file check makes a
 # quantized case also a layout check).
 CASES = [("llama", "f32"), ("qwen2", "f32"), ("qwen3", "f16"), ("qwen2", "bf16"), ("llama", "q8_0"),
-         ("gemma3", "q8_0")]
+         ("gemma3", "q8_0"), ("gemma2", "f16")]
 
 
 @pytest.mark.parametrize("arch,quant", CASES)
@@ -166,10 +166,11 @@ def gemma_tokenizer():
   return tok
 
 
-def test_gemma3_sentencepiece_tokenizer(models, tmp_path):
-  """Gemma 3's SentencePiece vocabulary as llama.cpp's 'llama' model: types, scores in merge
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gemma_sentencepiece_tokenizer(models, tmp_path, arch):
+  """Gemma's SentencePiece vocabulary as llama.cpp's 'llama' model: types, scores in merge
   order, runs of spaces as spaces; transformers' GGUF tokenizer encodes as the run's does."""
-  _, model = models["gemma3"]
+  _, model = models[arch]
   tok = gemma_tokenizer()
   path = _export(model, tmp_path, "q8_0", tok)
   theirs = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
