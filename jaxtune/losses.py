@@ -137,11 +137,14 @@ def target_mask(batch: dict) -> jax.Array:
 
 
 def example_weights(batch: dict, class_weights: jax.Array | None = None) -> jax.Array:
-  """[B] weights of classification examples: class weight times `valid` (eval padding)."""
+  """[B] weights of classification examples: class weight times `valid` (eval padding) times
+  the row's own `weight` (data.weight_column, train rows only)."""
   labels = batch["labels"]
   w = jnp.ones(labels.shape, jnp.float32) if class_weights is None else class_weights[labels]
   if "valid" in batch:
     w = w * batch["valid"]
+  if "weight" in batch:
+    w = w * batch["weight"]
   return w
 
 

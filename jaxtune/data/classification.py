@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 
 import numpy as np
 
@@ -55,6 +56,54 @@ def label_key(value, column: str) -> int | str:
   if isinstance(value, str):
     return value.strip()
   raise RowError(f"label in column {column!r} is neither a name nor an integer id: {value!r}")
+
+
+def numeric_column(rows: list[Row], column: str, key: str, missing: float | None) -> np.ndarray:
+  """[N] float32 value of `column` per row: a number >= 0 or a numeric string (CSV cells).
+
+  A row without a value (absent, null, blank, NaN) takes `missing`; with `missing` None it is an
+  error, as is a value that is not a number >= 0. Errors name the config key, the column and
+  the rows (file and row number), so the data can be fixed.
+  """
+  values = np.zeros(len(rows), np.float32)
+  absent, bad = [], []
+  for i, r in enumerate(rows):
+    v = r.fields.get(column)
+    if isinstance(v, str) and v.strip():
+      try:
+        v = float(v)
+      except ValueError:
+        bad.append(r)
+        continue
+    if v is None or isinstance(v, str) or isinstance(v, float) and math.isnan(v):
+      if missing is None:
+        absent.append(r)
+      values[i] = missing or 0.0
+    elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+      bad.append(r)
+    else:
+      values[i] = v
+  if rows and len(absent) == len(rows):
+    raise DataError(f"data.{key}={column!r}: no row has a column {column!r} (columns: "
+                    f"{', '.join(sorted(rows[0].fields))}); name a numeric column")
+  if absent:
+    raise DataError(f"data.{key}={column!r}: {len(absent)} rows have no value in column "
+                    f"{column!r} ({_where(absent)}); fill them, or set data.missing_confidence "
+                    "to the value such rows should take")
+  if bad:
+    shown = ", ".join(repr(r.fields.get(column)) for r in bad[:3])
+    raise DataError(f"data.{key}={column!r}: {len(bad)} rows hold a value that is not a number "
+                    f">= 0 in column {column!r} ({_where(bad)}: {shown})")
+  return values
+
+
+def _where(rows: list[Row], n: int = 5) -> str:
+  """'FILE rows 3, 7 (and 12 more)' for the first n rows, file by file."""
+  by_file: dict[str, list[int]] = {}
+  for r in rows[:n]:
+    by_file.setdefault(r.file, []).append(r.row)
+  text = "; ".join(f"{f} rows {', '.join(map(str, rs))}" for f, rs in by_file.items())
+  return text + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 
 def _as_int(key) -> int | None:
@@ -180,7 +229,7 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: in
     raise DataError(f"{d.source}: classification needs at least 2 labels, found {list(names)}")
   index = {n: i for i, n in enumerate(names)}
 
-  encoded, labels, examples, stats = {}, {}, {}, {}
+  encoded, labels, examples, stats, row_weights = {}, {}, {}, {}, {}
   for split, items in parsed.items():
     kept, ids = [], []
     for r, text, pair, key in items:
@@ -196,6 +245,9 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: in
                       f"({len(rows[split])} read, all bad)")
     texts = [t for _, t, _ in kept]
     pairs = [p for _, _, p in kept] if d.text_pair_column else None
+    if d.weight_column and split == "train":  # the train loss only; scores stay unweighted
+      row_weights[split] = numeric_column([r for r, _, _ in kept], d.weight_column, "weight_column",
+                                          data_config.parse_missing_confidence(d.missing_confidence))
     encoded[split], truncated = encode(tokenizer, texts, pairs, d.seq_len)
     labels[split] = np.asarray(ids, np.int32)
     examples[split] = [
@@ -218,6 +270,9 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: in
     arrays = pad(enc, length, pad_id)
     arrays["labels"] = labels[split]
     arrays["example_id"] = np.arange(len(labels[split]), dtype=np.int32)
+    if split in row_weights:
+      arrays["weight"] = row_weights[split]  # losses.example_weights multiplies it in
+      stats[split]["weight_mean"] = round(float(row_weights[split].mean()), 4)
     splits[split] = Dataset(arrays)
     stats[split]["tokens"] = int(arrays["attention_mask"].sum())
 

@@ -20,6 +20,7 @@ ON_BAD_ROW = ("error", "skip")
 SPLIT_NAMES = ("train", "validation", "test")
 DEDUP = ("", "exact", "near")
 BALANCE = ("", "oversample", "undersample", "class_weights")
+LABEL_ERRORS = ("", "drop", "relabel")
 AUGMENT_OPS = ("synonym", "insert", "swap", "delete", "backtranslate")
 
 
@@ -74,6 +75,20 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.augment_rate = 0.1  # share of a text's words each word op changes
   c.augment_copies = 1  # augmented rows added per train row
   c.augment_translator = ""  # 'module:function', list[str] -> list[str], for backtranslate
+
+  # Per-row confidence (classification, train split only; validation and test stay as read).
+  c.weight_column = ""  # '' = off; a numeric column (e.g. 'confidence') weighting each row's loss
+  c.confidence_column = "confidence"  # the numeric column data.min_confidence reads
+  c.min_confidence = 0.0  # > 0: drop train rows whose confidence is below it
+  # '' = a row without a numeric value in those columns is an error (rows named); a number:
+  # the value such rows take (e.g. '1' trusts them fully, '0' drops/mutes them).
+  c.missing_confidence = ""
+  # Label errors (confident learning, jaxtune/data/quality/label_errors.py; needs the `quality`
+  # extra): '' | 'drop' | 'relabel' (to the suggested label) the train rows whose label an
+  # out-of-fold model on frozen encoder embeddings confidently contradicts.
+  c.label_errors = ""
+  c.label_error_folds = 5  # folds of the out-of-fold model (each row scored by a model not fitted on it)
+  c.label_error_encoder = ""  # '' = the offline all-MiniLM-L6-v2 (jaxtune.data.assets)
   return c
 
 
@@ -119,7 +134,7 @@ def check_files(c: ml_collections.ConfigDict) -> None:
 
 
 def check_quality(c: ml_collections.ConfigDict) -> None:
-  """The data.clean/dedup/balance/augment keys (train-split transforms)."""
+  """The data.clean/dedup/balance/augment and confidence keys (train-split transforms)."""
   if c.dedup not in DEDUP:
     _fail("dedup", c.dedup, f"expected one of {DEDUP}")
   if c.dedup == "near" and not 0 < c.dedup_threshold < 1:
@@ -135,9 +150,32 @@ def check_quality(c: ml_collections.ConfigDict) -> None:
     _fail("augment_copies", c.augment_copies, "expected at least 1 augmented row per train row")
   if "backtranslate" in ops and not c.augment_translator:
     _fail("augment", c.augment, "'backtranslate' needs data.augment_translator='module:function'")
-  used = [k for k in ("clean", "dedup", "balance", "augment") if c[k]]
+  if c.min_confidence < 0:
+    _fail("min_confidence", c.min_confidence, "expected a threshold >= 0 (0 = off)")
+  if c.min_confidence and not c.confidence_column:
+    _fail("confidence_column", c.confidence_column, "data.min_confidence needs the column to read")
+  parse_missing_confidence(c.missing_confidence)
+  if c.label_errors not in LABEL_ERRORS:
+    _fail("label_errors", c.label_errors, f"expected one of {LABEL_ERRORS}")
+  if c.label_errors and c.label_error_folds < 2:
+    _fail("label_error_folds", c.label_error_folds, "expected at least 2 folds")
+  used = [k for k in ("clean", "dedup", "balance", "augment", "weight_column", "min_confidence",
+                      "label_errors") if c[k]]
   if used and c.kind != "classification":
     _fail(used[0], c[used[0]], f"data quality transforms support kind='classification', not {c.kind!r}")
+
+
+def parse_missing_confidence(text: str) -> float | None:
+  """'' -> None (a missing value is an error); '0.5' -> 0.5."""
+  if not str(text).strip():
+    return None
+  try:
+    value = float(text)
+  except ValueError:
+    _fail("missing_confidence", text, "expected '' (missing values are errors) or a number >= 0")
+  if not value >= 0 or value == float("inf"):
+    _fail("missing_confidence", text, "expected '' (missing values are errors) or a number >= 0")
+  return value
 
 
 def parse_augment(text: str) -> tuple[str, ...]:

@@ -3,7 +3,8 @@
 Steps, per split in this order: unusable rows out (missing or empty text, missing label, text
 that is only markup); text normalised (`text.normalize`) and label normalised
 (`records.normalize_label`); exact, then near duplicates out (keep the first); then, in train
-only, rows that also occur (exactly or nearly) in validation or test; then the optional length
+only, rows that also occur (exactly or nearly) in validation or test, and (asked for) label
+errors; then the optional length
 and language filters. Rows the reader could not parse at all are listed too (with split ''),
 so `dropped.jsonl` plus the kept rows account for every row of the input.
 """
@@ -29,6 +30,9 @@ class Settings:
   min_tokens: int = 0  # 0 = no lower bound (tokens of the tokenizer, else words)
   max_tokens: int = 0  # 0 = no upper bound
   lang: str = ""  # '' = keep every language; else drop rows confidently in another one
+  # Train rows to drop as label errors, (file, row) -> reason (`jaxtune data clean
+  # --drop_label_errors` finds them with quality.label_errors on the train rows as read).
+  label_errors: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -81,6 +85,16 @@ def clean(splits: dict[str, list[readers.Row]], d, tokenizer=None, settings: Set
       dropped.append(_drop("train", ex.where(), "leak", why, ex.row.fields, of=other.where()))
     kept["train"] = [ex for i, ex in enumerate(train) if i not in leaked]
 
+  if settings.label_errors and "train" in kept:  # train only: scores stay comparable
+    keep = []
+    for ex in kept["train"]:
+      why = settings.label_errors.get((ex.row.file, ex.row.row))
+      if why:
+        dropped.append(_drop("train", ex.where(), "label_error", why, ex.row.fields))
+      else:
+        keep.append(ex)
+    kept["train"] = keep
+
   for name, examples in kept.items():
     kept[name] = _filters(name, examples, d, tokenizer, settings, dropped)
 
@@ -94,7 +108,8 @@ def clean(splits: dict[str, list[readers.Row]], d, tokenizer=None, settings: Set
     "unreadable": len(unreadable),
     "settings": {"normalize": settings.normalize, "near_threshold": settings.near.threshold,
                  "drop_leaks": settings.drop_leaks, "min_tokens": settings.min_tokens,
-                 "max_tokens": settings.max_tokens, "lang": settings.lang},
+                 "max_tokens": settings.max_tokens, "lang": settings.lang,
+                 "label_errors_dropped": len(settings.label_errors)},
   }
   return Result(out, dropped, summary)
 

@@ -84,6 +84,19 @@ def sections(a: dict) -> list[tuple[str, list[str]]]:
         lines.append(f"- {title}: {e['count']}{extra}; e.g. " +
                      "; ".join(f"{_where(x)} `{x['text']}`" for x in e["examples"]))
     out.append((f"Split: {name}", lines))
+  le = a.get("label_errors")
+  if le:
+    names = list(le["noise_matrix"])
+    lines = [f"- {le['flagged']} of {le['rows']} {le['split']} rows flagged ({le['share']:.1%}) by "
+             f"confident learning on {le['folds']}-fold out-of-fold probabilities (logistic "
+             f"regression on {le['encoder']} embeddings, accuracy {le['oof_accuracy']:.3f}); "
+             f"by given label: {le['flagged_by_given_label']}",
+             "- estimated noise matrix, P(given | true): "
+             + "; ".join(f"true `{t}`: " + ", ".join(f"{g} {le['noise_matrix'][g][t]:.2f}" for g in names)
+                         for t in names)]
+    lines += [f"- {_where(r)} given `{r['given']}`, suggested `{r['suggested']}` "
+              f"({r['confidence']:.2f}): `{r['text'][:160]}`" for r in le["examples"]]
+    out.append(("Label errors", lines))
   return out
 
 

@@ -1,10 +1,10 @@
-"""`data.clean`, `data.dedup`, `data.balance` and `data.augment` on a run's training rows.
+"""`data.min_confidence`, `clean`, `dedup`, `balance` and `augment` on a run's training rows.
 
 Only the train split changes; validation and test stay as read, so scores remain comparable
 with runs that use none of these (data.clean also fixes the spelling of label names in every
-split, so ' Positive' and 'positive' are one class everywhere). Order: clean (normalise texts, drop those that cleaning
-leaves empty; rows empty or unusable to begin with stay bad rows of the task) ->
-dedup (exact or near duplicates within train, and train rows that occur in validation/test) ->
+split, so ' Positive' and 'positive' are one class everywhere). Order: min_confidence (rows
+under data.min_confidence) -> clean (normalise texts, drop those that cleaning leaves empty;
+rows empty or unusable to begin with stay bad rows of the task) -> dedup (exact or near duplicates within train, and train rows that occur in validation/test) ->
 balance (resample) -> augment (new rows appended after their source). All randomness comes
 from the run seed. Every dropped row is returned with its reason for workdir/dropped_rows.jsonl.
 """
@@ -19,11 +19,11 @@ from jaxtune.data import classification
 from jaxtune.data import config as data_config
 from jaxtune.data.quality import augment, balance, dedup
 from jaxtune.data.quality import text as qtext
-from jaxtune.data.readers import Row
+from jaxtune.data.rows import Row
 
 
 def enabled(d) -> bool:
-  return bool(d.clean or d.dedup or d.balance or d.augment)
+  return bool(d.clean or d.dedup or d.balance or d.augment or d.min_confidence or d.label_errors)
 
 
 def _text(row: Row, d) -> str | None:
@@ -35,8 +35,12 @@ def _with_text(row: Row, d, text: str, **extra) -> Row:
   return Row({**row.fields, d.text_column: text, **extra}, row.file, row.row)
 
 
-def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]], list[dict], dict]:
-  """(rows with train transformed, dropped rows {split, file, row, step, reason, content}, stats)."""
+def apply(rows: dict[str, list[Row]], d, seed: int, workdir=None
+          ) -> tuple[dict[str, list[Row]], list[dict], dict]:
+  """(rows with train transformed, dropped rows {split, file, row, step, reason, content}, stats).
+
+  `workdir`: where data.label_errors caches its embeddings (label_error_embeddings.npz).
+  """
   train = list(rows["train"])
   dropped: list[dict] = []
   stats: dict = {"train_rows_before": len(train)}
@@ -44,6 +48,15 @@ def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]
   def drop(row: Row, step: str, reason: str, **extra):
     dropped.append({"split": "train", **row.origin(), "step": step, "reason": reason,
                     "content": row.fields, **extra})
+
+  if d.min_confidence:
+    values = classification.numeric_column(
+      train, d.confidence_column, "confidence_column",
+      data_config.parse_missing_confidence(d.missing_confidence))
+    for r, v in zip(train, values):
+      if v < d.min_confidence:
+        drop(r, "min_confidence", f"{d.confidence_column} {v:g} < data.min_confidence={d.min_confidence:g}")
+    train = [r for r, v in zip(train, values) if v >= d.min_confidence]
 
   if d.clean:
     rows = {name: [_fix_label(r, d) for r in split] for name, split in rows.items()}
@@ -87,6 +100,9 @@ def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]
           gone.add(i)
     train = [r for i, r in enumerate(train) if i not in gone]
 
+  if d.label_errors:
+    train = _label_errors(train, d, seed, workdir, drop, stats)
+
   if d.balance in balance.MODES:
     labels = [_label(r, d) for r in train]
     has = [i for i, lab in enumerate(labels) if lab is not None]
@@ -121,6 +137,32 @@ def apply(rows: dict[str, list[Row]], d, seed: int) -> tuple[dict[str, list[Row]
   stats["train_rows_after"] = len(train)
   stats["dropped_by_step"] = dict(collections.Counter(r["step"] for r in dropped))
   return {**rows, "train": train}, dropped, stats
+
+
+def _label_errors(train: list[Row], d, seed: int, workdir, drop, stats: dict) -> list[Row]:
+  """data.label_errors: drop, or relabel to the suggestion, the rows confident learning flags."""
+  import os
+
+  from jaxtune.data.quality import label_errors
+
+  cache = os.path.join(workdir, "label_error_embeddings.npz") if workdir else None
+  settings = label_errors.Settings(folds=d.label_error_folds, encoder=d.label_error_encoder,
+                                   seq_len=d.seq_len, seed=seed)
+  result, names, scored = label_errors.detect(train, d, settings, cache)
+  changed = {}
+  for issue in result.issues:
+    i = scored[issue.index]
+    given, suggested = names[issue.given], names[issue.suggested]
+    if d.label_errors == "drop":
+      drop(train[i], "label_error", f"label {given!r} contradicted: {suggested!r} at "
+           f"{issue.p_suggested:.2f} (out of fold)")
+      changed[i] = None
+    else:  # listed with the dropped rows so every change to train is in one file
+      drop(train[i], "label_error_relabel", f"relabelled {given!r} -> {suggested!r} "
+           f"({issue.p_suggested:.2f} out of fold)")
+      changed[i] = Row({**train[i].fields, d.label_column: suggested}, train[i].file, train[i].row)
+  stats["label_errors"] = result.summary(names)
+  return [changed.get(i, r) for i, r in enumerate(train) if changed.get(i, r) is not None]
 
 
 def _joined(row: Row, d) -> str:
