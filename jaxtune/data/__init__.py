@@ -19,6 +19,7 @@ import numpy as np
 from jaxtune.data import config as data_config
 from jaxtune.data import readers
 from jaxtune.data.pipeline import Dataset, Splits  # noqa: F401 (data.Splits)
+from jaxtune.data.tokenizer import load_tokenizer  # noqa: F401 (data.load_tokenizer)
 from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,26 +107,6 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
   splits.tokenizer = tokenizer
   log.info("data: %s", {k: v for k, v in splits.stats.items() if k not in per_split})
   return splits
-
-
-def load_tokenizer(source: str):
-  """An HF fast tokenizer with the file's built-in padding and truncation turned off.
-
-  MiniLM's tokenizer.json pads to 128 and truncates; here lengths are decided by data.seq_len.
-  """
-  if not source or source.startswith("preset:"):
-    raise ConfigError(
-      f"config: data.tokenizer is empty and model.source={source!r} has no tokenizer; "
-      "set data.tokenizer to an HF directory, .gguf file or hub id"
-    )
-  from jaxtune import hf
-
-  tok = hf.load_tokenizer(source)
-  backend = getattr(tok, "backend_tokenizer", None)
-  if backend is not None:
-    backend.no_padding()
-    backend.no_truncation()
-  return tok
 
 
 def _with_builtin_defaults(d: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -99,7 +99,7 @@ def _encode(texts: list[str], encoder: str, seq_len: int, batch_size: int) -> np
   from flax import nnx
 
   from jaxtune import hf
-  from jaxtune.data import load_tokenizer
+  from jaxtune.data.tokenizer import load_tokenizer
   from jaxtune.models import bert
 
   model = hf.load(encoder, task="encoder")
