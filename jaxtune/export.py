@@ -145,6 +145,10 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
     try:
       source = card.describe_source(config.model.source)
       classifier = config.model.task == "seq_cls"
+      pad = getattr(model.config, "pad_token_id", None)
+      if classifier and tokenizer is not None and tokenizer.pad_token_id is None and pad is not None:
+        # The pad a decoder classifier pools by (its EOS): transformers' pipeline pads batches with it.
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
       if adapter:
         hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
                 base_model_name_or_path=source.peft_base)
