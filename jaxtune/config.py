@@ -80,6 +80,10 @@ def default() -> ml_collections.ConfigDict:
   c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   c.train.early_stopping_min_delta = 0.0
   c.train.overfit_alarm_evals = 3  # warn when train loss falls and eval loss rises this often; 0 = off
+  # Classification: at each evaluation also score this many train rows (a fixed seeded sample),
+  # for train vs validation accuracy/F1 curves (jaxtune.train_curves); -1 = min(validation
+  # rows, 1000), 0 = off.
+  c.train.train_metric_rows = -1
   # Causal LM runs with a tokenizer: greedy completions of this many validation prompts go
   # to TensorBoard's text tab (and text.jsonl) at step 0 and every evaluation; 0 = off.
   c.train.text_samples = 0
@@ -152,6 +156,7 @@ RANGES = {
   "train.early_stopping_patience": "[0, inf)",
   "train.early_stopping_min_delta": "[0, inf)",
   "train.overfit_alarm_evals": "[0, inf)",
+  "train.train_metric_rows": "[-1, inf)",
   "train.text_samples": "[0, inf)",
   "train.text_sample_tokens": "[1, inf)",
   "train.max_skipped_fraction": "[0, 1]",
@@ -222,6 +227,7 @@ READ_WHEN = (
   *((f"data.{k}", lambda c: bool(c.data.augment), "data.augment")
     for k in ("augment_rate", "augment_copies", "augment_translator")),
   ("model.num_labels", lambda c: _objective_has(c, "labels"), "model.task='seq_cls'"),
+  ("train.train_metric_rows", lambda c: _objective_has(c, "labels"), "model.task='seq_cls'"),
   ("model.allow_pickle", lambda c: not c.model.source.startswith("preset:"),
    "an HF model.source (a preset has no files)"),
   ("train.text_samples", lambda c: _objective_has(c, "generates") and c.data.kind != "synthetic",

@@ -70,6 +70,10 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
     try:
       source = card.describe_source(config.model.source)
       objective = objectives.get(config)
+      pad = getattr(model.config, "pad_token_id", None)
+      if objective.labels and tokenizer is not None and tokenizer.pad_token_id is None and pad is not None:
+        # The pad a decoder classifier pools by (its EOS): transformers' pipeline pads batches with it.
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
       if adapter:
         hf.save(model, local, tokenizer, adapter_only=True, dtype=dtype,
                 base_model_name_or_path=source.peft_base)

@@ -33,6 +33,7 @@ from jaxtune import (
   step,
   storage,
   trackers,
+  train_curves,
   workdir_lock,
   writer,
 )
@@ -140,8 +141,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
 
   sample_text = _text_sampler(config, built, splits, mesh)
 
-  def run_eval(params, split: str) -> tuple[dict, dict]:
-    return evaluate.evaluate(eval_fn, params, frozen, splits[split], task=config.model.task,
+  def run_eval(params, split) -> tuple[dict, dict]:  # a split's name, or a data set
+    ds = splits[split] if isinstance(split, str) else split
+    return evaluate.evaluate(eval_fn, params, frozen, ds, task=config.model.task,
                              mesh=mesh, batch_size=config.train.eval_batch_size,
                              label_names=splits.label_names,
                              length_buckets=config.train.length_buckets)
@@ -188,6 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                **({"recipe": writer.recipe_info(recipe)} if recipe else {})},
       )
 
+  curves = train_curves.TrainCurves(config, splits, mw, start)  # train vs validation metrics
   all_finite = jax.jit(step.all_finite)
 
   def nonfinite_error(bad: int, what: str) -> NonFiniteError:
@@ -284,6 +287,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       if config.train.eval_every and s % config.train.eval_every == 0 and s < total_steps:
         res, _ = run_eval(eval_params(state), "validation")
         scalars = _eval_scalars(res)
+        scalars.update(curves(s, res, run_eval, eval_params(state)))
         if show:
           console.CONSOLE.print(eval_line(s, scalars))
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
@@ -324,7 +328,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     check_skipped(state, s)
   with sharding.use_mesh(mesh):
     res, _ = run_eval(eval_params(state), "validation")
-  final_scalars = _eval_scalars(res)
+    final_scalars = _eval_scalars(res)
+    final_scalars.update(curves(s, res, run_eval, eval_params(state), last=True))
   if show and start < s:
     console.CONSOLE.print(eval_line(s, final_scalars))
   if mw is not None and start < s:

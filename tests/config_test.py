@@ -16,7 +16,7 @@ from jaxtune.errors import ConfigError, DataError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"))
 VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
-            "sft_smollm2.py": ("quick",)}
+            "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3")}
 
 
 def _recipe(path: Path):
@@ -68,7 +68,7 @@ def test_variant_error_lists_the_known_ones_and_the_closest():
   ("optim.wsd_decay_fraction", -0.1), ("optim.ema_decay", 1.0), ("optim.layerwise_lr_decay", 1.5),
   ("optim.swa_start", -2), ("train.eval_batch_size", 0), ("train.log_every", 0),
   ("train.eval_every", -1), ("train.text_samples", -1), ("train.epochs", math.nan),
-  ("train.early_stopping_min_delta", -0.1), ("train.batch_size", 0),
+  ("train.early_stopping_min_delta", -0.1), ("train.batch_size", 0), ("train.train_metric_rows", -2),
   ("checkpoint.every_steps", -1), ("checkpoint.keep_last", 0), ("checkpoint.keep_best", -1),
   ("checkpoint.every_minutes", math.inf), ("lora.rank", -1), ("lora.alpha", 0.0),
   ("lora.dropout", 1.0), ("data.seq_len", 1), ("data.max_rows", -1), ("mesh.fsdp", 0),

@@ -13,6 +13,7 @@ examples are truncated by the tokenizer (longest-first for pairs) and counted.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 
@@ -198,6 +199,28 @@ def pad_token_id(tokenizer) -> int:
     if tid is not None:
       return int(tid)
   return 0  # masked out by attention_mask either way
+
+
+def pool_where_data_pads(model, config) -> None:
+  """Point a decoder classifier's `pad_token_id` at the id the data is padded with.
+
+  Decoders (Llama, Qwen, Gemma, GPT-2) score the last token that is not `pad_token_id`, as HF's
+  `*ForSequenceClassification` does. Rows are padded right with `pad_token_id(tokenizer)` (the
+  tokenizer's pad, else its EOS), so the model's id must be that one: a config without a pad id
+  (SmolLM2's, Qwen's often) would make HF refuse batches of the export, and a config whose id
+  differs from the tokenizer's would score a pad. The id is written to an export's config.json.
+  """
+  source = config.data.tokenizer or config.model.source
+  if source.startswith("preset:") or not hasattr(model.config, "pad_token_id"):
+    return  # synthetic rows: no tokenizer, the attention mask decides
+  from jaxtune import data as data_lib
+
+  pad = pad_token_id(data_lib.load_tokenizer(source))
+  if model.config.pad_token_id != pad:
+    if model.config.pad_token_id is not None:
+      log.info("seq_cls: pad_token_id %s of the model config -> %d, the tokenizer's pad the data "
+               "uses", model.config.pad_token_id, pad)
+    model.config = dataclasses.replace(model.config, pad_token_id=pad)
 
 
 def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: int = 0):

@@ -28,6 +28,7 @@ NAMED = {  # chart title, y label, keys: the usual curves first, in this order
   "mfu": ("Model FLOPs utilisation", "MFU", ("train/mfu",)),
   "grad": ("Gradient norm", "global norm", ("train/grad_norm",)),
 }
+FIT = (("accuracy", "accuracy"), ("f1_macro", "macro F1"))  # jaxtune.train_curves.METRICS
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:78em;margin:1.5em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
@@ -83,6 +84,10 @@ def chart_groups(runs: list[Run]) -> list[tuple[str, str, list[str]]]:
         left.remove(k)
 
   take(*NAMED["loss"])
+  for metric, name in FIT:  # train sample beside validation (jaxtune.train_curves), then the gap
+    if f"train/{metric}" in left:
+      take(f"{name}: train vs validation", name, [f"train/{metric}", f"eval/{metric}"])
+  take("Overfitting gap (train minus validation)", "gap", [f"overfit/{m}_gap" for m, _ in FIT])
   evals = [k for k in left if k.startswith("eval/") and k.count("/") == 1]
   unit = [k for k in evals if all(0 <= v <= 1 for r in runs for _, v in r.series(k))]
   take("Validation metrics", "", unit)
@@ -128,7 +133,30 @@ def curves(runs: list[Run]) -> str:
     notes += f"<p class='muted'>Logged and always 0 (no chart): {esc(', '.join(zero))}.</p>"
   if events:
     notes += "<ul>" + "".join(f"<li>{e}</li>" for e in events) + "</ul>"
+  notes += overfitting_gap(runs)
   return f"<div class='charts'>{''.join(charts)}</div>{notes}"
+
+
+def overfitting_gap(runs: list[Run]) -> str:
+  """A sentence per run that logged train-sample metrics: train vs validation at the last
+  evaluation and the widest gap, the overfitting a falling train loss does not show."""
+  lines = []
+  for r in runs:
+    for metric, name in FIT:
+      train, val = dict(r.series(f"train/{metric}")), dict(r.series(f"eval/{metric}"))
+      both = sorted(set(train) & set(val))
+      if not both:
+        continue
+      last = both[-1]
+      widest = max(both, key=lambda s: train[s] - val[s])
+      lines.append(f"{esc(r.name) + ': ' if len(runs) > 1 else ''}{name} at step {last}: train "
+                   f"sample {train[last]:.4f}, validation {val[last]:.4f}, gap "
+                   f"{train[last] - val[last]:+.4f} (widest {train[widest] - val[widest]:+.4f} at "
+                   f"step {widest})")
+  if not lines:
+    return ""
+  return ("<p><b>Overfitting gap</b> (train sample minus validation):</p><ul class='gap'>"
+          + "".join(f"<li>{x}</li>" for x in lines) + "</ul>")
 
 
 # ------------------------------------------------------------------------------ results

@@ -200,3 +200,31 @@ def test_integer_labels_absent_from_train_still_get_their_class(tmp_path, make_c
   train = [{"text": "x", "label": 0}, {"text": "y", "label": 1}]
   s = _build_fixed(tmp_path, make_cfg, pair_tok_dir, train, 3)
   assert s.num_labels == 3 and s.label_names == ("0", "1", "2")
+
+
+
+def test_decoder_classifier_pools_where_the_data_pads(causal_tok_dir):
+  """The model's pad id becomes the one rows are padded with (the tokenizer's pad, else EOS):
+  none in the config (HF would refuse batches of the export), or another id (a pad scored)."""
+  import types
+
+  from jaxtune import config as run_config
+  from jaxtune.data import classification, load_tokenizer
+  from jaxtune.models import decoder
+
+  def model(pad_id):
+    return types.SimpleNamespace(config=decoder.DecoderConfig(
+      vocab_size=300, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+      num_kv_heads=1, head_dim=4, model_type="llama", pad_token_id=pad_id, num_labels=2))
+
+  c = run_config.default()
+  c.model.source, c.model.task = causal_tok_dir, "seq_cls"
+  pad = classification.pad_token_id(load_tokenizer(causal_tok_dir))
+  for before in (None, pad + 1, pad):
+    m = model(before)
+    classification.pool_where_data_pads(m, c)
+    assert m.config.pad_token_id == pad
+  c.model.source = "preset:tiny-llama"  # synthetic rows, no tokenizer: left alone
+  m = model(None)
+  classification.pool_where_data_pads(m, c)
+  assert m.config.pad_token_id is None

@@ -80,6 +80,13 @@ _EN_COMMON = frozenset(
 )
 
 
+def common_english(text: str) -> bool:
+  """Whether at least 15% of the words (and 2) are common English function words."""
+  ws = words(text)
+  common = sum(w in _EN_COMMON for w in ws)
+  return common >= 2 and common >= 0.15 * len(ws)
+
+
 class LanguageCheck:
   """Flags rows confidently detected (langdetect, seeded) as another language than `target`.
 
@@ -101,11 +108,8 @@ class LanguageCheck:
 
     if sum(c.isalpha() for c in text) < self.min_letters:
       return None
-    if self.target == "en":
-      ws = words(text)
-      common = sum(w in _EN_COMMON for w in ws)
-      if common >= 2 and common >= 0.15 * len(ws):
-        return None
+    if self.target == "en" and common_english(text):
+      return None
     try:
       best = detect_langs(text)[0]
     except LangDetectException:
