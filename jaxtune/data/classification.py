@@ -213,9 +213,9 @@ def pool_where_data_pads(model, config) -> None:
   source = config.data.tokenizer or config.model.source
   if source.startswith("preset:") or not hasattr(model.config, "pad_token_id"):
     return  # synthetic rows: no tokenizer, the attention mask decides
-  from jaxtune import data as data_lib
+  from jaxtune.data.tokenizer import load_tokenizer
 
-  pad = pad_token_id(data_lib.load_tokenizer(source))
+  pad = pad_token_id(load_tokenizer(source))
   if model.config.pad_token_id != pad:
     if model.config.pad_token_id is not None:
       log.info("seq_cls: pad_token_id %s of the model config -> %d, the tokenizer's pad the data "
