@@ -14,7 +14,9 @@ code, so the rows are identical) and score the same validation and test rows.
            last hidden states, dropout, one linear layer.
            `--match-recipe` takes the epochs, learning rate, warmup steps, batch size, max length,
            weight decay and clip norm from the recipe instead (and, as jaxtune, decays no bias,
-           norm or embedding), so the two sides run the same hyperparameters.
+           norm or embedding), so the two sides run the same hyperparameters; with the recipe's
+           `optim.swa_start`, torch tests the same average of its weights (torch's AveragedModel,
+           sampled at the same steps) instead of its last weights.
   jaxtune  `jaxtune train --config=configs/sentiment_minilm.py` as a subprocess (load, compile,
            train, periodic validation, best checkpoint, test), timed end to end.
 
@@ -96,12 +98,13 @@ def torch_settings(args, config) -> dict:
   if not args.match_recipe:
     return {"epochs": args.epochs, "lr": args.lr, "warmup_fraction": args.warmup,
             "batch": args.batch, "max_length": args.max_length, "weight_decay": 0.01,
-            "clip": 1.0, "no_decay": NO_DECAY}
+            "clip": 1.0, "no_decay": NO_DECAY, "swa_start": -1, "swa_every": 1}
   o, t = config.optim, config.train
   # What the torch loop cannot do the same way is refused rather than silently run otherwise.
   unlike = {"optim.name": (o.name, "adamw"), "optim.schedule": (o.schedule, "linear"),
             "optim.layerwise_lr_decay": (o.layerwise_lr_decay, 1.0),
             "optim.min_lr_ratio": (o.min_lr_ratio, 0.0), "train.epochs": (t.epochs > 0, True),
+            "optim.ema_decay": (o.ema_decay, 0.0),
             "train.micro_batches": (t.micro_batches, 1)}
   bad = [f"{k}={v!r} (the torch loop needs {want!r})" for k, (v, want) in unlike.items()
          if v != want]
@@ -110,7 +113,14 @@ def torch_settings(args, config) -> dict:
   return {"epochs": float(t.epochs), "lr": float(o.learning_rate), "warmup_steps": int(o.warmup_steps),
           "batch": int(t.batch_size), "max_length": int(config.data.seq_len),
           "weight_decay": float(o.weight_decay), "clip": float(o.grad_clip_norm),
-          "no_decay": NO_DECAY_AS_JAXTUNE}
+          "no_decay": NO_DECAY_AS_JAXTUNE, "swa_start": int(o.swa_start),
+          "swa_every": int(o.swa_every)}
+
+
+def swa_samples(step: int, hp: dict) -> bool:
+  """Whether the weights after 0-based update `step` join the average (jaxtune's averaging.py)."""
+  start = hp["swa_start"]
+  return start >= 0 and step >= start and (step - start) % hp["swa_every"] == 0
 
 
 def recipe_splits(recipe: str = RECIPE):
@@ -208,6 +218,8 @@ def run_torch(args) -> dict:
   opt = torch.optim.AdamW(groups, lr=hp["lr"])
   sched = transformers.get_linear_schedule_with_warmup(opt, warmup, total)
   rng = np.random.default_rng(args.seed)
+  # A running mean of the sampled weights (the first sample copies them), as jaxtune's SWA.
+  swa = torch.optim.swa_utils.AveragedModel(model) if hp["swa_start"] >= 0 else None
   model.train()
   tokens, examples, order, t_train = 0, 0, np.array([], np.int64), time.perf_counter()
   for step in range(total):
@@ -222,12 +234,16 @@ def run_torch(args) -> dict:
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+    if swa is not None and swa_samples(step, hp):
+      swa.update_parameters(model)
     tokens += int(mask.sum())
     examples += len(idx)
     if step % 50 == 0:
       print(f"torch step {step}/{total} loss {out.loss.item():.4f}", flush=True)
   train_s = time.perf_counter() - t_train
 
+  if swa is not None and int(swa.n_averaged) > 0:
+    model = swa.module  # the average is what jaxtune validates and tests too
   model.eval()
   res = {}
   with torch.no_grad():

@@ -7,12 +7,13 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from jaxtune import hf
+from jaxtune import averaging, hf
 from tests.benchmarks.sentiment_disputed_test import _load
 
 script = _load("sentiment_reference")
@@ -27,6 +28,7 @@ def test_match_recipe_takes_the_recipes_hyperparameters():
     t.epochs, o.learning_rate, o.warmup_steps, t.batch_size, config.data.seq_len)
   assert (hp["weight_decay"], hp["clip"]) == (o.weight_decay, o.grad_clip_norm)
   assert "embeddings." in hp["no_decay"]  # as jaxtune's optim.DEFAULT_EXCLUDE
+  assert (hp["swa_start"], hp["swa_every"]) == (o.swa_start, o.swa_every)
   # Without the flag: issue 4's hand-written reference, whatever the recipe says.
   plain = script.torch_settings(script.parse_args(["--recipe=configs/sentiment_mpnet.py"]), config)
   assert (plain["epochs"], plain["lr"], plain["warmup_fraction"]) == (1.0, 5e-5, 0.1)
@@ -36,6 +38,36 @@ def test_match_recipe_refuses_what_the_torch_loop_cannot_run_alike():
   args = script.parse_args(["--recipe=configs/sentiment_minilm.py", "--match-recipe"])
   with pytest.raises(SystemExit, match=r"optim\.layerwise_lr_decay=0\.8 \(the torch loop needs 1\.0\)"):
     script.torch_settings(args, script.load_recipe(args.recipe))
+
+
+def test_match_recipe_refuses_ema_the_torch_loop_does_not_keep():
+  args = script.parse_args(["--recipe=configs/sentiment_mpnet.py", "--match-recipe"])
+  config = script.load_recipe(args.recipe)
+  config.optim.ema_decay = 0.99
+  with pytest.raises(SystemExit, match=r"optim\.ema_decay=0\.99"):
+    script.torch_settings(args, config)
+
+
+def test_torch_swa_averages_the_steps_jaxtune_averages():
+  # The torch loop's AveragedModel, sampled by swa_samples, against jaxtune's own SWA on the
+  # same sequence of weights (update k leaves the weight at k**2).
+  hp = {"swa_start": 2, "swa_every": 3}
+  cfg = ml_collections.ConfigDict({"ema_decay": 0.0, "swa_start": 2, "swa_every": 3})
+  params = {"w": jnp.zeros((1,), jnp.float32)}
+  avg = averaging.init(params, cfg)
+  net = torch.nn.Linear(1, 1, bias=False)
+  ref = torch.optim.swa_utils.AveragedModel(net)
+  for step in range(12):
+    params = {"w": jnp.full((1,), float(step**2))}
+    avg = averaging.update(avg, params, step, cfg)
+    with torch.no_grad():
+      net.weight.fill_(float(step**2))
+    if script.swa_samples(step, hp):
+      ref.update_parameters(net)
+  assert int(ref.n_averaged) == int(avg.swa_count) == 4  # steps 2, 5, 8, 11
+  mean = (4 + 25 + 64 + 121) / 4
+  assert ref.module.weight.item() == pytest.approx(float(avg.swa["w"][0])) == mean
+  assert not script.swa_samples(5, {"swa_start": -1, "swa_every": 1})
 
 
 def test_mean_pooled_torch_head_equals_jaxtunes(tmp_path):
