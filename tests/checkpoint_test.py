@@ -439,7 +439,7 @@ def test_disk_full_in_the_background_save_is_one_error_without_tracebacks(tmp_pa
   ck = _ckpt(d)
   ck.save(1, _tiny(1), meta={"step": 1}, force=True)
   ck.wait()
-  before = _digests(d)
+  before = _digests(d / "1")
 
   async def full(self, x, directory):  # the disk fills while orbax's threads write step 2
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "metadata"))
@@ -451,7 +451,8 @@ def test_disk_full_in_the_background_save_is_one_error_without_tracebacks(tmp_pa
                        r"\(steps 1\) are intact"):
       ck.wait()
   monkeypatch.undo()
-  assert {k: v for k, v in _digests(d).items() if k.startswith("1/")} == before
+  # Step 1 only: orbax's threads may still be removing step 2's tmp files while this walks.
+  assert _digests(d / "1") == before
   assert "No space left" in caplog.text  # orbax's own log lines stay, one line each
   assert "Traceback" not in caplog.text and all(r.exc_info is None for r in caplog.records)
   assert ck.latest_step() == 1
