@@ -22,12 +22,31 @@ import numpy as np
 from jaxtune.data import config as data_config
 from jaxtune.data.pipeline import Dataset, Splits
 from jaxtune.data.readers import BadRows, DataError, Row
+from jaxtune.data.rows import reason_kind
 
 log = logging.getLogger(__name__)
 
 
 class RowError(Exception):
   """A row-level problem; the caller passes it to BadRows with the row's origin."""
+
+
+def encoded_rows(rows, encode, bad: BadRows, reasons: collections.Counter | None = None):
+  """(row, encode(row)) for each row that encodes. A row whose `encode` raises RowError goes to
+  `bad` (outside the except, so a DataError raised there does not chain the RowError), its reason
+  counted by kind in `reasons` when given. The one bad-row loop of the classification, SFT and
+  preference readers."""
+  for r in rows:
+    try:
+      out = encode(r)
+    except RowError as e:
+      error = str(e)
+    else:
+      yield r, out
+      continue
+    if reasons is not None:
+      reasons[reason_kind(error)] += 1
+    bad(r.file, r.row, error, r.fields)
 
 
 def text_field(fields: dict, column: str) -> str:
@@ -233,17 +252,12 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows, num_labels: in
   # Columns first, per split: label names are inferred from the train rows that survive.
   parsed: dict[str, list] = {}
   for split, split_rows in rows.items():
-    parsed[split] = []
-    for r in split_rows:
-      try:
-        text = text_field(r.fields, d.text_column)
-        pair = text_field(r.fields, d.text_pair_column) if d.text_pair_column else None
-        key = label_key(r.fields.get(d.label_column), d.label_column)
-        parsed[split].append((r, text, pair, key))
-        continue
-      except RowError as e:
-        error = str(e)
-      bad(r.file, r.row, error, r.fields)  # outside the except: a DataError chains nothing
+    def columns(r):  # checked in this order: the first bad column is the one reported
+      text = text_field(r.fields, d.text_column)
+      pair = text_field(r.fields, d.text_pair_column) if d.text_pair_column else None
+      return text, pair, label_key(r.fields.get(d.label_column), d.label_column)
+
+    parsed[split] = [(r, *cols) for r, cols in encoded_rows(split_rows, columns, bad)]
 
   names = data_config.parse_label_names(d.label_names)
   if not names:

@@ -33,8 +33,8 @@ import logging
 import numpy as np
 
 from jaxtune.data import sft, templates
-from jaxtune.data.classification import RowError, pad_token_id, text_field
-from jaxtune.data.readers import BadRows, DataError, Row, reason_kind
+from jaxtune.data.classification import RowError, encoded_rows, pad_token_id, text_field
+from jaxtune.data.readers import BadRows, DataError, Row
 from jaxtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,17 +132,11 @@ def build(rows: list[Row], tokenizer, bad: BadRows, *, seq_len: int,
   up to 8, at most seq_len); each example's columns and origin; row counts."""
   seqs, examples, reasons = [], [], collections.Counter()
   truncated = 0
-  for r in rows:
-    try:
-      pair, cut = encode_pair(tokenizer, r.fields, seq_len=seq_len, min_prompt_len=min_prompt_len,
-                              columns=columns, system_prompt=system_prompt)
-      error = None
-    except RowError as e:
-      error = str(e)
-    if error:  # reported outside the except, so a DataError does not chain the RowError
-      reasons[reason_kind(error)] += 1
-      bad(r.file, r.row, error, r.fields)
-      continue
+  def encode(r):
+    return encode_pair(tokenizer, r.fields, seq_len=seq_len, min_prompt_len=min_prompt_len,
+                       columns=columns, system_prompt=system_prompt)
+
+  for r, (pair, cut) in encoded_rows(rows, encode, bad, reasons):
     truncated += cut
     seqs.append(pair)
     examples.append({**r.fields, **r.origin()})

@@ -28,9 +28,9 @@ import logging
 import numpy as np
 
 from jaxtune.data import packing, templates
-from jaxtune.data.classification import RowError, pad_token_id, text_field
+from jaxtune.data.classification import RowError, encoded_rows, pad_token_id, text_field
 from jaxtune.data.pipeline import Dataset, Splits
-from jaxtune.data.readers import BadRows, DataError, Row, reason_kind
+from jaxtune.data.readers import BadRows, DataError, Row
 
 log = logging.getLogger(__name__)
 
@@ -340,17 +340,12 @@ def build(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
     docs[split], examples[split] = [], []
     truncated = 0
     reasons = collections.Counter()
-    for r in split_rows:
-      try:
-        ids, mask = encode_row(tokenizer, r.fields, fmt, d, shape)
-        truncated += check_length(ids, mask, d.seq_len, fmt)
-        error = None
-      except RowError as e:
-        error = str(e)
-      if error:  # reported outside the except, so a DataError does not chain the RowError
-        reasons[reason_kind(error)] += 1
-        bad(r.file, r.row, error, r.fields)
-        continue
+    def encode(r):
+      ids, mask = encode_row(tokenizer, r.fields, fmt, d, shape)
+      return ids, mask, check_length(ids, mask, d.seq_len, fmt)
+
+    for r, (ids, mask, cut) in encoded_rows(split_rows, encode, bad, reasons):
+      truncated += cut
       eid = len(examples[split])
       docs[split].append(packing.Document(np.asarray(ids, np.int32), np.asarray(mask, np.int32), eid))
       examples[split].append({**r.fields, **r.origin()})
