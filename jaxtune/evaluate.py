@@ -64,10 +64,15 @@ class Sums:
   def __init__(self):
     self.loss_sum = self.weight = 0.0
     self.preds, self.labels, self.ids, self.probs = [], [], [], []
+    self.extras: dict[str, list[float]] = {}  # name -> [sum, weight] (Objective.eval_sums)
 
   def add(self, out: dict, b: dict) -> None:
     self.loss_sum += float(out["loss_sum"])
     self.weight += float(out["weight"])
+    for name, (s, w) in out.get("extras", {}).items():
+      acc = self.extras.setdefault(name, [0.0, 0.0])
+      acc[0] += float(s)
+      acc[1] += float(w)
     if "predictions" in out:
       valid = b["valid"]
       self.preds.append(out["predictions"][valid])
@@ -75,6 +80,10 @@ class Sums:
       self.probs.append(jax.nn.softmax(out["logits"][valid], axis=-1))
       if "example_id" in b:
         self.ids.append(b["example_id"][valid])
+
+  def extra_means(self) -> dict[str, float]:
+    """Each extra's sum over its weight across the split."""
+    return {name: s / max(w, 1e-12) for name, (s, w) in self.extras.items()}
 
   def result(self, task: str, label_names=(), order=None) -> tuple[dict, dict]:
     """(metrics, details) by the objective of `task`; `order` (a length sort) is undone."""

@@ -55,20 +55,28 @@ def train_step(
 
   def loss_fn(params, mb, mb_rng):
     model = merge(graphdef, params, frozen)
-    loss_sum, weight = objective.loss_terms(model, mb, mb_rng, cfg)
-    return loss_sum / total, (loss_sum, weight)
+    loss_sum, weight, *extra = objective.loss_terms(model, mb, mb_rng, cfg)
+    extras = extra[0] if extra else {}
+    # Extras leave the gradient: they are reported, not minimised.
+    extras = jax.tree.map(lambda x: jax.lax.stop_gradient(x).astype(jnp.float32), extras)
+    return loss_sum / total, (loss_sum, weight, extras)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def accumulate(carry, xs):
-    grads, loss_sum, weight = carry
+    grads, loss_sum, weight, extras = carry
     mb, i = xs
-    g, (ls, w) = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
-    return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w), None
+    g, (ls, w, ex) = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)
+    return (add(grads, g), loss_sum + ls, weight + w, add(extras, ex)), None
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
-  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-  (grads, loss_sum, weight), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(m)))
+  # The extras' structure (objective-defined) from an abstract trace of one micro-batch.
+  first = jax.tree.map(lambda x: x[0], micro)
+  extra_shapes = jax.eval_shape(loss_fn, state["params"], first, rng)[1][2]
+  zero_extras = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), extra_shapes)
+  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zero_extras)
+  (grads, loss_sum, weight, extras), _ = jax.lax.scan(accumulate, init, (micro, jnp.arange(m)))
 
   penalty, penalty_grads = jax.value_and_grad(lambda p: optim.penalty(p, cfg.optim_cfg))(state["params"])
   grads = jax.tree.map(lambda g, pg: g + pg, grads, penalty_grads)
@@ -109,6 +117,9 @@ def train_step(
     "train/tokens": losses.token_counts(batch).astype(jnp.float32),
     "train/skipped_steps": new_state["skipped"],
   }
+  # An objective's own train metrics: each a (sum, weight) pair over the whole batch.
+  for name, (s, w) in extras.items():
+    metrics[f"train/{name}"] = s / jnp.maximum(w, 1e-6)
   return new_state, metrics
 
 

@@ -73,13 +73,17 @@ class Objective:
     share. `cfg` is the step's `jaxtune.step.StepConfig`."""
     raise NotImplementedError
 
-  def loss_terms(self, model, batch: dict, dropout_rng, cfg) -> tuple[jax.Array, jax.Array]:
-    """(loss sum, weight) of `model` on `batch` while training (dropout from `dropout_rng`)."""
+  def loss_terms(self, model, batch: dict, dropout_rng, cfg) -> tuple:
+    """(loss sum, weight) of `model` on `batch` while training (dropout from `dropout_rng`).
+
+    An objective with metrics of its own returns a third item, {name: (sum, weight)}: the step
+    adds each pair over micro-batches and logs `train/<name>` = sum / weight (no gradient)."""
     raise NotImplementedError
 
   def eval_sums(self, model, batch: dict, lm_loss_chunk: int = -1) -> dict:
     """One evaluation batch on the device: `loss_sum`, `weight` and any per-example outputs
-    `metrics` reads (rows with `valid`=0 are padding)."""
+    `metrics` reads (rows with `valid`=0 are padding). Sums of its own go under `extras` as
+    {name: (sum, weight)}; `jaxtune.evaluate.Sums` adds them up over the split (`extras`)."""
     raise NotImplementedError
 
   # ------------------------------------------------------------------------------- metrics

@@ -37,7 +37,9 @@ class RowEnergy(Objective):
     mask = batch["attention_mask"].astype(jnp.float32)
     per_row = jnp.sum(jnp.mean(logits**2, axis=-1) * mask, axis=1) / jnp.sum(mask, axis=1)
     w = batch["row_weight"].astype(jnp.float32)
-    return jnp.sum(per_row * w), jnp.sum(w)
+    # An extra of its own: the unweighted mean energy per row, as (sum, count).
+    extras = {"row_energy": (jnp.sum(per_row), jnp.float32(per_row.shape[0]))}
+    return jnp.sum(per_row * w), jnp.sum(w), extras
 
   def batch_weight(self, batch, cfg):
     return jnp.sum(batch["row_weight"].astype(jnp.float32))
@@ -46,11 +48,11 @@ class RowEnergy(Objective):
     return self._terms(model, batch, dropout_rng)
 
   def eval_sums(self, model, batch, lm_loss_chunk=-1):
-    loss_sum, weight = self._terms(model, batch, None)
-    return {"loss_sum": loss_sum, "weight": weight}
+    loss_sum, weight, extras = self._terms(model, batch, None)
+    return {"loss_sum": loss_sum, "weight": weight, "extras": extras}
 
   def metrics(self, sums, label_names=(), order=None):
-    return {"loss": sums.loss_sum / sums.weight, "rows": sums.weight}, {}
+    return {"loss": sums.loss_sum / sums.weight, "rows": sums.weight, **sums.extra_means()}, {}
 
 
 @pytest.fixture
@@ -89,7 +91,8 @@ def test_a_registered_objective_drives_the_train_step_exactly_over_micro_batches
   tx = optax.sgd(0.1)
   model = nnx.merge(graphdef, params)
   # The loss the step must minimise: the objective's weighted mean over the whole batch.
-  ref_sum, ref_w = RowEnergy()._terms(model, batch, None)
+  ref_sum, ref_w, ref_extras = RowEnergy()._terms(model, batch, None)
+  energy = ref_extras["row_energy"][0] / ref_extras["row_energy"][1]
   outs = []
   for m in (1, 2):
     cfg = step.StepConfig(task=row_energy, micro_batches=m, skip_nonfinite=False,
@@ -97,6 +100,8 @@ def test_a_registered_objective_drives_the_train_step_exactly_over_micro_batches
     state = step.init_state(params, tx, 0, optim_cfg)
     new, metrics = jax.jit(lambda s, b, cfg=cfg: step.train_step(graphdef, tx, cfg, s, b))(state, batch)
     np.testing.assert_allclose(metrics["train/loss"], ref_sum / ref_w, rtol=1e-6)
+    # The objective's own metric, summed over micro-batches before dividing.
+    np.testing.assert_allclose(metrics["train/row_energy"], energy, rtol=1e-6)
     outs.append(new["params"])
   for other in outs[1:]:  # micro-batches weighted by the whole batch's weight: the same update
     for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(other), strict=True):
@@ -110,4 +115,7 @@ def test_a_registered_objective_drives_evaluation_and_its_metric_names(row_energ
   sums.add(out, batch)
   res, details = sums.result(row_energy)
   assert res["rows"] == pytest.approx(10.0) and details == {}
+  sums.add(out, batch)  # a second batch: extras add up as sums, not as means
+  assert sums.extras["row_energy"][1] == pytest.approx(8.0)
+  assert sums.result(row_energy)[0]["row_energy"] == pytest.approx(float(out["extras"]["row_energy"][0]) / 4)
   assert objectives.for_task(row_energy).metric_names() == ("eval/loss", "eval/rows")
