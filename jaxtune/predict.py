@@ -1,4 +1,5 @@
-"""Classify raw texts with a finished run's model: `classify(workdir, texts)`.
+"""Predictions of a finished run for raw texts: `classify(workdir, texts)` (a classifier's labels),
+`score(workdir, prompts, answers)` (a reward model's scores).
 
 The run's own record decides everything: its config.json (model, tokenizer, seq_len, mesh), its
 label order from run.json, and its best checkpoint (else the latest), with averaged weights when
@@ -52,3 +53,12 @@ def classify(workdir: str | epath.PathLike, texts: Sequence[str], *, step: int =
   """
   objective, restored = restore(workdir, step=step)
   return objective.predict(restored, texts, batch_size=batch_size)
+
+
+def score(workdir: str | epath.PathLike, prompts: Sequence[str], answers: Sequence[str], *,
+          step: int = -1, batch_size: int = 32) -> list[float]:
+  """A finished reward-model run's (model.task='reward') score of each prompt + answer, in order:
+  higher is preferred. Pairs are encoded as the run's preference data was (chat messages when
+  its tokenizer has a chat template) and cut to its data.seq_len."""
+  objective, restored = restore(workdir, step=step, labels=False)
+  return objective.predict(restored, list(zip(prompts, answers, strict=True)), batch_size=batch_size)
