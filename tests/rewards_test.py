@@ -86,6 +86,7 @@ def test_bad_outputs_name_the_spec(reward_module, name, match):
     fn(["p", "q"], ["a", "b"])
 
 
+@pytest.mark.slow  # a short training run (and an export)
 def test_classifier_reward_is_the_runs_probability_of_the_label(tiny_bert, tmp_path):
   data = write_jsonl(tmp_path / "reviews.jsonl", sentiment_rows(200, 0))
   workdir = tmp_path / "run"

@@ -105,6 +105,7 @@ def hf_scores(export_dir, prompts, answers) -> np.ndarray:
     return model(**enc).logits[:, 0].numpy()
 
 
+@pytest.mark.slow  # a short training run (and an export)
 def test_llama_reward_model_learns_pairs_and_exports_one_output(tiny_llama, tmp_path, caplog):
   source, gguf = tiny_llama
   data = write_jsonl(tmp_path / "pairs.jsonl", review_pairs(480, 0, chat=True))
