@@ -50,7 +50,7 @@ def load_model(config: ml_collections.ConfigDict, mesh, num_labels: int | None,
     from jaxtune import quantize
 
     quantize.apply(model, m.quantize, config.lora.train_also)  # random weights: after building
-  if objective.labels and (hasattr(model, "pooled_index") or hasattr(model, "last_token_index")):
+  if objective.head == "seq_cls" and (hasattr(model, "pooled_index") or hasattr(model, "last_token_index")):
     from jaxtune.data import classification
 
     classification.pool_where_data_pads(model, config)  # decoders score the last non-pad token

@@ -71,7 +71,7 @@ def save(model: nnx.Module, out: str | Path, tokenizer, config, *, workdir: str 
       source = card.describe_source(config.model.source)
       objective = objectives.get(config)
       pad = getattr(model.config, "pad_token_id", None)
-      if objective.labels and tokenizer is not None and tokenizer.pad_token_id is None and pad is not None:
+      if objective.head == "seq_cls" and tokenizer is not None and tokenizer.pad_token_id is None and pad is not None:
         # The pad a decoder classifier pools by (its EOS): transformers' pipeline pads batches with it.
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
       if adapter:

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from jaxtune.objectives import causal_lm, classification
+from jaxtune.objectives import causal_lm, classification, reward_model
 from jaxtune.objectives.base import Objective
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {
+  o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, reward_model.OBJECTIVE)
+}
 TASKS = tuple(REGISTRY)  # the values model.task may take
 
 

@@ -34,7 +34,8 @@ VARIANTS = {"sentiment_minilm": ("quick",), "sentiment_mpnet": ("quick",), "sft_
 # A key documented in the source takes its comment instead; new keys belong in the source.
 IMPLICIT = {
   "seed": "seeds random initialisation (presets, new heads), data order, dropout, synthetic data",
-  "model.task": "causal_lm (language modelling, SFT) | seq_cls (sequence classification)",
+  "model.task": "causal_lm (language modelling, SFT) | seq_cls (sequence classification) | "
+                "reward (reward model on preference pairs)",
   "model.param_dtype": "dtype the weights are stored and updated in: float32 | bfloat16 | float16",
   "model.compute_dtype": "dtype of the matmuls: bfloat16 on GPU/TPU; float32 on CPU",
   "model.allow_pickle": "allow loading pickle (.bin/.pt) checkpoints; off: only safetensors / GGUF",
