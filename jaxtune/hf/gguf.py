@@ -47,9 +47,8 @@ from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
 from jaxtune.hf.safetensors_io import TensorSource
 
 __all__ = ["ARCHS", "DEQUANTIZED", "SUPPORTED_ARCHITECTURES", "Arch", "GGUFSource", "field_value",
-           "gguf_package", "hf_config", "hf_name", "forget_readers", "metadata", "open_gguf",
-           "open_reader",
-           "permute_rotary", "unpermute_rotary"]
+           "forget_readers", "gguf_package", "hf_config", "hf_name", "metadata", "open_gguf",
+           "open_reader", "permute_rotary", "unpermute_rotary"]
 
 # llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
 _DECODER_NAMES = (
