@@ -178,7 +178,8 @@ def head_only() -> None:
   import jax.numpy as jnp
   import qwix
 
-  from jaxtune import losses, quantize, step
+  from jaxtune import losses, quantize
+  from jaxtune.objectives import causal_lm
 
   V, D, B, T = 262144, 640, 2, 64
   for qtype in quantize.QTYPES:
@@ -195,7 +196,7 @@ def head_only() -> None:
           head = (functools.partial(quantize._tied_logits, qt, None, V // quantize.HEAD_ROWS),
                   (codes, scale))
         else:
-          head = (functools.partial(step._tied_head, None),
+          head = (functools.partial(causal_lm._tied_head, None),
                   qwix.dequantize(qwix.QArray(codes, scale, qtype=qt)))
         total, weight = losses.chunked_causal_lm_loss(h, *head, batch, chunk=128)
         return total / weight

@@ -10,12 +10,14 @@ LoRA adapters and `lora.train_also` modules (a classification head) stay float `
 the optimizer and the checkpoints see only them, and the codes ride in the frozen state.
 
 Dequantization happens where a weight is read, inside the jitted step (`layers.quantized`,
-`layers.weight`): a Linear calls `qwix.dot` on the QArray, an embedding lookup dequantizes the
-gathered rows only, a tied LM head dequantizes its table for the call; in the chunked
-causal-LM loss (training and evaluation) the tied head is `tied_head`'s, which dequantizes
-`HEAD_ROWS` rows of the table at a time, so no float [V, D] copy of it ever exists. `hf.load` quantizes
-tensor by tensor as it reads them, so the whole model never exists in full precision; exports
-dequantize (`lora.merge` -> `dequantize_model`).
+`layers.weight`): a Linear (and a tied head's full logits) calls `qmatmul.dot`, which
+dequantizes into the matmul and again in the backward pass, so the residuals kept between
+forward and backward are the codes and scales, never a float copy of a layer; an embedding
+lookup dequantizes the gathered rows only; in the chunked causal-LM loss (training and
+evaluation) the tied head is `tied_head`'s, which dequantizes `HEAD_ROWS` rows of the table at
+a time, so no float [V, D] copy of it ever exists. `hf.load` quantizes tensor by tensor as it
+reads them, so the whole model never exists in full precision; exports dequantize
+(`lora.merge` -> `dequantize_model`).
 
 qwix's model-level API (`quantize_model`, `LoraProvider`) is not used: it intercepts jnp.dot
 by looking up the caller's `self` on the Python stack and the weight by object identity during
@@ -38,7 +40,7 @@ from jax.sharding import NamedSharding
 
 from jaxtune import sharding
 from jaxtune.errors import ConfigError
-from jaxtune.models import layers
+from jaxtune.models import layers, qmatmul
 from jaxtune.patterns import compile_pattern
 
 QTYPES = ("int8", "nf4")
@@ -228,10 +230,8 @@ def tied_head(table: layers.Embed):
 
 def _rows(qtype, params, i, rows: int, dtype) -> jax.Array:
   """Rows [i * rows, (i + 1) * rows) of the quantized table, dequantized to `dtype`."""
-  import qwix
-
   codes, scale = (jax.lax.dynamic_slice_in_dim(x, i * rows, rows) for x in params)
-  return qwix.dequantize(qwix.QArray(codes, scale, qtype=qtype)).astype(dtype)
+  return qmatmul.dequantize(qtype, codes, scale, dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

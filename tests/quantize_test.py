@@ -220,3 +220,47 @@ def test_tied_quantized_head_is_dequantized_in_blocks_with_unchanged_loss_and_gr
   assert len(flat_got) == len(flat_want) > 0
   for a, b in zip(flat_got, flat_want, strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_backward_pass_keeps_codes_not_dequantized_kernels(llama_dir):
+  """The residuals the backward pass keeps (the leaves of `jax.vjp`'s function) hold no float
+  copy of a quantized weight, per layer [in, out] or stacked [L, in, out] by the scan: the matmul
+  dequantizes again for dx (`qmatmul.dot`); the codes kept are the frozen inputs themselves,
+  not copies. Loss and adapter gradients equal the dequantized float model's. (Scanned layers
+  only: unrolled ones take the same `Linear` path and run 2x slower here, op by op.)"""
+  from jaxtune.models import layers
+
+  model = lora.apply(hf.load(llama_dir, quantize="nf4"), LORA)
+  for _, m in lora.lora_modules(model):  # nonzero adapters, so every gradient is nonzero
+    b = m.lora_b.get_value()
+    m.lora_b.set_value(jnp.asarray(0.1 * np.random.default_rng(2).standard_normal(b.shape), b.dtype))
+  layers.stack_layers(model)
+  model.eval()
+  ids, mask = _ids()
+
+  def loss_and_grads(model):
+    graphdef, trainable, frozen = lora.split_trainable(model, LORA)
+
+    def loss(params):
+      logits = lora.combine(graphdef, params, frozen)(ids, mask)
+      return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:]).mean()
+
+    value, vjp = jax.vjp(loss, trainable)
+    return value, vjp(jnp.ones_like(value))[0], jax.tree.leaves(vjp), frozen
+
+  value, grads, residuals, frozen = loss_and_grads(model)
+  codes = [x for x in jax.tree.leaves(frozen) if x.dtype == jnp.uint4]
+  # Every kernel, lm_head and the embedding table, as stored and per layer ([L, in, out] stacked).
+  weight_shapes = {x.shape for x in codes} | {x.shape[1:] for x in codes if x.ndim == 3}
+  assert len(codes) == 9 and len(weight_shapes) == 10  # 7 stacked kernels, lm_head, table
+  floats = [x.shape for x in residuals if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert not [s for s in floats if s in weight_shapes or s[::-1] in weight_shapes], floats
+  kept = [x for x in residuals if x.dtype == jnp.uint4]
+  assert kept and all(any(x is c for c in codes) for x in kept)
+
+  want_value, want_grads, _, _ = loss_and_grads(quantize.dequantize_model(model))
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  flat, want = jax.tree.leaves(grads), jax.tree.leaves(want_grads)
+  assert len(flat) == len(want) == 14 and all(float(jnp.abs(g).max()) > 0 for g in flat)
+  for a, b in zip(flat, want, strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

@@ -126,11 +126,19 @@ def load(
     tensors = _with_sbert_head(path, tensors, task=task, pooling=pooling,
                                num_labels=getattr(cfg, "num_labels", 0))
   cfg = convert.with_pooling(family, cfg, task=task, pooling=pooling, where=where)
-  return convert.load_into(
+  model = convert.load_into(
     family, cfg, task=task, source=tensors, param_dtype=jnp.dtype(param_dtype),
     compute_dtype=jnp.dtype(compute_dtype) if compute_dtype else None, mesh=mesh,
     where=where, seed=seed, restoring=restoring, quantize=quantize, keep_float=keep_float,
   )
+  if path.suffix == ".gguf":
+    # The weights are read: drop the file's parsed metadata, which a 262k-token vocabulary
+    # makes ~700 MB of small arrays (a run loads its tokenizer first; a later
+    # load_tokenizer parses again).
+    del tensors
+    gguf.forget_readers()
+    convert.release_freed_memory()
+  return model
 
 
 def _with_sbert_head(path: Path, tensors, *, task: str, pooling: str, num_labels: int):

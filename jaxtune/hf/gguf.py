@@ -47,8 +47,8 @@ from jaxtune.hf.errors import CheckpointError, UnsupportedConfigError
 from jaxtune.hf.safetensors_io import TensorSource
 
 __all__ = ["ARCHS", "DEQUANTIZED", "SUPPORTED_ARCHITECTURES", "Arch", "GGUFSource", "field_value",
-           "gguf_package", "hf_config", "hf_name", "metadata", "open_gguf", "open_reader",
-           "permute_rotary", "unpermute_rotary"]
+           "forget_readers", "gguf_package", "hf_config", "hf_name", "metadata", "open_gguf",
+           "open_reader", "permute_rotary", "unpermute_rotary"]
 
 # llama.cpp tensor name -> HF name (re.fullmatch, then expand), shared by the decoders.
 _DECODER_NAMES = (
@@ -229,6 +229,11 @@ def _cached_reader(path: str, size: int, mtime_ns: int):
                           f"metadata does not fit in its {size} bytes; {e})") from e
 
 
+def forget_readers() -> None:
+  """Drop the cached parse (`hf.load` once a GGUF's weights are read)."""
+  _cached_reader.cache_clear()
+
+
 def open_reader(path: str | os.PathLike):
   path = str(path)
   st = os.stat(path)
@@ -404,6 +409,25 @@ def unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
   return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# Rows the gguf package dequantizes per call: its numpy code makes float temporaries the size
+# of its input, so Gemma 3 270M's [262144, 640] Q6_K table in one call raised the loading RSS
+# by 1.4 GB for a 640 MiB result; 16384 of its rows hold 40 MiB.
+DEQUANTIZE_ROWS = 16384
+
+
+def _dequantize_rows(data: np.ndarray, qtype) -> np.ndarray:
+  """`gguf.quants.dequantize` of a tensor's blocks, DEQUANTIZE_ROWS rows at a time."""
+  dequantize = gguf_package().quants.dequantize
+  if data.ndim < 2 or data.shape[0] <= DEQUANTIZE_ROWS:
+    return dequantize(data, qtype)
+  first = dequantize(data[:DEQUANTIZE_ROWS], qtype)
+  out = np.empty((data.shape[0], *first.shape[1:]), first.dtype)
+  out[:DEQUANTIZE_ROWS] = first
+  for i in range(DEQUANTIZE_ROWS, data.shape[0], DEQUANTIZE_ROWS):
+    out[i:i + DEQUANTIZE_ROWS] = dequantize(data[i:i + DEQUANTIZE_ROWS], qtype)
+  return out
+
+
 class GGUFSource(TensorSource):
   """A GGUF file's tensors under HF names, dequantized to float32 one at a time on `get`."""
 
@@ -442,7 +466,7 @@ class GGUFSource(TensorSource):
   def get(self, name: str) -> np.ndarray:
     t = self._tensors[name]
     try:
-      arr = gguf_package().quants.dequantize(t.data, t.tensor_type)
+      arr = _dequantize_rows(t.data, t.tensor_type)
     except Exception as e:  # noqa: BLE001 - corrupt blocks, short data: name the tensor
       raise CheckpointError(f"{self.path}: cannot dequantize tensor {t.name!r} ({name}): {e}") from e
     if tuple(arr.shape) != self.shape(name):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtune import sharding
+from jaxtune.models import qmatmul
 
 Dtype = jnp.dtype | str
 
@@ -96,11 +97,8 @@ class Linear(nnx.Module):
     if q is None:
       y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
     else:
-      import qwix
-
-      # qwix dequantizes the frozen codes into the matmul (its dequantize-first path for float
-      # activations, which XLA fuses); no full-precision kernel is kept between steps.
-      y = qwix.dot(x.astype(dtype), q.astype(dtype))
+      # Dequantized inside the matmul, and again in the backward pass (no float kernel is kept).
+      y = qmatmul.dot(q.qtype, 0, x.astype(dtype), q.qvalue, q.scale)
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
@@ -138,7 +136,10 @@ class Embed(nnx.Module):
 
   def attend(self, x_BTD: jax.Array) -> jax.Array:
     dtype = self.compute_dtype or x_BTD.dtype
-    table = weight(self, "embedding")
+    q = quantized(self, "embedding")
+    if q is not None:
+      return qmatmul.dot(q.qtype, 1, x_BTD.astype(dtype), q.qvalue, q.scale)
+    table = self.embedding[...]
     return jnp.einsum("...d,vd->...v", x_BTD.astype(dtype), table.astype(dtype))
 
 
