@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from jaxtune.objectives import causal_lm, classification
+from jaxtune.objectives import causal_lm, classification, preference
 from jaxtune.objectives.base import Objective
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {
+  o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, preference.OBJECTIVE)
+}
 TASKS = tuple(REGISTRY)  # the values model.task may take
 
 
