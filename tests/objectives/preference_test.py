@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -24,6 +22,7 @@ from jaxtune import lora, step, train
 from jaxtune.models import decoder
 from jaxtune.objectives import dpo_losses, preference
 from jaxtune.tune import space
+from tests.cli.errors import harness
 from tests.data.conftest import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,12 +164,6 @@ def _config(data, tok, **over):
   return c
 
 
-def _cli_env():
-  import os
-
-  return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-
-
 def test_jaxtune_train_preference_raises_reward_accuracy(tmp_path):
   data, tok = _write_data(tmp_path)
   flags = [f"--config.{k}={v}" for k, v in {
@@ -181,10 +174,9 @@ def test_jaxtune_train_preference_raises_reward_accuracy(tmp_path):
     "train.eval_at_start": True, "train.progress": False, "optim.learning_rate": 1e-2,
     "optim.warmup_steps": 0, "checkpoint.best_metric": "eval/rewards/accuracy",
     "checkpoint.best_mode": "max", "export.enabled": False}.items()]
-  proc = subprocess.run([sys.executable, "-m", "jaxtune.main", "train", "--config",
-                         str(REPO / "configs/tiny.py"), "--workdir", str(tmp_path / "run"), *flags],
-                        env=_cli_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = harness.run("train", "--config", str(REPO / "configs/tiny.py"), "--workdir",
+                       str(tmp_path / "run"), *flags, timeout=900)
+  assert result.returncode == 0, str(result)
   rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   evals = [r for r in rows if "eval/rewards/accuracy" in r]
   assert evals[0]["step"] == 0 and abs(evals[0]["eval/loss"] - np.log(2)) < 1e-5  # policy = reference
@@ -234,19 +226,15 @@ def test_search_over_beta_passes_the_key_checks():
   assert "eval/rewards/accuracy" in preference.OBJECTIVE.metric_names()
 
 
-@pytest.mark.parametrize("flag, message", [
-  ("--config.preference.loss=dpoo", "config: preference.loss='dpoo': expected one of"),
-  ("--config.data.rejected_column=worse", "missing column 'worse'"),
+@pytest.mark.parametrize("flag, words", [
+  ("--config.preference.loss=dpoo", ("preference.loss='dpoo'", "expected one of")),
+  ("--config.data.rejected_column=worse", ("pairs.jsonl, row 1", "missing column 'worse'")),
 ])
-def test_user_errors_are_one_line(tmp_path, flag, message):
+def test_user_errors_are_one_line(tmp_path, flag, words):
   data, tok = _write_data(tmp_path)
-  proc = subprocess.run(
-    [sys.executable, "-m", "jaxtune.main", "train", "--config", str(REPO / "configs/tiny.py"),
-     "--workdir", str(tmp_path / "run"), "--config.model.task=preference",
-     "--config.data.kind=preference", f"--config.data.source={data}",
-     f"--config.data.tokenizer={tok}", "--config.model.config_overrides=vocab_size=272",
-     "--config.data.split=0.75,0.25", flag], env=_cli_env(), capture_output=True, text=True,
-    timeout=300)
-  assert proc.returncode != 0
-  err = proc.stderr.strip().splitlines()
-  assert len(err) == 1 and message in err[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  result = harness.run(
+    "train", "--config", str(REPO / "configs/tiny.py"), "--workdir", str(tmp_path / "run"),
+    "--config.model.task=preference", "--config.data.kind=preference",
+    f"--config.data.source={data}", f"--config.data.tokenizer={tok}",
+    "--config.model.config_overrides=vocab_size=272", "--config.data.split=0.75,0.25", flag)
+  harness.expect_error(result, "train", *words)
