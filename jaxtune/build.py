@@ -136,7 +136,7 @@ def check_vocab(model_config, splits, config) -> None:
   """Token ids past the embedding table would be clamped silently inside XLA: refuse them."""
   vocab = getattr(model_config, "vocab_size", None)
   for name, ds in splits.splits.items():
-    top = int(ds.arrays["input_ids"].max(initial=0))
+    top = max(int(v.max(initial=0)) for k, v in ds.arrays.items() if k.endswith("input_ids"))
     if vocab is not None and top >= vocab:
       raise ValueError(
         f"data: the {name} split has token id {top}, but the model's vocabulary has {vocab} "
@@ -147,5 +147,6 @@ def check_vocab(model_config, splits, config) -> None:
 
 def make_eval_fn(eval_graphdef, config, mesh):
   # Replicated outputs: every process can read all predictions (multi-host evaluation).
-  return jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task),
+  options = objectives.get(config).options(config)
+  return jax.jit(functools.partial(step.eval_step, eval_graphdef, config.model.task, options=options),
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))

@@ -16,6 +16,7 @@ from jaxtune import lora, objectives, optim, quantize, trackers
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
+from jaxtune.objectives import preference
 
 TASKS = objectives.TASKS
 # What export.dtype and `jaxtune export --dtype` may be ('' = as trained).
@@ -56,6 +57,8 @@ def default() -> ml_collections.ConfigDict:
   c.model.config_overrides = ""
 
   c.data = data_config.default_data_config()
+  # model.task='preference': the loss (DPO, IPO, hinge, SimPO, ORPO) and its reference.
+  c.preference = preference.default_config()
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "population": -1})
 
@@ -213,8 +216,7 @@ def _range_text(interval: str) -> str:
 _FILE_DATA = ("source", "validation_source", "test_source", "split", "split_seed", "max_rows",
               "on_bad_row", "tokenizer", "text_column")
 _CLASSIFICATION_DATA = ("text_pair_column", "label_column", "label_names", "class_weights")
-_SFT_DATA = ("prompt_column", "completion_column", "messages_column", "sft_format",
-             "completion_only", "pack", "system_prompt")
+_SFT_DATA = ("completion_column", "messages_column", "sft_format", "completion_only", "pack")
 READ_WHEN = (
   *((f"data.{k}", lambda c: c.data.kind == "synthetic", "data.kind='synthetic'")
     for k in ("train_rows", "eval_rows")),
@@ -223,6 +225,12 @@ READ_WHEN = (
   *((f"data.{k}", lambda c: c.data.kind == "classification", "data.kind='classification'")
     for k in _CLASSIFICATION_DATA),
   *((f"data.{k}", lambda c: c.data.kind == "sft", "data.kind='sft'") for k in _SFT_DATA),
+  *((f"data.{k}", lambda c: c.data.kind in ("sft", "preference"), "data.kind='sft' or 'preference'")
+    for k in ("prompt_column", "system_prompt")),
+  *((f"data.{k}", lambda c: c.data.kind == "preference", "data.kind='preference'")
+    for k in ("chosen_column", "rejected_column")),
+  *((f"preference.{k}", lambda c: c.model.task == "preference", "model.task='preference'")
+    for k in preference.default_config()),
   ("data.dedup_threshold", lambda c: c.data.dedup == "near", "data.dedup='near'"),
   *((f"data.{k}", lambda c: bool(c.data.augment), "data.augment")
     for k in ("augment_rate", "augment_copies", "augment_translator")),
@@ -389,6 +397,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   optim.check(c.optim, c.train.steps if c.train.epochs == 0 else None)
   lora.resolve(c.lora)
   data_config.check(c.data)
+  objectives.get(c).check_config(c)
 
 
 class NotARunError(WorkdirError, FileNotFoundError):

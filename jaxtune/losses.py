@@ -160,4 +160,6 @@ def classification_loss(
 
 
 def token_counts(batch: dict) -> jax.Array:
-  return jnp.sum(batch["attention_mask"]) if "attention_mask" in batch else batch["input_ids"].size
+  # Preference batches hold two sequences per row (chosen_/rejected_attention_mask).
+  masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
+  return sum(jnp.sum(m) for m in masks) if masks else batch["input_ids"].size

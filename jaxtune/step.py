@@ -38,6 +38,7 @@ class StepConfig:
   # Positions per chunk of the causal-LM loss (losses.chunked_causal_lm_loss); 0: plain loss,
   # -1: `auto_lm_loss_chunk()` for the backend the step is traced for.
   lm_loss_chunk: int = -1
+  options: object = None  # the objective's own static settings (`Objective.options`)
 
 
 def train_step(
@@ -132,10 +133,11 @@ def all_finite(tree) -> jax.Array:
 
 
 def eval_step(graphdef: nnx.GraphDef, task: str, params: dict, frozen: dict | None,
-              batch: dict, lm_loss_chunk: int = -1) -> dict:
+              batch: dict, lm_loss_chunk: int = -1, options=None) -> dict:
   """Sums over one batch (loss and weight) and what the objective of `task` reads per example
-  (`Objective.eval_sums`)."""
-  return objectives.for_task(task).eval_sums(merge(graphdef, params, frozen), batch, lm_loss_chunk)
+  (`Objective.eval_sums`; `options`: `Objective.options(config)`)."""
+  kw = {} if options is None else {"options": options}  # objectives without options take none
+  return objectives.for_task(task).eval_sums(merge(graphdef, params, frozen), batch, lm_loss_chunk, **kw)
 
 
 def init_state(params: dict, tx: optax.GradientTransformation, seed: int, optim_cfg) -> dict:

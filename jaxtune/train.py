@@ -103,7 +103,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   # -------------------------------------------------------------------------------- data
   objective = objectives.get(config)
   splits = objective.splits(config, workdir)
-  resumed.data(splits["train"].fingerprint(), splits.label_names)
+  # Of the rows as read: an objective may add arrays of its own later (before_training).
+  data_fingerprint = splits["train"].fingerprint()
+  resumed.data(data_fingerprint, splits.label_names)
   batcher = pipeline.Batcher(splits["train"], config.train.batch_size, config.seed,
                              length_buckets=config.train.length_buckets)
   if config.train.epochs > 0:
@@ -119,6 +121,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   built = build_state(config, mesh, config.model.num_labels or splits.num_labels, total_steps,
                       splits.label_names, restoring=resumed.active)
   check_vocab(built.model_config, splits, config)
+  # E.g. a preference run's stored reference log-probabilities, from the initial weights.
+  objective.before_training(config, workdir, splits, built, mesh, restoring=resumed.active)
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
@@ -126,7 +130,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   step_cfg = step.StepConfig(
     task=config.model.task, micro_batches=config.train.micro_batches,
     skip_nonfinite=config.train.on_nonfinite == "skip", optim_cfg=config.optim,
-    class_weights=splits.class_weights,
+    class_weights=splits.class_weights, options=objective.options(config),
   )
   traces = {"train": 0}
 
@@ -184,7 +188,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     if start == 0:
       writer.write_run_info(
         workdir, config_json=config.to_json_best_effort(), mesh_shape=dict(mesh.shape),
-        data_fingerprint=splits["train"].fingerprint(),
+        data_fingerprint=data_fingerprint,
         extra={"total_steps": total_steps, "data_stats": splits.stats,
                "label_names": list(splits.label_names),
                **({"recipe": writer.recipe_info(recipe)} if recipe else {})},
@@ -357,7 +361,10 @@ def _text_sampler(config, built: Built, splits, mesh):
   from jaxtune import generate
 
   tok = splits.tokenizer
-  prompts = generate.prompts_from_split(splits["validation"].arrays, n)
+  arrays = splits["validation"].arrays
+  if "input_ids" not in arrays:  # preference pairs: the prompts before the chosen answers
+    arrays = {k.removeprefix("chosen_"): v for k, v in arrays.items() if k.startswith("chosen_")}
+  prompts = generate.prompts_from_split(arrays, n)
   stops = generate.stop_ids(tok, built.model_config, [])
   gen: list[generate.Generator] = []
 
@@ -390,6 +397,10 @@ def _eval_scalars(res: dict) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
 
 
+_STEP_METRICS = {"train/loss", "train/penalty", "train/grad_norm", "train/tokens",
+                 "train/skipped_steps"}
+
+
 def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, peak) -> dict:
   last = fetched[-1]
   tokens = float(sum(m["train/tokens"] for m in fetched))
@@ -403,6 +414,8 @@ def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, pe
   }
   if float(last["train/penalty"]):
     row["train/penalty"] = float(last["train/penalty"])
+  for k in last.keys() - _STEP_METRICS:  # an objective's own (Objective.loss_terms' extras)
+    row[k] = float(np.mean([m[k] for m in fetched]))
   if peak:
     row["train/mfu"] = writer.mfu(flops_per_token * tokens / len(fetched), row["train/step_time_s"],
                                   jax.device_count(), peak)

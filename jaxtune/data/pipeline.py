@@ -119,8 +119,7 @@ class Batcher:
     self.seed = seed
     self.shuffle = shuffle
     self.steps_per_epoch = len(data) // global_batch
-    width = data.arrays["input_ids"].shape[1]
-    self.buckets = bucket_lengths(width, length_buckets) if length_buckets else ()
+    self.buckets = bucket_lengths(data.arrays["input_ids"].shape[1], length_buckets) if length_buckets else ()
     self.lengths = data.row_lengths() if self.buckets else None
     self._epoch_batches: tuple[int, np.ndarray] | None = None
 

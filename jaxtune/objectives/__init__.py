@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
-from jaxtune.objectives import causal_lm, classification, reward_model
+from jaxtune.objectives import causal_lm, classification, preference, reward_model
 from jaxtune.objectives.base import Objective
 
 REGISTRY: dict[str, Objective] = {
-  o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, reward_model.OBJECTIVE)
+  o.name: o
+  for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, preference.OBJECTIVE, reward_model.OBJECTIVE)
 }
 TASKS = tuple(REGISTRY)  # the values model.task may take
 

@@ -67,6 +67,20 @@ class Objective:
 
     return data.build_eval(config, source, workdir)
 
+  # ------------------------------------------------------------------------ configuration
+  def options(self, config):
+    """What the loss and evaluation need of the run config beyond the step's own settings, as
+    a hashable value (a FrozenConfigDict): static under jit, `StepConfig.options` in the step
+    and the `options` of `eval_sums`. None when nothing."""
+    return None
+
+  def check_config(self, config) -> None:
+    """The objective's own config checks (`jaxtune.config.validate`); errors name the key."""
+
+  def before_training(self, config, workdir, splits, built, mesh, restoring: bool) -> None:
+    """Called by the driver once the model is built and before any step or restore, with the
+    initial weights in `built` (abstract when `restoring`): may add arrays to the splits."""
+
   # ---------------------------------------------------------------------------------- loss
   def batch_weight(self, batch: dict, cfg) -> jax.Array:
     """The whole batch's weight (tokens, examples), the denominator of every micro-batch's
@@ -80,10 +94,11 @@ class Objective:
     adds each pair over micro-batches and logs `train/<name>` = sum / weight (no gradient)."""
     raise NotImplementedError
 
-  def eval_sums(self, model, batch: dict, lm_loss_chunk: int = -1) -> dict:
+  def eval_sums(self, model, batch: dict, lm_loss_chunk: int = -1, options=None) -> dict:
     """One evaluation batch on the device: `loss_sum`, `weight` and any per-example outputs
     `metrics` reads (rows with `valid`=0 are padding). Sums of its own go under `extras` as
-    {name: (sum, weight)}; `jaxtune.evaluate.Sums` adds them up over the split (`extras`)."""
+    {name: (sum, weight)}; `jaxtune.evaluate.Sums` adds them up over the split (`extras`).
+    `options` is `self.options(config)`."""
     raise NotImplementedError
 
   # ------------------------------------------------------------------------------- metrics

@@ -96,7 +96,7 @@ class CausalLM(Objective):
   def loss_terms(self, model, batch, dropout_rng, cfg):
     return causal_lm_terms(model, batch, dropout_rng, cfg.lm_loss_chunk)
 
-  def eval_sums(self, model, batch, lm_loss_chunk=-1):
+  def eval_sums(self, model, batch, lm_loss_chunk=-1, options=None):
     b = dict(batch)
     if "valid" in b:
       b["loss_mask"] = b["loss_mask"] * b["valid"][:, None]

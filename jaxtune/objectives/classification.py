@@ -45,7 +45,7 @@ class Classification(Objective):
     logits = model(batch["input_ids"], **model_kwargs(batch), dropout_rng=dropout_rng)
     return losses.classification_loss(logits, batch, self._class_weights(cfg))
 
-  def eval_sums(self, model, batch, lm_loss_chunk=-1):
+  def eval_sums(self, model, batch, lm_loss_chunk=-1, options=None):
     # Unweighted: validation scores every example alike, whatever the training's class weights.
     logits = model(batch["input_ids"], **model_kwargs(batch))
     loss_sum, weight = losses.classification_loss(logits, batch)
