@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxtune.data import config as data_config
-from jaxtune.data import readers
+from jaxtune.data import readers, split
 from jaxtune.data.pipeline import Dataset, Splits  # noqa: F401 (data.Splits)
 from jaxtune.data.tokenizer import load_tokenizer  # noqa: F401 (data.load_tokenizer)
 from jaxtune.errors import ConfigError
@@ -139,22 +139,14 @@ def read_splits(d, bad: readers.BadRows) -> dict[str, list[readers.Row]]:
   Each split keeps file order (sorted row indices), so examples read like the file.
   """
   main = readers.read(d.source, bad, text_key=d.text_column)
-  fractions = data_config.split_fractions(d.split)
-  order = np.random.default_rng(d.split_seed).permutation(len(main))
-  rows, at = {}, 0
+  own = {name: readers.read(d[f"{name}_source"], bad, text_key=d.text_column)
+         for name in ("validation", "test") if d[f"{name}_source"]}
+  carved = split.carve(main, data_config.split_fractions(d.split), d.split_seed, own=own,
+                       source=d.source, split=d.split)
+  rows = {"train": carved["train"]}
   for name in ("validation", "test"):
-    own = d[f"{name}_source"]
-    if own:
-      rows[name] = readers.read(own, bad, text_key=d.text_column)
-    elif fractions[name] > 0:
-      n = max(1, round(fractions[name] * len(main)))
-      rows[name] = [main[i] for i in sorted(order[at : at + n])]
-      at += n
-  if at >= len(main):
-    raise readers.DataError(
-      f"{d.source}: {len(main)} usable rows are too few for data.split={d.split!r}: nothing left to train on"
-    )
-  rows = {"train": [main[i] for i in sorted(order[at:])], **rows}
+    if name in own or name in carved:
+      rows[name] = own[name] if name in own else carved[name]
   if d.max_rows:
     rng = np.random.default_rng([d.split_seed, 1])
     rows = {k: v if len(v) <= d.max_rows else

@@ -49,7 +49,7 @@ def read(name: str, bad: BadRows) -> list[Row]:
   if name in tweets.NAMES:
     return tweets.read(name)
   if name in reviews.NAMES:
-    return reviews.read(name, bad)
+    return reviews.read(name, lambda: rotten_tomatoes(bad))
   raise ValueError(f"unknown builtin data set {name!r} (known: {NAMES})")
 
 

@@ -25,7 +25,8 @@ import itertools
 
 import numpy as np
 
-from jaxtune.data.rows import BadRows, Row
+from jaxtune.data import split
+from jaxtune.data.rows import Row
 
 NAMES = ("review_pairs", "review_prompts", "review_prompts:heldout")
 HELDOUT_SIZE = 200
@@ -103,20 +104,20 @@ def _assistant(text: str) -> list[dict]:
   return [{"role": "assistant", "content": text}]
 
 
-def sentiment_train_rows(bad: BadRows) -> list[Row]:
-  """The train rows of sentiment_minilm's seeded split of 'rotten_tomatoes', less those whose
-  text is also a validation or test row (the file repeats some snippets under other ids)."""
-  from jaxtune import data
-  from jaxtune.data.config import default_data_config
-
-  d = default_data_config()
-  d.kind, d.source, d.split, d.split_seed = "classification", SOURCE, SPLIT, SPLIT_SEED
-  rows = data.read_splits(d, bad)
+def sentiment_train_rows(sentiment_rows: list[Row]) -> list[Row]:
+  """The train rows of sentiment_minilm's seeded split of 'rotten_tomatoes' (`sentiment_rows`,
+  every row of it, as `jaxtune.data.builtin` reads them), cut as a run with data.split=SPLIT and
+  data.split_seed=SPLIT_SEED cuts them, less those whose text is also a validation or test row
+  (the file repeats some snippets under other ids)."""
+  fractions = dict(zip(("train", "validation", "test"), (float(x) for x in SPLIT.split(","))))
+  rows = split.carve(sentiment_rows, fractions, SPLIT_SEED, source=SOURCE, split=SPLIT)
   held = {r.fields["text"] for k in ("validation", "test") for r in rows[k]}
   return [r for r in rows["train"] if r.fields["text"] not in held]
 
 
-def read(name: str, bad: BadRows) -> list[Row]:
+def read(name: str, sentiment_rows) -> list[Row]:
+  """Rows of review data set `name`; `sentiment_rows()` reads every row of SOURCE (only the
+  pairs need it)."""
   origin = f"builtin:{name}"
   if name == "review_prompts:heldout":
     return [Row({"prompt": _user(p["text"]), "id": i, "genre": p["genre"], "subject": p["subject"]},
@@ -125,12 +126,12 @@ def read(name: str, bad: BadRows) -> list[Row]:
     return [Row({"prompt": _user(p["text"]), "id": i, "genre": p["genre"], "subject": p["subject"]},
                 origin, i + 1) for i, p in enumerate(train_prompts())]
   if name == "review_pairs":
-    return review_pairs(bad)
+    return review_pairs(sentiment_rows())
   raise ValueError(f"unknown review data set {name!r} (known: {NAMES})")
 
 
-def review_pairs(bad: BadRows) -> list[Row]:
-  train = sentiment_train_rows(bad)
+def review_pairs(sentiment_rows: list[Row]) -> list[Row]:
+  train = sentiment_train_rows(sentiment_rows)
   rng = np.random.default_rng(18)
   pos = [r for r in train if r.fields["label"] == "positive"]
   neg = [r for r in train if r.fields["label"] == "negative"]

@@ -204,11 +204,11 @@ class Preference(CausalLM):
     if restoring:
       raise ConfigError(f"{path} is missing: a resumed full fine-tuning run cannot recompute its "
                         "reference from trained weights; start a new workdir")
-    from jaxtune import sharding
-    from jaxtune.finished_run import eval_params
+    from jaxtune import averaging, sharding
 
     fn = jax.jit(functools.partial(_reference_logps, built.eval_graphdef))
-    params = eval_params(built.state)
+    # The initial weights (what finished_run.eval_params picks; that module imports the driver's).
+    params = averaging.params_for_eval(built.state.get("avg"), built.state["params"])
     out = {}
     with sharding.use_mesh(mesh):
       for name, ds in splits.splits.items():
