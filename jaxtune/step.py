@@ -38,6 +38,8 @@ class StepConfig:
   # Positions per chunk of the causal-LM loss (losses.chunked_causal_lm_loss); 0: plain loss,
   # -1: `auto_lm_loss_chunk()` for the backend the step is traced for.
   lm_loss_chunk: int = -1
+  # The objective's own config section (config.<model.task>, e.g. config.grpo), or None.
+  objective_cfg: object = None
 
 
 def train_step(

@@ -45,14 +45,12 @@ from jaxtune.build import (
   make_eval_fn,
 )
 from jaxtune.config import validate
-from jaxtune.data import pipeline, prefetch
+from jaxtune.data import pipeline
 from jaxtune.errors import NonFiniteError
 from jaxtune.finished_run import ckpt_tree, eval_params, from_ckpt_tree
 from jaxtune.models import layers
 
 log = logging.getLogger(__name__)
-# Batches built and copied to the device ahead of the running step (jaxtune/data/prefetch.py).
-PREFETCH_DEPTH = 2
 
 
 @storage.reports_storage_errors
@@ -122,11 +120,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
-  batch_sh = pipeline.batch_shardings(mesh, batcher.host_batch(0))
+  # The step's batches: the data's, or (on-policy objectives) sampled from the current weights.
+  train_batches = objective.batches(config, batcher, mesh=mesh, built=built, splits=splits)
+  batch_sh = train_batches.shardings
   step_cfg = step.StepConfig(
     task=config.model.task, micro_batches=config.train.micro_batches,
     skip_nonfinite=config.train.on_nonfinite == "skip", optim_cfg=config.optim,
-    class_weights=splits.class_weights,
+    class_weights=splits.class_weights, objective_cfg=config.get(config.model.task),
   )
   traces = {"train": 0}
 
@@ -143,6 +143,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
 
   def run_eval(params, split) -> tuple[dict, dict]:  # a split's name, or a data set
     ds = splits[split] if isinstance(split, str) else split
+    own = train_batches.evaluate(params, ds)  # an objective that evaluates by generating
+    if own is not None:
+      return own
     return evaluate.evaluate(eval_fn, params, frozen, ds, task=config.model.task,
                              mesh=mesh, batch_size=config.train.eval_batch_size,
                              label_names=splits.label_names,
@@ -255,16 +258,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       console.CONSOLE.print(eval_line(0, metrics.scalars(res), track=False))
   if sample_text is not None and start == 0:
     sample_text(mw, 0, eval_params(state))  # the untrained model's answers, to compare with
-  # Batches are a pure function of the step, so building the next ones on a thread (and their
-  # host-to-device copy) overlaps the running step without changing what any step sees.
-  batches = prefetch.Prefetcher(lambda i: pipeline.to_device(batcher.host_batch(i), batch_sh),
-                                s, total_steps, depth=PREFETCH_DEPTH)
+  batches = train_batches.stream(s, total_steps, mw)
   # On several processes the guard agrees on the stop step; its fallback host sync (SIGINT) runs
   # at log steps, which wait for the device anyway.
   guard = preemption.PreemptionGuard(sync_every_steps=config.train.log_every)
   with guard, sharding.use_mesh(mesh), batches:
     while s < total_steps and not stopped_early:
-      batch = batches.get(s)
+      batch = batches.get(s, state)
       state, m = train_fn(state, batch, frozen)
       pending.append(m)
       s += 1
@@ -390,6 +390,9 @@ def _eval_scalars(res: dict) -> dict[str, float]:
   return {f"eval/{k}": v for k, v in metrics.scalars(res).items()}
 
 
+_STEP_METRICS = {"train/loss", "train/penalty", "train/grad_norm", "train/tokens", "train/skipped_steps"}
+
+
 def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, peak) -> dict:
   last = fetched[-1]
   tokens = float(sum(m["train/tokens"] for m in fetched))
@@ -403,6 +406,8 @@ def _log_row(fetched: list[dict], elapsed: float, lr, flops_per_token: float, pe
   }
   if float(last["train/penalty"]):
     row["train/penalty"] = float(last["train/penalty"])
+  for k in last.keys() - _STEP_METRICS:  # an objective's own (Objective.loss_terms' extras)
+    row[k] = float(np.mean([m[k] for m in fetched]))
   if peak:
     row["train/mfu"] = writer.mfu(flops_per_token * tokens / len(fetched), row["train/step_time_s"],
                                   jax.device_count(), peak)

@@ -89,6 +89,8 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
   rows_read = sum(len(r) for r in rows.values())
   if d.kind == "classification":
     from jaxtune.data import classification as task
+  elif d.kind == "prompts":
+    from jaxtune.data import prompts as task
   else:
     from jaxtune.data import sft as task
   # A fixed model.num_labels decides the classes the labels must fall in.

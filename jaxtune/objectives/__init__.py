@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-from jaxtune.objectives import causal_lm, classification
+from jaxtune.objectives import causal_lm, classification, grpo
 from jaxtune.objectives.base import Objective
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {o.name: o for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE,
+                                                      grpo.OBJECTIVE)}
 TASKS = tuple(REGISTRY)  # the values model.task may take
 
 

@@ -67,6 +67,13 @@ class Objective:
 
     return data.build_eval(config, source, workdir)
 
+  def batches(self, config, batcher, *, mesh, built, splits) -> StaticBatches:
+    """What feeds the train step (`get(step, state)` on the object `stream(start, stop,
+    writer)` returns). Default: `batcher`'s batches, a pure function of the step, prefetched
+    (`StaticBatches`). An on-policy objective (GRPO) builds each step's batch from the current
+    state instead, and may evaluate splits itself (`evaluate`)."""
+    return StaticBatches(batcher, mesh)
+
   # ---------------------------------------------------------------------------------- loss
   def batch_weight(self, batch: dict, cfg) -> jax.Array:
     """The whole batch's weight (tokens, examples), the denominator of every micro-batch's
@@ -110,3 +117,42 @@ class Objective:
 
     raise ConfigError(f"{restored.workdir / 'config.json'}: model.task={self.name!r} predicts "
                       "no labels from texts (a causal LM generates: `jaxtune generate`)")
+
+
+class StaticBatches:
+  """Train batches that are a pure function of the step (`pipeline.Batcher.host_batch`), built
+  and copied to the device on a thread ahead of the running step (`jaxtune.data.prefetch`):
+  a resumed run asks for the same steps and gets the same arrays."""
+
+  DEPTH = 2  # batches built ahead of the running step
+
+  def __init__(self, batcher, mesh):
+    from jaxtune.data import pipeline
+
+    self.batcher = batcher
+    self.shardings = pipeline.batch_shardings(mesh, batcher.host_batch(0))
+    self._prefetch = None
+
+  def stream(self, start: int, stop: int, writer=None) -> StaticBatches:
+    """Steps start..stop-1, read in order with `get`; use as a context manager."""
+    from jaxtune.data import pipeline, prefetch
+
+    self._prefetch = prefetch.Prefetcher(
+      lambda i: pipeline.to_device(self.batcher.host_batch(i), self.shardings), start, stop,
+      depth=self.DEPTH)
+    return self
+
+  def get(self, s: int, state: dict) -> dict:
+    """Step `s`'s device batch (`state`, the train state before the step, is not needed)."""
+    return self._prefetch.get(s)
+
+  def evaluate(self, params, ds):
+    """None: the driver evaluates with the objective's `eval_sums` (`jaxtune.evaluate`)."""
+    return None
+
+  def __enter__(self) -> StaticBatches:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._prefetch is not None:
+      self._prefetch.close()
