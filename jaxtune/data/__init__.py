@@ -1,9 +1,9 @@
 """Data sets for training: build the train / validation (/ test) splits a config asks for.
 
-kind='synthetic' generates text (no tokenizer); 'classification' and 'sft' read a file, builtin
-or hub data set (`readers`), split it with a fixed seed, tokenize (`classification`, `sft`,
-`packing`) and report what happened in `Splits.stats`. For classification, data.clean / dedup /
-balance / augment transform the train rows first (`quality.train_split`).
+kind='synthetic' generates text (no tokenizer); 'classification', 'sft' and 'preference' read a
+file, builtin or hub data set (`readers`), split it with a fixed seed, tokenize (`classification`,
+`sft`, `packing`, `preference`) and report what happened in `Splits.stats`. For classification,
+data.clean / dedup / balance / augment transform the train rows first (`quality.train_split`).
 """
 
 from __future__ import annotations
@@ -88,14 +88,22 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
   tokenizer = load_tokenizer(d.tokenizer or config.model.source)
   rows_read = sum(len(r) for r in rows.values())
   if d.kind == "classification":
-    from jaxtune.data import classification as task
+    from jaxtune.data import classification
+
+    # A fixed model.num_labels decides the classes the labels must fall in.
+    splits = classification.build(rows, d, tokenizer, bad, num_labels=config.model.num_labels)
+  elif d.kind == "preference":
+    from jaxtune.data import preference
+
+    splits = preference.build_splits(rows, d, tokenizer, bad)
   elif d.kind == "prompts":
-    from jaxtune.data import prompts as task
+    from jaxtune.data import prompts
+
+    splits = prompts.build(rows, d, tokenizer, bad)
   else:
-    from jaxtune.data import sft as task
-  # A fixed model.num_labels decides the classes the labels must fall in.
-  kw = {"num_labels": config.model.num_labels} if d.kind == "classification" else {}
-  splits = task.build(rows, d, tokenizer, bad, **kw)
+    from jaxtune.data import sft
+
+    splits = sft.build(rows, d, tokenizer, bad)
   if jax.process_index() == 0:
     bad.write(workdir, skipped_name)
   per_split = splits.stats.pop("splits")

@@ -14,16 +14,19 @@ seeded `data.split` (80/10/10 by default), so a split is the same on every call.
   Columns: messages (role/content dicts), id, prompt.
 - 'tweets' (train), 'tweets:validation', 'tweets:test', 'tweets:all': 38,158 crowd-labelled
   tweets, three classes, with a fixed trustworthy validation/test split (`jaxtune.data.tweets`).
+- 'review_pairs', 'review_prompts', 'review_prompts:heldout': prompts asking for a one-sentence
+  film review, with positive (chosen) and negative (rejected) Rotten Tomatoes answers from the
+  train part of its seeded split, for preference and RL training (`jaxtune.data.reviews`).
 """
 
 from __future__ import annotations
 
 import json
 
-from jaxtune.data import assets, tweets
+from jaxtune.data import assets, reviews, tweets
 from jaxtune.data.rows import BadRows, Row
 
-NAMES = ("rotten_tomatoes", "chitchat", *tweets.NAMES)
+NAMES = ("rotten_tomatoes", "chitchat", *tweets.NAMES, *reviews.NAMES)
 ROTTEN_TOMATOES_POSITIVE_IDS = range(1, 5332)
 
 # Settings a builtin implies when the config leaves them at their defaults.
@@ -34,6 +37,7 @@ DEFAULTS = {
   "tweets": {"kind": "classification", "label_column": "sentiment",
              "label_names": "negative,neutral,positive", "validation_source": "tweets:validation",
              "test_source": "tweets:test"},
+  "review_pairs": {"kind": "preference"},
 }
 
 
@@ -44,6 +48,8 @@ def read(name: str, bad: BadRows) -> list[Row]:
     return chitchat(bad)
   if name in tweets.NAMES:
     return tweets.read(name)
+  if name in reviews.NAMES:
+    return reviews.read(name, bad)
   raise ValueError(f"unknown builtin data set {name!r} (known: {NAMES})")
 
 

@@ -14,7 +14,7 @@ import ml_collections
 from jaxtune.data.readers import FILE_FORMATS
 from jaxtune.errors import ConfigError, DataError
 
-KINDS = ("synthetic", "classification", "sft", "prompts")  # prompts: GRPO (data/prompts.py)
+KINDS = ("synthetic", "classification", "sft", "preference", "prompts")  # prompts: GRPO
 SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
 ON_BAD_ROW = ("error", "skip")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -26,7 +26,7 @@ AUGMENT_OPS = ("synonym", "insert", "swap", "delete", "backtranslate")
 
 def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.kind = "synthetic"  # synthetic | classification | sft
+  c.kind = "synthetic"  # synthetic | classification | sft | preference
   c.seq_len = 64  # tokens per row; classification rows may be shorter (longest example, /8)
   # kind='synthetic' only: generated rows for the tiny recipe.
   c.train_rows = 2048
@@ -51,6 +51,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.prompt_column = "prompt"
   c.completion_column = "completion"
   c.messages_column = "messages"
+  # Preference pairs (kind='preference', jaxtune/data/preference.py): prompt_column plus these.
+  c.chosen_column = "chosen"
+  c.rejected_column = "rejected"
 
   # Classification.
   c.label_names = ""  # comma-separated; '' = sorted unique labels of the train split
@@ -113,6 +116,14 @@ def check(c: ml_collections.ConfigDict) -> None:
     _fail("sft_format", c.sft_format, f"expected one of {SFT_FORMATS}")
   if c.max_rows < 0:
     _fail("max_rows", c.max_rows, "must be >= 0 (0 = all rows)")
+  if c.kind == "preference":
+    cols = {k: c[k] for k in ("prompt_column", "chosen_column", "rejected_column")}
+    for key, value in cols.items():
+      if not value:
+        _fail(key, value, "kind='preference' needs the column's name")
+    if len(set(cols.values())) < 3:
+      _fail("chosen_column", c.chosen_column,
+            f"prompt, chosen and rejected columns must differ (have {cols})")
   fr = split_fractions(c.split)
   if fr["validation"] == 0 and not c.validation_source:
     _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")

@@ -162,3 +162,32 @@ def build(rows: list[Row], tokenizer, bad: BadRows, *, seq_len: int,
   stats = {"rows": len(rows), "examples": len(seqs), "skipped": len(rows) - len(seqs),
            "truncated": truncated, "row_length": length}
   return arrays, examples, stats
+
+
+def build_splits(rows: dict[str, list[Row]], d, tokenizer, bad: BadRows):
+  """Splits of preference arrays from rows per split (see `jaxtune.data.build`), every split
+  padded to one width (the longest pair of any split, rounded up to 8) and given `example_id`
+  [N] into its examples."""
+  from jaxtune.data.pipeline import Dataset, Splits
+
+  columns = (d.prompt_column, d.chosen_column, d.rejected_column)
+  built, stats = {}, {}
+  for split, split_rows in rows.items():
+    try:
+      built[split] = build(split_rows, tokenizer, bad, seq_len=d.seq_len, columns=columns,
+                           system_prompt=d.system_prompt, source=d.source)
+    except DataError as e:
+      raise DataError(f"{e} in the {split} split") from e
+    stats[split] = {k: v for k, v in built[split][2].items() if k != "row_length"}
+  width = max(b[2]["row_length"] for b in built.values())
+  pad = pad_token_id(tokenizer)
+  splits, examples = {}, {}
+  for split, (arrays, split_examples, _) in built.items():
+    extra = width - next(iter(arrays.values())).shape[1]
+    arrays = {k: np.pad(v, ((0, 0), (0, extra)), constant_values=pad if k.endswith("input_ids") else 0)
+              for k, v in arrays.items()}
+    arrays["example_id"] = np.arange(len(split_examples), dtype=np.int32)
+    splits[split], examples[split] = Dataset(arrays), split_examples
+    stats[split]["tokens"] = int(sum(arrays[f"{s}_attention_mask"].sum() for s in SIDES))
+  return Splits(splits, examples=examples, stats={"format": "preference", "row_length": width,
+                                                  "splits": stats})
