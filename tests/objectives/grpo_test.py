@@ -3,8 +3,6 @@ tiny run raises a reward; a run killed mid-run resumes with the same samples and
 an uninterrupted one; LoRA and full fine-tuning both train; config mistakes are one line."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -24,7 +22,6 @@ from jaxtune.objectives import grpo
 from jaxtune.objectives.grpo_loss import grpo_loss
 from jaxtune.step import StepConfig
 
-REPO = Path(__file__).resolve().parents[2]
 WORDS = ["good", "bad", "movie", "the", "a", "is", "film", "plot", "write", "review", "it", "was", "fun"]
 MAX_NEW = 8
 CALLS: list[tuple[list, list]] = []  # (prompts, completions) of every reward call
@@ -148,22 +145,23 @@ def _final_state(workdir, step):
 
 
 def test_lora_run_killed_mid_run_resumes_with_the_same_samples(tokenizer_dir, prompts_file, tmp_path):
-  c = grpo_config(tokenizer_dir, prompts_file, **{"lora.rank": 4, "checkpoint.every_steps": 3})
+  c = grpo_config(tokenizer_dir, prompts_file, **{"lora.rank": 4, "checkpoint.every_steps": 2,
+                                                   "train.steps": 4})
   CALLS.clear()
   train.train_and_evaluate(c, tmp_path / "straight")
   straight = [x for x in CALLS if len(x[1]) == 16]  # the train steps' calls (4 prompts x 4)
-  assert len(straight) == 6
+  assert len(straight) == 4
   CALLS.clear()
-  CRASH_AT_CALL[0] = 5  # killed while sampling step 5 (index 4), after step 3's checkpoint
+  CRASH_AT_CALL[0] = 4  # killed while sampling step 4 (index 3), after step 2's checkpoint
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(c, tmp_path / "killed")
   CRASH_AT_CALL[0] = 0
   CALLS.clear()
   out = train.train_and_evaluate(c, tmp_path / "killed")
-  assert out["resumed_from"] == 3
+  assert out["resumed_from"] == 2
   resumed = [x for x in CALLS if len(x[1]) == 16]
-  assert resumed == straight[3:]  # the same prompts and the same sampled completions
-  a, b = _final_state(tmp_path / "straight", 6), _final_state(tmp_path / "killed", 6)
+  assert resumed == straight[2:]  # the same prompts and the same sampled completions
+  a, b = _final_state(tmp_path / "straight", 4), _final_state(tmp_path / "killed", 4)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -175,15 +173,9 @@ def test_config_mistakes_name_the_key(tokenizer_dir, prompts_file, tmp_path):
     grpo.check_config(grpo_config(tokenizer_dir, prompts_file, **{"data.kind": "synthetic"}))
 
 
-def test_bad_reward_spec_is_one_line_on_the_cli(tokenizer_dir, prompts_file, tmp_path):
-  flags = [f"--config.{k}={v}" for k, v in {
-    "model.task": "grpo", "model.config_overrides": f"vocab_size={len(WORDS) + 3}",
-    "data.kind": "prompts", "data.source": prompts_file, "data.tokenizer": tokenizer_dir,
-    "data.split": "0.8,0.2", "mesh.data": 1, "train.batch_size": 4,
-    "grpo.reward": "no_such_module_xyz:reward"}.items()]
-  done = subprocess.run([sys.executable, "-m", "jaxtune.main", "train", f"--config={REPO}/configs/tiny.py",
-                         f"--workdir={tmp_path}", *flags], capture_output=True, text=True, cwd=REPO,
-                        env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
-  assert done.returncode != 0
-  err = done.stderr.strip().splitlines()
-  assert len(err) == 1 and "grpo.reward='no_such_module_xyz:reward': cannot import module" in err[0], done.stderr
+def test_bad_reward_spec_names_the_key(tokenizer_dir, prompts_file, tmp_path):
+  c = grpo_config(tokenizer_dir, prompts_file, **{"grpo.reward": "no_such_module_xyz:reward"})
+  with pytest.raises(ConfigError, match=r"grpo.reward='no_such_module_xyz:reward': cannot import module"):
+    train.train_and_evaluate(c, tmp_path)
+  with pytest.raises(ConfigError, match=r"grpo.reward='nocolon': expected 'module:function'"):
+    grpo.load_reward("nocolon")
