@@ -96,32 +96,55 @@ class Classification(Objective):
   def predict(self, restored, texts: Sequence[str], *, batch_size: int) -> list[tuple[str, float]]:
     """(label, probability) of the most likely class for each text, in order; longer texts are
     cut to the run's data.seq_len, and the last batch is padded (one compilation)."""
-    from jaxtune import data, sharding
-    from jaxtune.data import classification
-
-    config = restored.config
     names = restored.label_names or tuple(str(i) for i in range(restored.num_labels))
-    tokenizer = data.load_tokenizer(config.data.tokenizer or config.model.source)
-    pad_id = classification.pad_token_id(tokenizer)
-    probs_fn = jax.jit(functools.partial(_probabilities, restored.built.eval_graphdef))
-    out: list[tuple[str, float]] = []
-    texts = [str(t) for t in texts]
+    probs = scorer(restored, batch_size)(texts)
+    return [(names[int(p.argmax())], float(p.max())) for p in probs]
+
+
+def scorer(restored, batch_size: int, *, softmax: bool = True, encode=None):
+  """items -> [N, labels] float32 probabilities (or raw logits, `softmax=False`) of a restored
+  run (`jaxtune.finished_run.Restored`), its tokenizer loaded and its program compiled once, so
+  a caller that scores many times (a GRPO reward) pays for them once.
+
+  `encode(tokenizer, items)` gives the batch's arrays ([n, data.seq_len], n <= batch_size); by
+  default items are texts, cut to the run's data.seq_len as the classification data is. Each
+  call's last batch is padded with masked rows to `batch_size` (one shape, one compilation).
+  """
+  from jaxtune import data, sharding
+  from jaxtune.data import classification
+
+  config = restored.config
+  tokenizer = data.load_tokenizer(config.data.tokenizer or config.model.source)
+  pad_id = classification.pad_token_id(tokenizer)
+
+  def encode_texts(tokenizer, texts):
+    enc, _ = classification.encode(tokenizer, [str(t) for t in texts], None, config.data.seq_len)
+    return classification.pad(enc, config.data.seq_len, pad_id)
+
+  encode = encode or encode_texts
+  fn = jax.jit(functools.partial(_probabilities if softmax else _logits, restored.built.eval_graphdef))
+
+  def score(items: Sequence) -> np.ndarray:
+    items = list(items)
+    out = [np.zeros((0, restored.num_labels or 1), np.float32)]
     with sharding.use_mesh(restored.mesh):
-      for i in range(0, len(texts), batch_size):
-        chunk = texts[i:i + batch_size]
-        enc, _ = classification.encode(tokenizer, chunk, None, config.data.seq_len)
-        batch = classification.pad(enc, config.data.seq_len, pad_id)
-        # Pad to a full batch of masked rows so every call has the same shapes.
+      for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        batch = encode(tokenizer, chunk)
         batch = {k: np.pad(v, ((0, batch_size - len(chunk)), (0, 0))) for k, v in batch.items()}
-        probs = np.asarray(probs_fn(restored.params, restored.built.frozen, batch))[: len(chunk)]
-        out += [(names[int(p.argmax())], float(p.max())) for p in probs]
-    return out
+        out.append(np.asarray(fn(restored.params, restored.built.frozen, batch))[: len(chunk)])
+    return np.concatenate(out)
+
+  return score
+
+
+def _logits(graphdef, params: dict, frozen: dict | None, batch: dict) -> jax.Array:
+  model = merge(graphdef, params, frozen)
+  return model(batch["input_ids"], **model_kwargs(batch)).astype(jnp.float32)
 
 
 def _probabilities(graphdef, params: dict, frozen: dict | None, batch: dict) -> jax.Array:
-  model = merge(graphdef, params, frozen)
-  logits = model(batch["input_ids"], **model_kwargs(batch))
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jax.nn.softmax(_logits(graphdef, params, frozen, batch), axis=-1)
 
 
 OBJECTIVE = Classification()
