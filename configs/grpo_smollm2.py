@@ -9,7 +9,7 @@ your own run of configs/sentiment_minilm.py:
   jaxtune train --config=configs/grpo_smollm2.py --workdir=runs/grpo_smollm2 \
       --config.grpo.reward=classifier:runs/sentiment_minilm:positive
 
-(the default below is this machine's finished run, /work/runs/sentiment_minilm). Validation is
+(`jaxtune.rewards`; the default below is this machine's finished run, /work/runs/sentiment_minilm). Validation is
 the mean reward of greedy answers to 32 'review_prompts' rows kept out of training; measure it
 on all 200 held-out prompts with benchmarks/positive_reviews.py (BENCHMARKS.md).
 

@@ -21,8 +21,6 @@ Legend: B completions (prompts x G), L prompt width, N grpo.max_new_tokens, V vo
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -46,8 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.beta = 0.04  # KL penalty to the reference (0: no reference pass)
   c.loss_type = "dapo"  # grpo | bnpo | dapo | dr_grpo (as TRL names them)
   c.scale_rewards = "group"  # group | batch | none (Dr. GRPO: advantages only centred)
-  # The reward: 'module:function' (prompts, completions) -> list[float], or what
-  # `jaxtune.rewards.load` accepts (a classifier run's probability of a label, a reward model).
+  # The reward (`jaxtune.rewards.load`): 'module:function' (prompts, completions) -> list[float],
+  # 'classifier:RUN_DIR:LABEL' (a finished classifier's probability of LABEL) or
+  # 'reward_model:RUN_DIR' (a model.task='reward' run's score).
   c.reward = ""
   c.eval_temperature = 0.0  # validation completions: 0 greedy, > 0 sampled (seeded)
   c.log_samples = 4  # prompt / completion / reward samples written as text at each log step
@@ -93,78 +92,14 @@ def check_config(config) -> None:
   if not g.reward:
     fail("grpo.reward", g.reward, "name a reward: 'module:function' taking (prompts, "
          "completions) and returning one float per completion")
-  if config.train.micro_batches > 1 and config.train.batch_size % config.train.micro_batches:
-    fail("train.micro_batches", config.train.micro_batches, "must divide train.batch_size")
 
 
 def load_reward(spec: str):
-  """The reward callable of `grpo.reward`: `jaxtune.rewards.load(spec)` when that module is
-  there, else (the provisional resolver until it lands) 'classifier:<run workdir>:<label>' (a
-  finished jaxtune classifier's probability of <label>) or a 'module:function' import."""
-  try:
-    from jaxtune import rewards  # engineer i18-reward's module (branch i18-reward)
-  except ImportError:
-    rewards = None
-  if rewards is not None:
-    return rewards.load(spec)
-  if spec.startswith("classifier:"):
-    workdir, _, label = spec.removeprefix("classifier:").rpartition(":")
-    return _classifier_reward(workdir, label, spec)
-  module, sep, name = spec.partition(":")
-  if not sep or not module or not name:
-    raise ConfigError(f"config: grpo.reward={spec!r}: expected 'module:function'")
-  try:
-    fn = getattr(importlib.import_module(module), name)
-  except ImportError as e:
-    raise ConfigError(f"config: grpo.reward={spec!r}: cannot import module {module!r} ({e}); "
-                      "is it on PYTHONPATH?") from None
-  except AttributeError:
-    raise ConfigError(f"config: grpo.reward={spec!r}: module {module!r} has no {name!r}") from None
-  if not callable(fn):
-    raise ConfigError(f"config: grpo.reward={spec!r}: {name!r} is not callable")
-  return fn
+  """The reward callable of `grpo.reward` (`jaxtune.rewards.load`: 'module:function',
+  'classifier:RUN_DIR:LABEL', 'reward_model:RUN_DIR'; outputs checked, errors name the key)."""
+  from jaxtune import rewards
 
-
-def _classifier_reward(workdir: str, label: str, spec: str):
-  """reward(prompts, completions) = the probability a finished classification run gives
-  `label` for each completion (its best checkpoint), loaded once and jitted once."""
-  import functools
-
-  import numpy as np
-
-  from jaxtune import config as jt_config
-  from jaxtune import data, finished_run, sharding
-  from jaxtune.data import classification as cls_data
-  from jaxtune.objectives import classification
-
-  if not workdir or not label:
-    raise ConfigError(f"config: grpo.reward={spec!r}: expected 'classifier:<run workdir>:<label>'")
-  try:
-    config = jt_config.read_run_config(workdir)
-    names = finished_run.label_names(workdir)
-  except FileNotFoundError as e:
-    raise ConfigError(f"config: grpo.reward={spec!r}: {e}") from None
-  if label not in names:
-    raise ConfigError(f"config: grpo.reward={spec!r}: the run's labels are {list(names)}, not {label!r}")
-  restored = finished_run.restore(workdir, config, num_labels=len(names), label_names=names)
-  tokenizer = data.load_tokenizer(config.data.tokenizer or config.model.source)
-  pad_id, seq_len, column = cls_data.pad_token_id(tokenizer), config.data.seq_len, names.index(label)
-  probs_fn = jax.jit(functools.partial(classification._probabilities, restored.built.eval_graphdef))
-  batch_size = 32
-
-  def reward(prompts, completions):
-    out = []
-    with sharding.use_mesh(restored.mesh):
-      for i in range(0, len(completions), batch_size):
-        chunk = [str(t) or " " for t in completions[i:i + batch_size]]
-        enc, _ = cls_data.encode(tokenizer, chunk, None, seq_len)
-        batch = cls_data.pad(enc, seq_len, pad_id)
-        batch = {k: np.pad(v, ((0, batch_size - len(chunk)), (0, 0))) for k, v in batch.items()}
-        probs = np.asarray(probs_fn(restored.params, restored.built.frozen, batch))[:len(chunk)]
-        out += [float(p[column]) for p in probs]
-    return out
-
-  return reward
+  return rewards.load(spec)
 
 
 def completion_logps(model, batch: dict, dropout_rng=None) -> jax.Array:
