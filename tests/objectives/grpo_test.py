@@ -179,3 +179,30 @@ def test_bad_reward_spec_names_the_key(tokenizer_dir, prompts_file, tmp_path):
     train.train_and_evaluate(c, tmp_path)
   with pytest.raises(ConfigError, match=r"grpo.reward='nocolon': expected 'module:function'"):
     grpo.load_reward("nocolon")
+
+
+def test_prompt_rows_text_chat_and_bad_rows(tokenizer_dir):
+  import ml_collections
+
+  from jaxtune.data import load_tokenizer, prompts
+  from jaxtune.data.readers import BadRows, DataError
+  from jaxtune.data.rows import Row
+
+  tok = load_tokenizer(str(tokenizer_dir))
+  tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}review{% endif %}"
+  d = ml_collections.ConfigDict(jt_config.default().data.to_dict())
+  d.update(kind="prompts", source="x.jsonl", seq_len=3, on_bad_row="skip")
+  rows = {"train": [Row({"prompt": "the film was fun"}, "x.jsonl", 1),
+                    Row({"prompt": [{"role": "user", "content": "a movie"}]}, "x.jsonl", 2),
+                    Row({"prompt": ""}, "x.jsonl", 3), Row({"other": "x"}, "x.jsonl", 4)],
+          "validation": [Row({"prompt": "good"}, "x.jsonl", 5)]}
+  bad = BadRows("skip")
+  splits = prompts.build(rows, d, tok, bad)
+  got = prompts.prompt_ids(splits["train"], np.arange(2))
+  vocab = tok.get_vocab()
+  assert got[0] == [vocab[w] for w in ("film", "was", "fun")]  # BOS the film was fun: its last 3
+  assert got[1] == [vocab["a"], vocab["movie"], vocab["review"]]  # chat template + generation prompt
+  assert splits.examples["train"][1]["prompt"] == [{"role": "user", "content": "a movie"}]
+  assert len(bad) == 2 and splits.stats["splits"]["train"]["truncated"] == 1
+  with pytest.raises(DataError, match="empty text in column 'prompt'"):
+    prompts.build({"train": [Row({"prompt": " "}, "x.jsonl", 1)]}, d, tok, BadRows("error"))
