@@ -31,9 +31,9 @@ def prompts(tok, batch: int) -> list[list[int]]:
 
 
 def jaxtune_side(path: str, batches: list[int], new_tokens: int, repeats: int) -> dict:
-  from jaxtune import generate
+  from jaxtune import finished_run, generate
 
-  model, tok = generate.load_source(model=path)
+  model, tok = finished_run.load_source(model=path)
   gen = generate.Generator(model, pad_id=generate.pad_id(tok))
   out = {}
   for b in batches:

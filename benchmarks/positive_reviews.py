@@ -80,14 +80,14 @@ def prompt_texts(prompts: str) -> list[str]:
 
 def load(spec: str):
   """(model, tokenizer) of `base`, a jaxtune run directory, or an HF directory / .gguf file."""
-  from jaxtune import generate
+  from jaxtune import finished_run
   from jaxtune.data import assets
 
   if spec == "base":
-    return generate.load_source(model=str(assets.smollm2_gguf()))
+    return finished_run.load_source(model=str(assets.smollm2_gguf()))
   if (Path(spec) / "checkpoints").is_dir():
-    return generate.load_source(workdir=spec)
-  return generate.load_source(model=spec)
+    return finished_run.load_source(workdir=spec)
+  return finished_run.load_source(model=spec)
 
 
 def sample(

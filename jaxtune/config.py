@@ -16,7 +16,7 @@ from jaxtune import lora, objectives, optim, quantize, trackers
 from jaxtune.data import config as data_config
 from jaxtune.errors import ConfigError, WorkdirError
 from jaxtune.models import bert
-from jaxtune.objectives import preference
+from jaxtune.objectives import grpo, preference
 
 TASKS = objectives.TASKS
 # What export.dtype and `jaxtune export --dtype` may be ('' = as trained).
@@ -95,6 +95,8 @@ def default() -> ml_collections.ConfigDict:
   c.optim = optim.default_config()
 
   c.lora = lora.default_config()  # rank 0 = full fine-tuning
+
+  c.grpo = grpo.default_config()  # model.task='grpo' only (jaxtune/objectives/grpo.py)
 
   c.export = ml_collections.ConfigDict()
   c.export.enabled = False  # write workdir/export (HF format) at the end, from the best weights
@@ -216,7 +218,7 @@ def _range_text(interval: str) -> str:
 _FILE_DATA = ("source", "validation_source", "test_source", "split", "split_seed", "max_rows",
               "on_bad_row", "tokenizer", "text_column")
 _CLASSIFICATION_DATA = ("text_pair_column", "label_column", "label_names", "class_weights")
-_SFT_DATA = ("completion_column", "messages_column", "sft_format", "completion_only", "pack")
+_SFT_DATA = ("completion_column", "messages_column", "completion_only", "pack")
 READ_WHEN = (
   *((f"data.{k}", lambda c: c.data.kind == "synthetic", "data.kind='synthetic'")
     for k in ("train_rows", "eval_rows")),
@@ -225,8 +227,9 @@ READ_WHEN = (
   *((f"data.{k}", lambda c: c.data.kind == "classification", "data.kind='classification'")
     for k in _CLASSIFICATION_DATA),
   *((f"data.{k}", lambda c: c.data.kind == "sft", "data.kind='sft'") for k in _SFT_DATA),
-  *((f"data.{k}", lambda c: c.data.kind in ("sft", "preference"), "data.kind='sft' or 'preference'")
-    for k in ("prompt_column", "system_prompt")),
+  ("data.sft_format", lambda c: c.data.kind in ("sft", "prompts"), "data.kind='sft' or 'prompts'"),
+  *((f"data.{k}", lambda c: c.data.kind in ("sft", "preference", "prompts"),
+     "data.kind='sft', 'preference' or 'prompts'") for k in ("prompt_column", "system_prompt")),
   *((f"data.{k}", lambda c: c.data.kind == "preference", "data.kind='preference'")
     for k in ("chosen_column", "rejected_column")),
   *((f"preference.{k}", lambda c: c.model.task == "preference", "model.task='preference'")
@@ -262,6 +265,7 @@ READ_WHEN = (
   *((f"lora.{k}", lambda c: c.lora.rank > 0, "lora.rank > 0")
     for k in ("alpha", "dropout", "targets", "train_also", "init", "use_rslora")),
   ("export.merge_lora", lambda c: c.lora.rank > 0, "lora.rank > 0"),
+  *((f"grpo.{k}", lambda c: c.model.task == "grpo", "model.task='grpo'") for k in grpo.default_config()),
   *((f"tracking.{k}", lambda c: trackers.uses_runs(c), "report_to=mlflow and/or wandb")
     for k in ("experiment", "run_name", "group")),
   ("tracking.mlflow_uri", lambda c: "mlflow" in trackers.parse(c.report_to), "report_to=mlflow"),

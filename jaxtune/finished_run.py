@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxtune import averaging, build, checkpoint, sharding
 from jaxtune import config as jt_config
+from jaxtune.errors import ConfigError
 from jaxtune.objectives.base import merge
 
 
@@ -142,3 +143,34 @@ def load_run(workdir: str | Path, *, step: int = -1, mesh=None) -> Run:
   source = config.data.tokenizer or config.model.source
   tokenizer = None if source.startswith("preset:") else data.load_tokenizer(source)
   return Run(config, restored.model(), tokenizer, restored.step, workdir)
+
+
+def load_source(*, workdir: str | None = None, model: str | None = None, tokenizer: str = "",
+                dtype: str = "float32", step: int = -1):
+  """(model in eval mode, tokenizer) to generate with, from --workdir (a run, LoRA layers
+  kept) or --model (`jaxtune generate`, back-translation, benchmarks). Here, not in generate.py:
+  the generator is also the GRPO objective's, which the driver's build imports."""
+  from jaxtune import hf
+
+  if bool(workdir) == bool(model):
+    raise ConfigError("pass exactly one of --workdir (a `jaxtune train` run) and --model (an HF "
+                      f"directory, hub id, .gguf file or preset:NAME); got {'both' if workdir else 'neither'}")
+  if workdir:
+    run = load_run(workdir, step=step)
+    # LoRA layers stay unmerged: decoding pays a rank-r matmul per adapted projection, and an
+    # export (which merges) checked against this output tests the merge independently.
+    m, tok = run.model, run.tokenizer
+    if tokenizer:
+      tok = hf.load_tokenizer(tokenizer)
+    if tok is None:
+      raise ConfigError(f"--workdir={workdir}: the run has no tokenizer; pass --tokenizer")
+    return m, tok
+  if not tokenizer and model.startswith("preset:"):
+    raise ConfigError(f"--model={model}: a preset has no tokenizer; pass --tokenizer")
+  if model.startswith("preset:"):
+    from jaxtune.models import presets
+
+    m = presets.init(model.removeprefix("preset:"), task="causal_lm", param_dtype=dtype)
+  else:
+    m = hf.load(model, task="causal_lm", param_dtype=dtype)
+  return m, hf.load_tokenizer(tokenizer or model)

@@ -290,37 +290,6 @@ def stop_ids(tokenizer, model_config, extra: list[str]) -> set[int]:
   return ids
 
 
-def load_source(*, workdir: str | None = None, model: str | None = None, tokenizer: str = "",
-                dtype: str = "float32", step: int = -1):
-  """(model in eval mode, tokenizer) from --workdir (a run, LoRA layers kept) or --model."""
-  from jaxtune import hf
-
-  if bool(workdir) == bool(model):
-    raise ConfigError("pass exactly one of --workdir (a `jaxtune train` run) and --model (an HF "
-                      f"directory, hub id, .gguf file or preset:NAME); got {'both' if workdir else 'neither'}")
-  if workdir:
-    from jaxtune import finished_run
-
-    run = finished_run.load_run(workdir, step=step)
-    # LoRA layers stay unmerged: decoding pays a rank-r matmul per adapted projection, and an
-    # export (which merges) checked against this output tests the merge independently.
-    m, tok = run.model, run.tokenizer
-    if tokenizer:
-      tok = hf.load_tokenizer(tokenizer)
-    if tok is None:
-      raise ConfigError(f"--workdir={workdir}: the run has no tokenizer; pass --tokenizer")
-    return m, tok
-  if not tokenizer and model.startswith("preset:"):
-    raise ConfigError(f"--model={model}: a preset has no tokenizer; pass --tokenizer")
-  if model.startswith("preset:"):
-    from jaxtune.models import presets
-
-    m = presets.init(model.removeprefix("preset:"), task="causal_lm", param_dtype=dtype)
-  else:
-    m = hf.load(model, task="causal_lm", param_dtype=dtype)
-  return m, hf.load_tokenizer(tokenizer or model)
-
-
 def pad_id(tokenizer) -> int:
   for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
     if tid is not None:

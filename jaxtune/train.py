@@ -45,14 +45,13 @@ from jaxtune.build import (
   make_eval_fn,
 )
 from jaxtune.config import validate
-from jaxtune.data import pipeline, prefetch
+from jaxtune.data import pipeline
 from jaxtune.errors import NonFiniteError
 from jaxtune.finished_run import ckpt_tree, eval_params, from_ckpt_tree
 from jaxtune.models import layers
+from jaxtune.objectives import base
 
 log = logging.getLogger(__name__)
-# Batches built and copied to the device ahead of the running step (jaxtune/data/prefetch.py).
-PREFETCH_DEPTH = 2
 
 
 @storage.reports_storage_errors
@@ -126,7 +125,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
   train_graphdef, frozen, tx, schedule = built.train_graphdef, built.frozen, built.tx, built.schedule
   state, state_sh, params = built.state, built.state_sh, built.state["params"]
   frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
-  batch_sh = pipeline.batch_shardings(mesh, batcher.host_batch(0))
+  # The step's batches: the data's, or (on-policy objectives) sampled from the current weights.
+  if objective.on_policy:
+    from jaxtune import rollout
+
+    train_batches = rollout.Rollouts(config, batcher, mesh=mesh, built=built, splits=splits)
+  else:
+    train_batches = base.StaticBatches(batcher, mesh)
+  batch_sh = train_batches.shardings
   step_cfg = step.StepConfig(
     task=config.model.task, micro_batches=config.train.micro_batches,
     skip_nonfinite=config.train.on_nonfinite == "skip", optim_cfg=config.optim,
@@ -147,6 +153,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
 
   def run_eval(params, split) -> tuple[dict, dict]:  # a split's name, or a data set
     ds = splits[split] if isinstance(split, str) else split
+    own = train_batches.evaluate(params, ds)  # an objective that evaluates by generating
+    if own is not None:
+      return own
     return evaluate.evaluate(eval_fn, params, frozen, ds, task=config.model.task,
                              mesh=mesh, batch_size=config.train.eval_batch_size,
                              label_names=splits.label_names,
@@ -259,16 +268,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
       console.CONSOLE.print(eval_line(0, metrics.scalars(res), track=False))
   if sample_text is not None and start == 0:
     sample_text(mw, 0, eval_params(state))  # the untrained model's answers, to compare with
-  # Batches are a pure function of the step, so building the next ones on a thread (and their
-  # host-to-device copy) overlaps the running step without changing what any step sees.
-  batches = prefetch.Prefetcher(lambda i: pipeline.to_device(batcher.host_batch(i), batch_sh),
-                                s, total_steps, depth=PREFETCH_DEPTH)
+  batches = train_batches.stream(s, total_steps, mw)
   # On several processes the guard agrees on the stop step; its fallback host sync (SIGINT) runs
   # at log steps, which wait for the device anyway.
   guard = preemption.PreemptionGuard(sync_every_steps=config.train.log_every)
   with guard, sharding.use_mesh(mesh), batches:
     while s < total_steps and not stopped_early:
-      batch = batches.get(s)
+      batch = batches.get(s, state)
       state, m = train_fn(state, batch, frozen)
       pending.append(m)
       s += 1

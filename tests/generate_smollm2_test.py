@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxtune import generate
+from jaxtune import finished_run, generate
 from jaxtune.data import assets
 
 pytest.importorskip("gguf")
@@ -14,7 +14,7 @@ def test_chat_greedy_answer_names_paris():
     path = str(assets.smollm2_gguf())
   except FileNotFoundError as e:
     pytest.skip(str(e))
-  model, tok = generate.load_source(model=path)
+  model, tok = finished_run.load_source(model=path)
   ids = generate.encode(tok, "What is the capital of France?", chat=True)
   assert tok.decode(ids).rstrip().endswith("assistant")  # the generation prompt is in place
   res = generate.Generator(model, pad_id=generate.pad_id(tok))(

@@ -41,7 +41,7 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace an existing --out
 
 def main(argv):
   del argv
-  from jaxtune import generate, outputs, workdir_lock
+  from jaxtune import finished_run, generate, outputs, workdir_lock
 
   if flags.FLAGS["workdir"].present:
     workdir_lock.require(_WORKDIR.value)
@@ -54,7 +54,7 @@ def main(argv):
     outputs.check_new_file(_OUT.value, flag="--out", overwrite=_OVERWRITE.value,
                            inputs=(_PROMPTS_FILE.value,))
   prompts = generate.read_prompts(_PROMPT.value, _PROMPTS_FILE.value)
-  model, tok = generate.load_source(workdir=_WORKDIR.value, model=_MODEL.value,
+  model, tok = finished_run.load_source(workdir=_WORKDIR.value, model=_MODEL.value,
                                     tokenizer=_TOKENIZER.value, dtype=_DTYPE.value, step=_STEP.value)
   ids = [generate.encode(tok, p, chat=_CHAT.value, system=_SYSTEM.value) for p in prompts]
   gen = generate.Generator(model, pad_id=generate.pad_id(tok))

@@ -96,6 +96,10 @@ def _tokenize(config, d, rows, bad, workdir, skipped_name: str) -> Splits:
     from jaxtune.data import preference
 
     splits = preference.build_splits(rows, d, tokenizer, bad)
+  elif d.kind == "prompts":
+    from jaxtune.data import prompts
+
+    splits = prompts.build(rows, d, tokenizer, bad)
   else:
     from jaxtune.data import sft
 

@@ -38,6 +38,8 @@ DEFAULTS = {
              "label_names": "negative,neutral,positive", "validation_source": "tweets:validation",
              "test_source": "tweets:test"},
   "review_pairs": {"kind": "preference"},
+  "review_prompts": {"kind": "prompts"},  # GRPO's prompts (data/prompts.py)
+  "review_prompts:heldout": {"kind": "prompts"},
 }
 
 

@@ -14,7 +14,7 @@ import ml_collections
 from jaxtune.data.readers import FILE_FORMATS
 from jaxtune.errors import ConfigError, DataError
 
-KINDS = ("synthetic", "classification", "sft", "preference")
+KINDS = ("synthetic", "classification", "sft", "preference", "prompts")  # prompts: GRPO
 SFT_FORMATS = ("auto", "prompt_completion", "chat", "text")
 ON_BAD_ROW = ("error", "skip")
 SPLIT_NAMES = ("train", "validation", "test")

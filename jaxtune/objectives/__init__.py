@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
-from jaxtune.objectives import causal_lm, classification, preference, reward_model
+from jaxtune.objectives import causal_lm, classification, grpo, preference, reward_model
 from jaxtune.objectives.base import Objective
 
 REGISTRY: dict[str, Objective] = {
   o.name: o
-  for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, preference.OBJECTIVE, reward_model.OBJECTIVE)
+  for o in (causal_lm.OBJECTIVE, classification.OBJECTIVE, preference.OBJECTIVE, reward_model.OBJECTIVE,
+            grpo.OBJECTIVE)
 }
 TASKS = tuple(REGISTRY)  # the values model.task may take
 

@@ -44,6 +44,9 @@ class Objective:
   name: str = ""  # the model.task value
   head: str = ""  # the model head it trains: the `task` argument of models.presets / hf.load
   labels: bool = False  # rows carry class labels (num_labels, class weights, per-class metrics)
+  # Train batches are sampled from the current weights each step (GRPO), by the driver-level
+  # `jaxtune.rollout.Rollouts` (it generates and scores with other runs), not read from the data.
+  on_policy: bool = False
   generates: bool = False  # the model writes text (text samples, generation_config, GGUF)
   # The exported model reads at most data.seq_len tokens, cut by truncation (its tokenizer's
   # model_max_length says so).
@@ -125,3 +128,42 @@ class Objective:
 
     raise ConfigError(f"{restored.workdir / 'config.json'}: model.task={self.name!r} predicts "
                       "no labels from texts (a causal LM generates: `jaxtune generate`)")
+
+
+class StaticBatches:
+  """Train batches that are a pure function of the step (`pipeline.Batcher.host_batch`), built
+  and copied to the device on a thread ahead of the running step (`jaxtune.data.prefetch`):
+  a resumed run asks for the same steps and gets the same arrays."""
+
+  DEPTH = 2  # batches built ahead of the running step
+
+  def __init__(self, batcher, mesh):
+    from jaxtune.data import pipeline
+
+    self.batcher = batcher
+    self.shardings = pipeline.batch_shardings(mesh, batcher.host_batch(0))
+    self._prefetch = None
+
+  def stream(self, start: int, stop: int, writer=None) -> StaticBatches:
+    """Steps start..stop-1, read in order with `get`; use as a context manager."""
+    from jaxtune.data import pipeline, prefetch
+
+    self._prefetch = prefetch.Prefetcher(
+      lambda i: pipeline.to_device(self.batcher.host_batch(i), self.shardings), start, stop,
+      depth=self.DEPTH)
+    return self
+
+  def get(self, s: int, state: dict) -> dict:
+    """Step `s`'s device batch (`state`, the train state before the step, is not needed)."""
+    return self._prefetch.get(s)
+
+  def evaluate(self, params, ds):
+    """None: the driver evaluates with the objective's `eval_sums` (`jaxtune.evaluate`)."""
+    return None
+
+  def __enter__(self) -> StaticBatches:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._prefetch is not None:
+      self._prefetch.close()

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxtune.objectives.base import model_kwargs
+
 # TRL's names. 'grpo': mean over each sequence's tokens, then over sequences; 'bnpo' and
 # 'dapo': mean over all tokens of the batch (TRL's bnpo normalises each micro-batch, dapo the
 # whole batch; with the whole-batch weight here both are the whole-batch token mean); 'dr_grpo':
@@ -120,3 +122,15 @@ def grpo_means(out: GRPOLoss) -> dict[str, jax.Array]:
   means = {k: v / tokens for k, v in out.sums.items() if k in ("kl",) or k.startswith("clip_ratio/")}
   means["completion_length"] = out.sums["completion_length"] / jnp.maximum(out.sums["sequences"], 1.0)
   return {"loss": out.loss_sum / jnp.maximum(out.weight, 1e-6), **means}
+
+
+def completion_logps(model, batch: dict, dropout_rng=None) -> jax.Array:
+  """[B, N] float32 log-probabilities of the completion tokens (the last N of each row) under
+  `model`; logits are formed for those N positions only."""
+  n = batch["completion_mask"].shape[1]
+  ids = batch["input_ids"]
+  h = model.hidden_states(ids, **model_kwargs(batch), dropout_rng=dropout_rng)
+  logits = model.logits_from_hidden(h[:, -n - 1:-1]).astype(jnp.float32)  # [B, N, V]
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, ids[:, -n:, None], axis=-1)[..., 0]
+  return picked - logz

@@ -92,7 +92,12 @@ class Population:
     # Members along the mesh's population axis; within a slice, each member as one run is.
     self.mesh = (sharding.make_mesh(**m) if vmapped is False else
                  sharding.population_mesh(self.size, m.population, m.data, m.fsdp, m.tensor))
-    self.splits = objectives.get(config).splits(config, workdir)
+    objective = objectives.get(config)
+    if objective.on_policy:  # batches sampled from each member's weights (GRPO)
+      raise ConfigError(f"config: model.task={config.model.task!r} samples each step's batch from "
+                        "its own weights, which PBT's population step does not do: search it "
+                        "with another search.algorithm (trials run as ordinary training runs)")
+    self.splits = objective.splits(config, workdir)
     self.batcher = pipeline.Batcher(self.splits["train"], config.train.batch_size, config.seed)
     num_labels = config.model.num_labels or self.splits.num_labels
     built = build.build_state(config, self.mesh, num_labels, total_steps, self.splits.label_names)

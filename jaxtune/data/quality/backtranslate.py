@@ -49,9 +49,9 @@ class LMTranslator:
 
   def _load(self):
     if self._loaded is None:
-      from jaxtune import generate
+      from jaxtune import finished_run, generate
 
-      model, tok = generate.load_source(model=self.source, tokenizer=self.tokenizer_source)
+      model, tok = finished_run.load_source(model=self.source, tokenizer=self.tokenizer_source)
       gen = generate.Generator(model, pad_id=generate.pad_id(tok))
       self._loaded = (gen, tok, generate.stop_ids(tok, model.config, []))
     return self._loaded

@@ -1,0 +1,73 @@
+"""GRPO with LoRA: SmolLM2-135M-Instruct taught to write positive one-sentence film reviews.
+
+The policy samples `grpo.group_size` reviews per prompt of the builtin 'review_prompts' (chat
+messages, rendered with the model's chat template); each review's reward is the probability of
+'positive' that a finished `sentiment_minilm` classifier run gives it. Point `grpo.reward` at
+your own run of configs/sentiment_minilm.py:
+
+  jaxtune train --config=configs/sentiment_minilm.py --workdir=runs/sentiment_minilm
+  jaxtune train --config=configs/grpo_smollm2.py --workdir=runs/grpo_smollm2 \
+      --config.grpo.reward=classifier:runs/sentiment_minilm:positive
+
+(`jaxtune.rewards`; the default below is this machine's finished run, /work/runs/sentiment_minilm). Validation is
+the mean reward of greedy answers to 32 'review_prompts' rows kept out of training; measure it
+on all 200 held-out prompts with benchmarks/positive_reviews.py (BENCHMARKS.md).
+
+Variants (`configs/grpo_smollm2.py:<arg>`): 'quick' is 3 small steps (a smoke test).
+"""
+
+from jaxtune import config as jt_config
+from jaxtune.data import assets
+
+SENTIMENT_RUN = "/work/runs/sentiment_minilm"
+
+
+def get_config(arg=None):
+  variants = jt_config.known_variants("configs/grpo_smollm2.py", arg, ("quick",))
+  c = jt_config.default()
+  c.model.source = str(assets.smollm2_gguf())
+  c.model.task = "grpo"
+  c.model.compute_dtype = "float32"  # CPU; use bfloat16 on GPU/TPU
+
+  c.data.kind = "prompts"
+  c.data.source = "review_prompts"
+  c.data.split = "0.99,0.01"  # 32 validation prompts; the 200 held-out ones measure the result
+  c.data.seq_len = 64
+
+  c.lora.rank = 16
+  c.lora.alpha = 32.0
+  c.lora.dropout = 0.0  # the sampled policy and the trained one stay the same function
+
+  c.grpo.reward = f"classifier:{SENTIMENT_RUN}:positive"
+  c.grpo.group_size = 4
+  c.grpo.max_new_tokens = 40
+  c.grpo.temperature = 0.9
+  c.grpo.beta = 0.04
+  c.grpo.loss_type = "dapo"
+  c.grpo.log_samples = 4
+
+  c.train.steps = 40
+  c.train.batch_size = 6  # prompts per step: 24 sampled reviews
+  c.train.eval_every = 20
+  c.train.eval_at_start = True
+  c.train.eval_batch_size = 16
+  c.train.log_every = 2
+
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 2e-4
+  c.optim.weight_decay = 0.0
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 2
+  c.optim.grad_clip_norm = 1.0
+
+  c.checkpoint.every_steps = 10
+  c.checkpoint.best_metric = "eval/reward"
+  c.checkpoint.best_mode = "max"
+
+  if "quick" in variants:
+    c.train.steps = 3
+    c.train.batch_size = 2
+    c.train.eval_every = 0
+    c.train.eval_at_start = False
+    c.grpo.max_new_tokens = 16
+  return c
