@@ -149,6 +149,10 @@ def read_splits(d, bad: readers.BadRows) -> dict[str, list[readers.Row]]:
       f"{d.source}: {len(main)} usable rows are too few for data.split={d.split!r}: nothing left to train on"
     )
   rows = {"train": [main[i] for i in sorted(order[at:])], **rows}
+  if d.max_train_rows and len(rows["train"]) > d.max_train_rows:
+    # Seeded by split_seed only: the same train rows for every run seed and quality variant.
+    pick = np.random.default_rng([d.split_seed, 2]).choice(len(rows["train"]), d.max_train_rows, replace=False)
+    rows["train"] = [rows["train"][i] for i in sorted(pick)]
   if d.max_rows:
     rng = np.random.default_rng([d.split_seed, 1])
     rows = {k: v if len(v) <= d.max_rows else
