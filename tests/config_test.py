@@ -16,7 +16,8 @@ from jaxtune.errors import ConfigError, DataError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"))
 VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
-            "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3")}
+            "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3"),
+            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table")}
 
 
 def _recipe(path: Path):
