@@ -5,8 +5,10 @@
 The runs come from benchmarks/tweets_table.sh (configs/tweets_minilm.py:<variant>,table, seeds
 0-2). Per variant: test macro-F1 and accuracy as mean +- sample std over the seeds with the
 min-max range, per-class test recall (mean), train rows used (after the quality steps), wall time
-per run (run.json's start to results.json's write), and the macro-F1 difference from the
-baseline variant in points, beside the two variants' summed seed std for judging it.
+per run (the whole process, from RUNS/logs/wall.txt that tweets_table.sh writes; else run.json's
+start to results.json's write, which leaves out reading the data and loading the model), and the
+macro-F1 difference from the baseline variant in points, beside the two variants' summed seed
+std for judging it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,17 @@ VARIANTS = ("raw", "clean", "dedup", "confidence", "label_errors", "balance")
 CLASSES = ("negative", "neutral", "positive")
 
 
-def load(run: Path) -> dict | None:
+def walls(runs: Path) -> dict[tuple[str, str], float]:
+  """{(variant, seed): seconds} from tweets_table.sh's log lines 'VARIANT SEED rc=0 wall_s=N'."""
+  path, out = runs / "logs" / "wall.txt", {}
+  for line in path.read_text().splitlines() if path.is_file() else []:
+    v, s, rc, wall = line.split()
+    if rc == "rc=0":
+      out[v, s] = float(wall.split("=")[1])
+  return out
+
+
+def load(run: Path, wall_s: float | None = None) -> dict | None:
   """One finished run's figures, or None while it has no results.json."""
   results = run / "results.json"
   if not results.is_file():
@@ -35,7 +47,7 @@ def load(run: Path) -> dict | None:
     "f1": test["f1_macro"], "acc": test["accuracy"],
     "recall": {c: test[f"recall/{c}"] for c in CLASSES},
     "train_rows": meta["extra"]["data_stats"]["train"]["examples"],
-    "wall_s": (end - start).total_seconds(),
+    "wall_s": wall_s if wall_s is not None else (end - start).total_seconds(),
   }
 
 
@@ -47,7 +59,8 @@ def _spread(xs: list[float]) -> str:
 
 
 def table(runs: Path, baseline: str = "raw") -> str:
-  found = {v: [r for s in sorted((runs / v).glob("[0-9]*")) if (r := load(s))]
+  w = walls(runs)
+  found = {v: [r for s in sorted((runs / v).glob("[0-9]*")) if (r := load(s, w.get((v, s.name))))]
            for v in VARIANTS if (runs / v).is_dir()}
   found = {v: rs for v, rs in found.items() if rs}
   base = found.get(baseline)

@@ -35,3 +35,7 @@ def test_table_means_spreads_and_difference_from_raw(tmp_path):
   assert raw[4] == "90.0 / 50.0 / 60.0" and raw[5] == "3000" and raw[6] == "5.5"
   assert dedup[2] == "68.0 ± 2.8 [66.0-70.0]" and dedup[5] == "2900" and dedup[6] == "4.0"
   assert dedup[7] == "+7.0 (4.2) |"  # the difference and the two seed stds summed
+  # The runner's whole-process wall times win where it logged them (a failed run's line is not used).
+  (tmp_path / "logs").mkdir()
+  (tmp_path / "logs" / "wall.txt").write_text("raw 0 rc=0 wall_s=420\nraw 1 rc=1 wall_s=5\n")
+  assert script.table(tmp_path).splitlines()[2].split(" | ")[6] == "6.5"  # (420 + 360) / 2 s
