@@ -15,6 +15,12 @@ the one before, so the data-quality table is one loop over them:
   label_errors  + rows confident learning flags as mislabelled dropped (data.label_errors)
   balance       + balanced class weights (data.balance='class_weights')
 'quick' (combinable) trains on a 1,000-row seeded subset of each split for a smoke run.
+'table' (combinable) is the data-quality table's recipe, sized for a 2-core CPU (~5 min a run):
+one epoch over a fixed 3,000-row train subset (data.max_train_rows: the same rows for every
+variant and seed, drawn before any quality step), no evaluation until the end (a 2,500-row
+validation pass costs ~50 training steps here), the last weights scored on the whole 2,500-row
+validation and test splits. Smaller than the default recipe, so its scores are lower; it
+compares the variants with each other, not with the full-size runs.
 """
 
 from jaxtune import config as jt_config
@@ -24,7 +30,7 @@ STEPS = ("raw", "clean", "dedup", "confidence", "label_errors", "balance")
 
 
 def get_config(arg=None):
-  variants = jt_config.known_variants("configs/tweets_minilm.py", arg, (*STEPS, "threshold", "quick"),
+  variants = jt_config.known_variants("configs/tweets_minilm.py", arg, (*STEPS, "threshold", "quick", "table"),
                                       one_of=(*STEPS, "threshold"))
   c = jt_config.default()
   c.model.source = str(assets.minilm_dir())
@@ -79,6 +85,14 @@ def get_config(arg=None):
   if upto >= STEPS.index("balance"):
     c.data.balance = "class_weights"
 
+  if "table" in variants:
+    c.data.max_train_rows = 3000
+    c.train.epochs = 1.0  # 94 steps
+    c.train.eval_every = 0
+    c.train.train_metric_rows = 0
+    c.train.early_stopping_patience = 0
+    c.optim.warmup_steps = 10
+    c.checkpoint.every_steps = 0
   if "quick" in variants:
     c.data.max_rows = 1000
     c.train.eval_every = 20

@@ -20,11 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def best_results(config, workdir: epath.Path, mesh, ckpt, built, state: dict, s: int, splits,
-                 run_eval, mw) -> dict:
+                 run_eval, mw, last_val: dict | None = None) -> dict:
   """{best_step, val, test}: the best checkpoint's metrics (`state` is step `s`'s, the last).
 
   `run_eval(params, split) -> (metrics, details)`; `mw` is process 0's metric writer (else None).
-  Closes `ckpt`.
+  `last_val`: step `s`'s validation metrics, reused when the best is the last step (a whole
+  validation pass saved: on a CPU it costs as much as many training steps). Closes `ckpt`.
   """
   is_main = jax.process_index() == 0
   ckpt.wait()
@@ -38,7 +39,10 @@ def best_results(config, workdir: epath.Path, mesh, ckpt, built, state: dict, s:
   best_params = finished_run.eval_params(best_state)
   results: dict = {"best_step": int(best_step)}
   with sharding.use_mesh(mesh):
-    results["val"], _ = run_eval(best_params, "validation")
+    if best_step == s and last_val is not None:
+      results["val"] = last_val
+    else:
+      results["val"], _ = run_eval(best_params, "validation")
     if "test" in splits:
       results["test"], details = run_eval(best_params, "test")
       if details and is_main:

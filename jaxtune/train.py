@@ -348,7 +348,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
     if sample_text is not None:
       sample_text(mw, s, eval_params(state))
   save(state, s, final_scalars, force=True)
-  results = final.best_results(config, workdir, mesh, ckpt, built, state, s, splits, run_eval, mw)
+  results = final.best_results(config, workdir, mesh, ckpt, built, state, s, splits, run_eval, mw,
+                               last_val=res)
   if mw is not None:
     mw.write_hparams(_flat_hparams(config), final_scalars)
     mw.close()

@@ -17,7 +17,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"))
 VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
             "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3"),
-            "dpo_smollm2.py": ("quick",)}
+            "dpo_smollm2.py": ("quick",), "grpo_smollm2.py": ("quick",),
+            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table")}
 
 
 def _recipe(path: Path):
@@ -72,7 +73,7 @@ def test_variant_error_lists_the_known_ones_and_the_closest():
   ("train.early_stopping_min_delta", -0.1), ("train.batch_size", 0), ("train.train_metric_rows", -2),
   ("checkpoint.every_steps", -1), ("checkpoint.keep_last", 0), ("checkpoint.keep_best", -1),
   ("checkpoint.every_minutes", math.inf), ("lora.rank", -1), ("lora.alpha", 0.0),
-  ("lora.dropout", 1.0), ("data.seq_len", 1), ("data.max_rows", -1), ("mesh.fsdp", 0),
+  ("lora.dropout", 1.0), ("data.seq_len", 1), ("data.max_rows", -1), ("data.max_train_rows", -1), ("mesh.fsdp", 0),
   ("mesh.data", 0), ("mesh.population", 0), ("model.num_labels", 1), ("seed", -1),
 ])
 def test_out_of_range_values_are_refused_naming_the_key(key, value):

@@ -151,6 +151,10 @@ def read_splits(d, bad: readers.BadRows) -> dict[str, list[readers.Row]]:
   for name in ("validation", "test"):
     if name in own or name in carved:
       rows[name] = own[name] if name in own else carved[name]
+  if d.max_train_rows and len(rows["train"]) > d.max_train_rows:
+    # Seeded by split_seed only: the same train rows for every run seed and quality variant.
+    pick = np.random.default_rng([d.split_seed, 2]).choice(len(rows["train"]), d.max_train_rows, replace=False)
+    rows["train"] = [rows["train"][i] for i in sorted(pick)]
   if d.max_rows:
     rng = np.random.default_rng([d.split_seed, 1])
     rows = {k: v if len(v) <= d.max_rows else

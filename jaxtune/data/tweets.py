@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
+import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -83,7 +87,40 @@ def _all_rows() -> tuple[Row, ...]:
 
 @functools.cache
 def _split() -> dict[str, list[int]]:
-  """{split: row indices in file order}; the same on every machine (seeded, no set order)."""
+  """{split: row indices in file order}; the same on every machine (seeded, no set order).
+
+  Kept on disk under assets.cache_dir() (`_split_cache`): the comparisons cost ~20 s of CPU,
+  paid by every run and audit on this data set otherwise (a data-quality table is 18 runs).
+  """
+  path = _split_cache()
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    pass
+  split = _compute_split()
+  try:  # a cache: a read-only home costs the recomputation, nothing else
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(split))
+    tmp.replace(path)  # atomic: a concurrent run reads the old file or the whole new one
+  except OSError:
+    pass
+  return split
+
+
+def _split_cache() -> Path:
+  """The split's cache file, named by a hash of what decides it: the CSV's bytes and the source
+  of the code that compares rows (this module, minhash, the audit's text normalisation), so any
+  change to either is a new file, never a stale split."""
+  from jaxtune.data.quality import minhash
+
+  h = hashlib.sha256(assets.tweets_csv().read_bytes())
+  for module in (__file__, minhash.__file__, qtext.__file__):
+    h.update(Path(module).read_bytes())
+  return assets.cache_dir() / "tweets" / f"split-{h.hexdigest()[:32]}.json"
+
+
+def _compute_split() -> dict[str, list[int]]:
   from jaxtune.data.quality import minhash
 
   rows = _all_rows()

@@ -9,6 +9,7 @@ import pytest
 
 from jaxtune import data
 from jaxtune.data.readers import DataError
+from jaxtune.errors import ConfigError
 
 
 def _jsonl(path, rows):
@@ -134,6 +135,30 @@ def test_carved_split_is_seeded_and_max_rows_subsets(tmp_path, make_cfg, pair_to
   assert set(small["train"]) <= set(a["train"]) and small == build(max_rows=4)
   no_test = build(split="0.9,0.1")
   assert "test" not in no_test and len(no_test["validation"]) == 5
+
+
+def test_max_train_rows_subsets_train_only_the_same_rows_for_every_run_seed(tmp_path, make_cfg, pair_tok_dir):
+  rows = [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(50)]
+  src = _jsonl(tmp_path / "all.jsonl", rows)
+
+  def build(seed=0, **kw):
+    cfg = make_cfg(kind="classification", tokenizer=pair_tok_dir, source=src, **kw)
+    cfg.seed = seed
+    s = data.build(cfg, tmp_path / "w")
+    return {k: [e["row"] for e in v] for k, v in s.examples.items()}
+
+  full = build()
+  sub = build(max_train_rows=12)
+  assert len(sub["train"]) == 12 and set(sub["train"]) < set(full["train"])
+  # Validation and test stay whole; the run seed does not move the subset, split_seed does.
+  assert sub["validation"] == full["validation"] and sub["test"] == full["test"]
+  assert build(seed=3, max_train_rows=12) == sub
+  assert build(split_seed=1, max_train_rows=12)["train"] != sub["train"]
+  # Drawn before the quality steps: dedup drops from the same 12 rows, it does not refill them.
+  assert set(build(max_train_rows=12, dedup="exact")["train"]) <= set(sub["train"])
+  assert build(max_train_rows=100) == full
+  with pytest.raises(ConfigError, match=r"data\.max_train_rows=-1"):
+    build(max_train_rows=-1)
 
 
 def test_minilm_tokenizer_without_builtin_padding(tmp_path, make_cfg):

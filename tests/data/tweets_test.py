@@ -69,3 +69,29 @@ def test_a_run_on_tweets_gets_the_builtin_validation_and_test(splits, make_cfg):
   assert d.label_column == "sentiment" and d.label_names == "negative,neutral,positive"
   rows = data.read_splits(d, BadRows())
   assert {k: len(v) for k, v in rows.items()} == {"train": 33_158, "validation": 2500, "test": 2500}
+
+
+def test_split_is_cached_on_disk_and_keyed_by_the_code(splits, tmp_path, monkeypatch):
+  """Every run on the tweets paid ~20 s of CPU for the comparisons; the split is now read back
+  from assets.cache_dir(), and a change to the code that compares rows names a new file."""
+  from jaxtune.data.quality import minhash
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  computed = []
+  real = tweets._split()  # this process's (functools-cached) split
+
+  def compute():
+    computed.append(1)
+    return real
+
+  monkeypatch.setattr(tweets, "_compute_split", compute)
+  assert tweets._split.__wrapped__() == real and len(computed) == 1
+  path = tweets._split_cache()
+  assert path.is_file() and path.parent == tmp_path / "jaxtune" / "tweets"
+  assert tweets._split.__wrapped__() == real and len(computed) == 1  # read back, not recomputed
+  path.write_text("{truncated")
+  assert tweets._split.__wrapped__() == real and len(computed) == 2  # a bad file is recomputed
+  other = tmp_path / "minhash_changed.py"
+  other.write_text(open(minhash.__file__).read() + "\n# changed\n")
+  monkeypatch.setattr(minhash, "__file__", str(other))
+  assert tweets._split_cache() != path
