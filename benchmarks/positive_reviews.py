@@ -79,12 +79,16 @@ def prompt_texts(prompts: str) -> list[str]:
 
 
 def load(spec: str):
-  """(model, tokenizer) of `base`, a jaxtune run directory, or an HF directory / .gguf file."""
+  """(model, tokenizer) of `base`, a jaxtune run directory (`RUN_DIR@STEP`: that checkpoint, not
+  the best), or an HF directory / .gguf file."""
   from jaxtune import finished_run
   from jaxtune.data import assets
 
   if spec == "base":
     return finished_run.load_source(model=str(assets.smollm2_gguf()))
+  run_dir, at, step = spec.rpartition("@")
+  if at and step.isdigit() and (Path(run_dir) / "checkpoints").is_dir():
+    return finished_run.load_source(workdir=run_dir, step=int(step))
   if (Path(spec) / "checkpoints").is_dir():
     return finished_run.load_source(workdir=spec)
   return finished_run.load_source(model=spec)
