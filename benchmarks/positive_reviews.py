@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CLASSIFIER = "/work/runs/sentiment_minilm"
+DEFAULT_CLASSIFIER = "workdirs/sentiment_minilm"  # where scripts/quickstart.sh leaves its run
 TEMPERATURE = 0.7
 
 

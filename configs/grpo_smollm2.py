@@ -9,7 +9,8 @@ your own run of configs/sentiment_minilm.py:
   jaxtune train --config=configs/grpo_smollm2.py --workdir=runs/grpo_smollm2 \
       --config.grpo.reward=classifier:runs/sentiment_minilm:positive
 
-(`jaxtune.rewards`; the default below is this machine's finished run, /work/runs/sentiment_minilm). Validation is
+(`jaxtune.rewards`). The default below is the run README's first command (scripts/quickstart.sh)
+leaves in workdirs/sentiment_minilm, relative to where jaxtune runs. Validation is
 the mean reward of greedy answers to 32 'review_prompts' rows kept out of training; measure it
 on all 200 held-out prompts with benchmarks/positive_reviews.py (BENCHMARKS.md).
 
@@ -19,7 +20,7 @@ Variants (`configs/grpo_smollm2.py:<arg>`): 'quick' is 3 small steps (a smoke te
 from jaxtune import config as jt_config
 from jaxtune.data import assets
 
-SENTIMENT_RUN = "/work/runs/sentiment_minilm"
+SENTIMENT_RUN = "workdirs/sentiment_minilm"  # scripts/quickstart.sh's run
 
 
 def get_config(arg=None):
