@@ -45,11 +45,10 @@ from jaxtune.build import (
   make_eval_fn,
 )
 from jaxtune.config import validate
-from jaxtune.data import pipeline
+from jaxtune.data import pipeline, prefetch
 from jaxtune.errors import NonFiniteError
 from jaxtune.finished_run import ckpt_tree, eval_params, from_ckpt_tree
 from jaxtune.models import layers
-from jaxtune.objectives import base
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
 
     train_batches = rollout.Rollouts(config, batcher, mesh=mesh, built=built, splits=splits)
   else:
-    train_batches = base.StaticBatches(batcher, mesh)
+    train_batches = prefetch.StaticBatches(batcher, mesh)
   batch_sh = train_batches.shardings
   step_cfg = step.StepConfig(
     task=config.model.task, micro_batches=config.train.micro_batches,

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from jaxtune.data import pipeline
+
 T = TypeVar("T")
 
 
@@ -78,3 +80,38 @@ class Prefetcher(Generic[T]):
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class StaticBatches:
+  """Train batches that are a pure function of the step (`pipeline.Batcher.host_batch`), built
+  and copied to the device on a thread ahead of the running step (`jaxtune.data.prefetch`):
+  a resumed run asks for the same steps and gets the same arrays."""
+
+  DEPTH = 2  # batches built ahead of the running step
+
+  def __init__(self, batcher, mesh):
+    self.batcher = batcher
+    self.shardings = pipeline.batch_shardings(mesh, batcher.host_batch(0))
+    self._prefetch = None
+
+  def stream(self, start: int, stop: int, writer=None) -> StaticBatches:
+    """Steps start..stop-1, read in order with `get`; use as a context manager."""
+    self._prefetch = Prefetcher(
+      lambda i: pipeline.to_device(self.batcher.host_batch(i), self.shardings), start, stop,
+      depth=self.DEPTH)
+    return self
+
+  def get(self, s: int, state: dict) -> dict:
+    """Step `s`'s device batch (`state`, the train state before the step, is not needed)."""
+    return self._prefetch.get(s)
+
+  def evaluate(self, params, ds):
+    """None: the driver evaluates with the objective's `eval_sums` (`jaxtune.evaluate`)."""
+    return None
+
+  def __enter__(self) -> StaticBatches:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._prefetch is not None:
+      self._prefetch.close()
