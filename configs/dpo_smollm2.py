@@ -9,10 +9,9 @@ Rows are rendered with the model's chat template; the loss falls on the answers 
 Measure before / after on the 200 held-out prompts (temperature 0.7):
   python benchmarks/positive_reviews.py --models base,<workdir>
 
-Size: 50 steps of 8 pairs (rows padded to 120 tokens) cost about 1.5 TFLOP each (LoRA
-forward + backward of 16 sequences, plus the reference's forward), about 14 minutes at the
-~90 GFLOP/s these 2 CPU cores sustained in benchmarks/qlora_memory.py. An estimate: on
-2026-11-29 the cores were too busy to measure it (BENCHMARKS.md).
+Size: 50 steps of 8 pairs (rows padded to 128 tokens), each a LoRA forward + backward of 16
+sequences plus the reference's forward: 26 minutes on 2 CPU cores (2026-11-30, BENCHMARKS.md),
+about 30 s a step.
 
 Variants (`configs/dpo_smollm2.py:<arg>`): 'quick' is a few steps on few pairs (smoke test).
 """
@@ -48,7 +47,10 @@ def get_config(arg=None):
   c.train.log_every = 5
 
   c.optim.name = "adamw"
-  c.optim.learning_rate = 1e-3
+  # 1e-3 (a usual LoRA SFT rate) pushed both answers' likelihood down and ran the answers to the
+  # token cap (distinct-2 0.72x the base's); 2e-4 reaches the same positive share and keeps the
+  # base's length and variety (BENCHMARKS.md, issue 18).
+  c.optim.learning_rate = 2e-4
   c.optim.weight_decay = 0.0
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 5

@@ -14,6 +14,10 @@ leaves in workdirs/sentiment_minilm, relative to where jaxtune runs. Validation 
 the mean reward of greedy answers to 32 'review_prompts' rows kept out of training; measure it
 on all 200 held-out prompts with benchmarks/positive_reviews.py (BENCHMARKS.md).
 
+Size: 24 steps of 6 prompts x 4 sampled reviews, each step sampling 24 completions of up to 40
+tokens, scoring them, and a LoRA forward + backward over them with the reference's forward:
+11 minutes on 2 CPU cores (2026-11-30, BENCHMARKS.md), about 22 s a step.
+
 Variants (`configs/grpo_smollm2.py:<arg>`): 'quick' is 3 small steps (a smoke test).
 """
 
@@ -29,6 +33,9 @@ def get_config(arg=None):
   c.model.source = str(assets.smollm2_gguf())
   c.model.task = "grpo"
   c.model.compute_dtype = "float32"  # CPU; use bfloat16 on GPU/TPU
+  # One layer compiles, not 30: the train step's CPU compile fell from ~9 minutes to seconds (the
+  # sampler unstacks the layers for the KV cache; the math is the same).
+  c.model.scan_layers = True
 
   c.data.kind = "prompts"
   c.data.source = "review_prompts"
@@ -43,13 +50,16 @@ def get_config(arg=None):
   c.grpo.group_size = 4
   c.grpo.max_new_tokens = 40
   c.grpo.temperature = 0.9
-  c.grpo.beta = 0.04
+  # KL weight to the base. At 0.04 and 40 steps the policy found one gushing register that the
+  # classifier scores ~0.99 (every group's rewards equal, distinct-2 0.72x the base's); 0.1 and
+  # 24 steps keep it near the base at 0.95 positive (BENCHMARKS.md, issue 18).
+  c.grpo.beta = 0.1
   c.grpo.loss_type = "dapo"
   c.grpo.log_samples = 4
 
-  c.train.steps = 40
+  c.train.steps = 24
   c.train.batch_size = 6  # prompts per step: 24 sampled reviews
-  c.train.eval_every = 20
+  c.train.eval_every = 12
   c.train.eval_at_start = True
   c.train.eval_batch_size = 16
   c.train.log_every = 2
@@ -61,7 +71,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 2
   c.optim.grad_clip_norm = 1.0
 
-  c.checkpoint.every_steps = 10
+  c.checkpoint.every_steps = 12
   c.checkpoint.best_metric = "eval/reward"
   c.checkpoint.best_mode = "max"
 

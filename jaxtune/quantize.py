@@ -123,6 +123,12 @@ def _encoder(qtype: str, shape: tuple[int, ...], axis: int, out_shardings):
   return jax.jit(encode, out_shardings=out_shardings)
 
 
+# Elements of a weight on one device encoded in one call. qwix's encode of the whole
+# [262144, 640] Gemma 3 table held float32 temporaries of the table's size: ~0.8 GB of the
+# load's peak RSS, for the one tensor (BENCHMARKS.md, issue 17).
+ENCODE_CHUNK = 1 << 23
+
+
 def encode(value: jax.Array, qtype: str, axis: int, names=None) -> tuple[jax.Array, jax.Array]:
   """(codes, scales) of one float weight, placed like it (by its logical `names` on its mesh)."""
   placed = getattr(value, "sharding", None)
@@ -132,7 +138,29 @@ def encode(value: jax.Array, qtype: str, axis: int, names=None) -> tuple[jax.Arr
     scale_shape[axis] //= BLOCK if value.shape[axis] % BLOCK == 0 else value.shape[axis]
     out = (sharding.named_sharding(placed.mesh, names, value.shape),
            sharding.named_sharding(placed.mesh, names, tuple(scale_shape)))
+  one_device = placed is None or len(placed.device_set) == 1
+  if one_device and value.ndim == 2 and value.size > ENCODE_CHUNK:
+    codes, scales = _encode_in_slices(value, qtype, axis)
+    return (codes, scales) if out is None else (jax.device_put(codes, out[0]),
+                                                jax.device_put(scales, out[1]))
   return _encoder(qtype, tuple(value.shape), axis, out)(value)
+
+
+def _encode_in_slices(value: jax.Array, qtype: str, axis: int) -> tuple[jax.Array, jax.Array]:
+  """`encode` slice by slice along the other axis (blocks lie along `axis`, so no block is cut):
+  the temporaries are one slice's. Slices of a power of two rows: one compile for a vocabulary
+  of 2^k rows, two otherwise (the last slice)."""
+  other = 1 - axis
+  n = value.shape[other]
+  step = 1 << max(0, (ENCODE_CHUNK // value.shape[axis]).bit_length() - 1)
+  parts = []
+  for start in range(0, n, step):
+    piece = jax.lax.slice_in_dim(value, start, min(start + step, n), axis=other)
+    parts.append(jax.block_until_ready(_encoder(qtype, tuple(piece.shape), axis, None)(piece)))
+    del piece
+  codes = jnp.concatenate([c for c, _ in parts], axis=other)
+  scales = jnp.concatenate([s for _, s in parts], axis=other)
+  return codes, scales
 
 
 def install(module: nnx.Module, attr: str, codes: jax.Array, scale: jax.Array, qtype: str) -> None:

@@ -300,8 +300,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
         if show:
           console.CONSOLE.print(eval_line(s, scalars))
         stopped_early = stopper.update(s, scalars.get(config.checkpoint.best_metric))
-        if on_eval is not None and on_eval(s, scalars):
-          stopped_early = True
+        stopped_by_hook = on_eval is not None and on_eval(s, scalars)
+        if stopped_by_hook:  # the search's pruner: it says why itself
           scalars["train/stopped_by_hook"] = 1.0
         if train_losses and alarm.update(float(np.mean(train_losses)), res["loss"]):
           log.warning(alarm.message(s))
@@ -314,6 +314,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path, 
                       "(best %.5g at step %s)", s, config.checkpoint.best_metric,
                       stopper.patience, stopper.best, stopper.best_step)
           scalars["train/stopped_early"] = 1.0
+        stopped_early = stopped_early or stopped_by_hook
         if mw is not None:
           mw.write(s, scalars)
           final.write_confusion(mw, s, res, "eval", splits.label_names)

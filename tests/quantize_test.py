@@ -264,3 +264,16 @@ def test_backward_pass_keeps_codes_not_dequantized_kernels(llama_dir):
   assert len(flat) == len(want) == 14 and all(float(jnp.abs(g).max()) > 0 for g in flat)
   for a, b in zip(flat, want, strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("qtype", ["nf4", "int8"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_big_weights_encode_in_slices_to_the_same_codes(monkeypatch, qtype, axis):
+  # 200 rows of 128 slice as 64 + 64 + 64 + 8 with ENCODE_CHUNK 8192: a remainder slice too.
+  value = jax.random.normal(jax.random.key(0), (200, 128) if axis == 1 else (128, 200))
+  whole = quantize.encode(value, qtype, axis)
+  monkeypatch.setattr(quantize, "ENCODE_CHUNK", 8192)
+  sliced = quantize.encode(value, qtype, axis)
+  for a, b in zip(whole, sliced, strict=True):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32)))

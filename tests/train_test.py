@@ -20,9 +20,8 @@ sys.path.insert(0, str(REPO / "configs"))
 import tiny  # noqa: E402
 
 
-def tiny_config(**overrides):
-  c = tiny.get_config()
-  c.train.progress = False
+def set_keys(c, overrides: dict):
+  """`c` with each dotted key ('train.steps') of `overrides` set; the test files' one helper."""
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")
@@ -30,6 +29,12 @@ def tiny_config(**overrides):
       node = node[p]
     node[leaf] = value
   return c
+
+
+def tiny_config(**overrides):
+  c = tiny.get_config()
+  c.train.progress = False
+  return set_keys(c, overrides)
 
 
 def read_metrics(workdir):

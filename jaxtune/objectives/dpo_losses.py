@@ -78,7 +78,8 @@ def _smoothed_sigmoid(z: jax.Array, label_smoothing: float) -> jax.Array:
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
              ref_rejected: jax.Array, *, beta: float, kind: str = "sigmoid",
              label_smoothing: float = 0.0, chosen_counts: jax.Array | None = None,
-             rejected_counts: jax.Array | None = None, valid: jax.Array | None = None) -> PairLoss:
+             rejected_counts: jax.Array | None = None, sft_weight: float = 0.0,
+             valid: jax.Array | None = None) -> PairLoss:
   """DPO against a reference: sigmoid (with cDPO label smoothing), IPO or hinge.
 
   With d = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected):
@@ -86,9 +87,17 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   ipo: (d' - 1/(2 beta))^2 where d' divides each log-ratio by its answer's token count (as TRL,
   which says the IPO authors' results use this length normalisation), so ipo needs the counts.
   Rewards are beta times the log-ratios.
+
+  `sft_weight` > 0 adds that times the chosen answer's mean token NLL to each pair (RPO, Pang et
+  al. 2024; TRL: loss_type=[kind, 'sft'], which takes one token mean over the batch instead: the
+  same when the chosen answers are equally long). DPO alone may lower the chosen answers'
+  likelihood along with the rejected ones'; the term holds the chosen answers up. Needs
+  chosen_counts.
   """
   if kind not in DPO_KINDS:
     raise ValueError(f"dpo_loss: kind={kind!r}: expected one of {DPO_KINDS}")
+  if (kind == "ipo" or sft_weight) and chosen_counts is None:
+    raise ValueError(f"dpo_loss(kind={kind!r}, sft_weight={sft_weight}) needs chosen_counts")
   chosen_ratio = policy_chosen - ref_chosen
   rejected_ratio = policy_rejected - ref_rejected
   delta = chosen_ratio - rejected_ratio
@@ -101,8 +110,13 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
       raise ValueError("dpo_loss(kind='ipo') needs chosen_counts and rejected_counts")
     d = chosen_ratio / jnp.maximum(chosen_counts, 1.0) - rejected_ratio / jnp.maximum(rejected_counts, 1.0)
     per_pair = (d - 1.0 / (2.0 * beta)) ** 2
+  extra = {}
+  if sft_weight:
+    nll = -policy_chosen / jnp.maximum(chosen_counts, 1.0)
+    per_pair = per_pair + sft_weight * nll
+    extra["nll_loss"] = nll
   return _pair_loss(per_pair, beta * chosen_ratio, beta * rejected_ratio, policy_chosen,
-                    policy_rejected, valid)
+                    policy_rejected, valid, **extra)
 
 
 def simpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, chosen_counts: jax.Array,

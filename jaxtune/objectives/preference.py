@@ -52,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.label_smoothing = 0.0  # sigmoid and simpo: the assumed share of flipped pairs (cDPO)
   c.simpo_gamma = 0.5  # simpo: the target reward margin
   c.orpo_lambda = 0.1  # orpo: weight of the odds-ratio term next to the SFT term
+  # DPO kinds: weight of the chosen answers' mean token NLL added to the loss (RPO); 0 = none
+  c.sft_weight = 0.0
   # DPO kinds: auto (adapters_off with LoRA, else precomputed) | adapters_off | precomputed
   c.reference = "auto"
   return c
@@ -88,6 +90,12 @@ def check_config(c) -> None:
     _fail("label_smoothing", p.label_smoothing, "must be in [0, 0.5)")
   if not (p.orpo_lambda >= 0 and np.isfinite(p.orpo_lambda)):
     _fail("orpo_lambda", p.orpo_lambda, "must be a finite number >= 0")
+  if not (p.sft_weight >= 0 and np.isfinite(p.sft_weight)):
+    _fail("sft_weight", p.sft_weight, "must be a finite number >= 0")
+  if p.sft_weight and p.loss not in dpo_losses.DPO_KINDS:
+    _fail("sft_weight", p.sft_weight, f"adds an SFT term to {dpo_losses.DPO_KINDS} only; "
+          f"{p.loss!r} " + ("has its own (orpo_lambda weighs the other term)" if p.loss == "orpo"
+                            else "takes none") + "; set it to 0")
   if not np.isfinite(p.simpo_gamma):
     _fail("simpo_gamma", p.simpo_gamma, "must be a finite number")
   if p.label_smoothing and p.loss not in ("sigmoid", "simpo"):
@@ -138,7 +146,7 @@ def pair_loss(opts: dict, model, batch: dict, dropout_rng, valid=None) -> dpo_lo
   rc, rr = jax.lax.stop_gradient(rc), jax.lax.stop_gradient(rr)
   return dpo_losses.dpo_loss(pc, pr, rc, rr, beta=opts["beta"], kind=kind,
                              label_smoothing=opts["label_smoothing"], chosen_counts=nc,
-                             rejected_counts=nr, valid=valid)
+                             rejected_counts=nr, sft_weight=opts["sft_weight"], valid=valid)
 
 
 def _extras(out: dpo_losses.PairLoss) -> dict:
@@ -158,7 +166,7 @@ class Preference(CausalLM):
     return ml_collections.FrozenConfigDict({
       "loss": p.loss, "beta": float(p.beta), "label_smoothing": float(p.label_smoothing),
       "simpo_gamma": float(p.simpo_gamma), "orpo_lambda": float(p.orpo_lambda),
-      "reference": resolve_reference(config)})
+      "sft_weight": float(p.sft_weight), "reference": resolve_reference(config)})
 
   def check_config(self, config) -> None:
     check_config(config)

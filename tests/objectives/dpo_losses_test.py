@@ -64,6 +64,8 @@ LOSSES = {
   "ipo": lambda pc, pr, rc, rr, nc, nr, v: L.dpo_loss(pc, pr, rc, rr, beta=0.5, kind="ipo", chosen_counts=nc,
                                                       rejected_counts=nr, valid=v),
   "hinge": lambda pc, pr, rc, rr, nc, nr, v: L.dpo_loss(pc, pr, rc, rr, beta=0.1, kind="hinge", valid=v),
+  "rpo": lambda pc, pr, rc, rr, nc, nr, v: L.dpo_loss(pc, pr, rc, rr, beta=0.1, sft_weight=0.5,
+                                                      chosen_counts=nc, valid=v),
   "simpo": lambda pc, pr, rc, rr, nc, nr, v: L.simpo_loss(pc, pr, nc, nr, beta=2.0, gamma=0.5, valid=v),
   "orpo": lambda pc, pr, rc, rr, nc, nr, v: L.orpo_loss(pc, pr, nc, nr, lam=0.1, valid=v),
   "bt": lambda pc, pr, rc, rr, nc, nr, v: L.bradley_terry_loss(pc / 10, pr / 10, valid=v),
@@ -92,9 +94,20 @@ def test_orpo_default_sft_term_is_the_chosen_mean_nll():
   assert float(with_default.loss_sum) == pytest.approx(float(jnp.sum(-pc / nc)), rel=1e-6)
 
 
+def test_sft_weight_adds_the_chosen_mean_nll():
+  pc, pr, rc, rr, nc, nr = (jnp.asarray(a) for a in _logps())
+  plain = L.dpo_loss(pc, pr, rc, rr, beta=0.1)
+  rpo = L.dpo_loss(pc, pr, rc, rr, beta=0.1, sft_weight=0.5, chosen_counts=nc)
+  assert float(rpo.loss_sum - plain.loss_sum) == pytest.approx(0.5 * float(jnp.sum(-pc / nc)), rel=1e-6)
+  assert float(rpo.sums["nll_loss"]) == pytest.approx(float(jnp.sum(-pc / nc)), rel=1e-6)
+  assert "nll_loss" not in plain.sums
+
+
 def test_bad_arguments():
   z = jnp.zeros(2)
   with pytest.raises(ValueError, match="kind='kto'"):
     L.dpo_loss(z, z, z, z, beta=0.1, kind="kto")
   with pytest.raises(ValueError, match="chosen_counts"):
     L.dpo_loss(z, z, z, z, beta=0.1, kind="ipo")
+  with pytest.raises(ValueError, match="sft_weight"):
+    L.dpo_loss(z, z, z, z, beta=0.1, sft_weight=1.0)

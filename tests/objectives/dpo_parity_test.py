@@ -83,13 +83,17 @@ def _pairs(pad: int, vocab: int):
 
 @pytest.fixture(scope="module")
 def jax_side(setup):
+  return _jax_runner(setup, setup[2][2])
+
+
+def _jax_runner(setup, answer):
   """(policy log-prob sums, ref log-prob sums, grads(loss_fn)) with one compiled forward + VJP.
 
   The gradient of a loss is the chain rule through the per-sequence log-probs: the loss's
   gradient with respect to them (small, eager) pulled back through the model by one VJP that
   is compiled once for all the losses.
   """
-  _, models, (ids, attn, answer) = setup
+  _, models, (ids, attn, _) = setup
   ids, attn, answer = jnp.asarray(ids), jnp.asarray(attn), jnp.asarray(answer)
   policy, ref = models[0][1], models[1][1]
   ref_logps, _ = L.sequence_logps(ref(ids, attn), ids, answer)
@@ -157,27 +161,55 @@ def dpo_trainer(setup, tmp_path_factory):
                         processing_class=tok)
 
 
-@pytest.mark.parametrize("kind,beta", [("sigmoid", 0.1), ("ipo", 0.5), ("hinge", 0.5)])
-def test_dpo_matches_trl_trainer(setup, jax_side, dpo_trainer, kind, beta):
-  _, models, (ids, attn, answer) = setup
-  t = dpo_trainer
-  t.loss_types, t.loss_weights, t.beta = [kind], [1.0], beta
+def _trl_dpo_loss(t, models, ids, attn, answer, kinds, weights, beta):
+  t.loss_types, t.loss_weights, t.beta = kinds, weights, beta
   t._metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}
   inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
             "completion_mask": torch.from_numpy(answer)}
   want = t._compute_loss(t.model, inputs, False)
   want.backward()
-  want_grads = _torch_grads(models[0][0])
+  return want, _torch_grads(models[0][0]), t._metrics["train" if t.model.training else "eval"]
+
+
+@pytest.mark.parametrize("kind,beta", [("sigmoid", 0.1), ("ipo", 0.5), ("hinge", 0.5)])
+def test_dpo_matches_trl_trainer(setup, jax_side, dpo_trainer, kind, beta):
+  _, models, (ids, attn, answer) = setup
+  want, want_grads, m = _trl_dpo_loss(dpo_trainer, models, ids, attn, answer, [kind], [1.0], beta)
 
   def fn(lp, n, ref, _):
     return L.dpo_loss(lp[:B], lp[B:], ref[:B], ref[B:], beta=beta, kind=kind,
                       chosen_counts=n[:B], rejected_counts=n[B:])
 
   got, grads = jax_side(fn)
-  m = t._metrics["train" if t.model.training else "eval"]
   _compare(f"dpo {kind}", got, want.item(), grads, want_grads,
            {k: m[k][-1] for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
                                   "rewards/margins", "logps/chosen", "logps/rejected")})
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
+def test_dpo_sft_term_matches_trl_sft_loss_type(setup, dpo_trainer, kind):
+  """sft_weight (RPO) against TRL's loss_type=[kind, 'sft'], loss_weights=[1, w].
+
+  TRL takes the SFT term's token mean over the whole batch, jaxtune per pair (so micro-batches
+  add up); the two agree when every chosen answer is equally long, so the chosen rows' answer
+  mask keeps their first 3 tokens here (the rest stays attended, unscored).
+  """
+  _, models, (ids, attn, answer) = setup
+  answer = answer.copy()
+  for row in range(B):
+    cols = np.flatnonzero(answer[row])
+    answer[row, cols[3:]] = 0
+  beta, w = 0.2, 0.7
+  want, want_grads, m = _trl_dpo_loss(dpo_trainer, models, ids, attn, answer, [kind, "sft"],
+                                      [1.0, w], beta)
+
+  def fn(lp, n, ref, _):
+    return L.dpo_loss(lp[:B], lp[B:], ref[:B], ref[B:], beta=beta, kind=kind, sft_weight=w,
+                      chosen_counts=n[:B], rejected_counts=n[B:])
+
+  got, grads = _jax_runner(setup, answer)(fn)
+  _compare(f"dpo {kind} + sft", got, want.item(), grads, want_grads,
+           {k: m[k][-1] for k in ("rewards/chosen", "rewards/margins", "logps/chosen")})
 
 
 def _experimental(cls, **attrs):

@@ -21,6 +21,7 @@ from jaxtune.models import presets
 from jaxtune.objectives import grpo
 from jaxtune.objectives.grpo_loss import grpo_loss
 from jaxtune.step import StepConfig
+from tests.train_test import set_keys
 
 WORDS = ["good", "bad", "movie", "the", "a", "is", "film", "plot", "write", "review", "it", "was", "fun"]
 MAX_NEW = 8
@@ -83,13 +84,7 @@ def grpo_config(tokenizer_dir, prompts_file, **overrides):
   c.checkpoint.async_save = False
   c.optim.learning_rate = 3e-2
   c.optim.warmup_steps = 0
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_keys(c, overrides)
 
 
 def metrics(workdir):

@@ -107,8 +107,10 @@ def test_lora_step_loss_is_dpo_against_the_base_without_a_copy():
   assert all("lora_" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(new1)[0])
 
 
-@pytest.mark.parametrize("loss", preference.LOSSES)
+@pytest.mark.parametrize("loss", [*preference.LOSSES, "rpo"])
 def test_full_fine_tuning_step_loss_matches_dpo_losses_with_stored_reference(loss):
+  sft_weight = 0.5 if loss == "rpo" else 0.0
+  loss = "sigmoid" if loss == "rpo" else loss
   model = _model()
   batch = _batch(1)
   pol_c, n_c, pol_r, n_r = _logps(model, batch)
@@ -122,9 +124,10 @@ def test_full_fine_tuning_step_loss_matches_dpo_losses_with_stored_reference(los
     out = dpo_losses.orpo_loss(pol_c, pol_r, n_c, n_r, lam=0.2)
   else:
     out = dpo_losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=2.0, kind=loss, chosen_counts=n_c,
-                              rejected_counts=n_r)
+                              rejected_counts=n_r, sft_weight=sft_weight)
   graphdef, params = nnx.split(model)
-  opts = _options(loss, "precomputed", beta=2.0, simpo_gamma=0.3, orpo_lambda=0.2)
+  opts = _options(loss, "precomputed", beta=2.0, simpo_gamma=0.3, orpo_lambda=0.2,
+                  sft_weight=sft_weight)
   _, m = _step(graphdef, nnx.to_pure_dict(params), None, batch, opts)
   np.testing.assert_allclose(m["train/loss"], dpo_losses.pair_means(out)["loss"], rtol=1e-5)
 
@@ -228,6 +231,8 @@ def test_search_over_beta_passes_the_key_checks():
 
 @pytest.mark.parametrize("flag, words", [
   ("--config.preference.loss=dpoo", ("preference.loss='dpoo'", "expected one of")),
+  ("--config.preference.loss=simpo --config.preference.sft_weight=1",
+   ("preference.sft_weight=1", "simpo")),
   ("--config.data.rejected_column=worse", ("pairs.jsonl, row 1", "missing column 'worse'")),
 ])
 def test_user_errors_are_one_line(tmp_path, flag, words):
@@ -236,5 +241,5 @@ def test_user_errors_are_one_line(tmp_path, flag, words):
     "train", "--config", str(REPO / "configs/tiny.py"), "--workdir", str(tmp_path / "run"),
     "--config.model.task=preference", "--config.data.kind=preference",
     f"--config.data.source={data}", f"--config.data.tokenizer={tok}",
-    "--config.model.config_overrides=vocab_size=272", "--config.data.split=0.75,0.25", flag)
+    "--config.model.config_overrides=vocab_size=272", "--config.data.split=0.75,0.25", *flag.split())
   harness.expect_error(result, "train", *words)

@@ -86,13 +86,17 @@ def test_baseline_outside_the_space_is_skipped_with_a_message(tiny_config, tiny_
   assert "optim.weight_decay=0.01 is outside choice(0.0, 0.1)" in caplog.text
 
 
-def test_hook_stops_a_run_like_early_stopping(tiny_config, tmp_path):
+def test_hook_stops_a_run_like_early_stopping(tiny_config, tmp_path, caplog):
   c = space.apply(tiny_config, {"train.steps": 9, "train.eval_every": 3, "optim.warmup_steps": 2})
   c.train.progress = False
   seen = []
   result = train.train_and_evaluate(c, tmp_path, on_eval=lambda s, m: seen.append((s, m)) or True)
   assert [s for s, _ in seen] == [3] and "eval/loss" in seen[0][1]
   assert result["step"] == 3 and result["stopped_early"]
+  # The hook (the search's pruner) says why itself; no early-stopping message with patience 0.
+  assert "early stopping" not in caplog.text
+  metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [m["train/stopped_by_hook"] for m in metrics if "train/stopped_by_hook" in m] == [1.0]
 
 
 def test_median_pruner_stops_a_poor_trial(tiny_config, tiny_search, tmp_path):
