@@ -106,11 +106,13 @@ def hf_scores(export_dir, prompts, answers) -> np.ndarray:
 
 
 @pytest.mark.slow  # a short training run (and an export)
-def test_llama_reward_model_learns_pairs_and_exports_one_output(tiny_llama, tmp_path, caplog):
+def test_llama_lora_reward_model_learns_pairs_and_exports_one_output(tiny_llama, tmp_path, caplog):
   source, gguf = tiny_llama
   data = write_jsonl(tmp_path / "pairs.jsonl", review_pairs(480, 0, chat=True))
   c = reward_config(source, data)
   c.data.tokenizer = str(gguf)
+  # With LoRA (the new head trains in full); full fine-tuning: the step test and BERT's export.
+  c.lora.rank, c.lora.alpha = 8, 16.0
   c.export.enabled = True
   workdir = tmp_path / "run"
   train.train_and_evaluate(c, workdir)
