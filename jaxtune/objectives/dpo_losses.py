@@ -70,6 +70,11 @@ def pair_means(out: PairLoss) -> dict[str, jax.Array]:
   return {"loss": out.loss_sum / n, **{k: v / n for k, v in out.sums.items()}}
 
 
+def _per_token(logps: jax.Array, counts: jax.Array) -> jax.Array:
+  """Summed log-probabilities (or log-ratios) divided by their answers' token counts."""
+  return logps / jnp.maximum(counts, 1.0)
+
+
 def _smoothed_sigmoid(z: jax.Array, label_smoothing: float) -> jax.Array:
   """-log sigmoid(z), with probability `label_smoothing` that the pair's labels are flipped."""
   return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z) - label_smoothing * jax.nn.log_sigmoid(-z)
@@ -96,8 +101,8 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   """
   if kind not in DPO_KINDS:
     raise ValueError(f"dpo_loss: kind={kind!r}: expected one of {DPO_KINDS}")
-  if (kind == "ipo" or sft_weight) and chosen_counts is None:
-    raise ValueError(f"dpo_loss(kind={kind!r}, sft_weight={sft_weight}) needs chosen_counts")
+  if sft_weight and chosen_counts is None:
+    raise ValueError(f"dpo_loss(sft_weight={sft_weight}) needs chosen_counts")
   chosen_ratio = policy_chosen - ref_chosen
   rejected_ratio = policy_rejected - ref_rejected
   delta = chosen_ratio - rejected_ratio
@@ -108,11 +113,11 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
   else:
     if chosen_counts is None or rejected_counts is None:
       raise ValueError("dpo_loss(kind='ipo') needs chosen_counts and rejected_counts")
-    d = chosen_ratio / jnp.maximum(chosen_counts, 1.0) - rejected_ratio / jnp.maximum(rejected_counts, 1.0)
+    d = _per_token(chosen_ratio, chosen_counts) - _per_token(rejected_ratio, rejected_counts)
     per_pair = (d - 1.0 / (2.0 * beta)) ** 2
   extra = {}
   if sft_weight:
-    nll = -policy_chosen / jnp.maximum(chosen_counts, 1.0)
+    nll = -_per_token(policy_chosen, chosen_counts)
     per_pair = per_pair + sft_weight * nll
     extra["nll_loss"] = nll
   return _pair_loss(per_pair, beta * chosen_ratio, beta * rejected_ratio, policy_chosen,
@@ -124,8 +129,8 @@ def simpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, chosen_coun
                label_smoothing: float = 0.0, valid: jax.Array | None = None) -> PairLoss:
   """SimPO, no reference: -log s(beta (avg_chosen - avg_rejected) - gamma), with avg the
   length-normalised log-probability; label smoothing as in dpo_loss. Rewards: beta * avg."""
-  avg_c = policy_chosen / jnp.maximum(chosen_counts, 1.0)
-  avg_r = policy_rejected / jnp.maximum(rejected_counts, 1.0)
+  avg_c = _per_token(policy_chosen, chosen_counts)
+  avg_r = _per_token(policy_rejected, rejected_counts)
   per_pair = _smoothed_sigmoid(beta * (avg_c - avg_r) - gamma, label_smoothing)
   return _pair_loss(per_pair, beta * avg_c, beta * avg_r, policy_chosen, policy_rejected, valid)
 
@@ -146,8 +151,8 @@ def orpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, chosen_count
   loss a mean over pairs. TRL's ORPOTrainer instead uses one token mean over the whole batch's
   chosen sequences, prompt included: pass that as `sft_nll` to reproduce it. Rewards: lam * avg.
   """
-  avg_c = policy_chosen / jnp.maximum(chosen_counts, 1.0)
-  avg_r = policy_rejected / jnp.maximum(rejected_counts, 1.0)
+  avg_c = _per_token(policy_chosen, chosen_counts)
+  avg_r = _per_token(policy_rejected, rejected_counts)
   log_odds = (avg_c - avg_r) - (_log1mexp(avg_c) - _log1mexp(avg_r))
   ratio = jax.nn.log_sigmoid(log_odds)
   nll = -avg_c if sft_nll is None else jnp.broadcast_to(sft_nll, avg_c.shape)
