@@ -46,8 +46,9 @@ def default() -> ml_collections.ConfigDict:
   c.model.quantize = ""
   c.model.remat = "none"  # none | full | dots
   # Layer weights stacked on a leading axis and run by one lax.scan: the layer compiles once and
-  # the optimizer updates one array per weight. Needs identical layers (LoRA on all or none);
-  # no layer-wise lr decay or gradual unfreezing. Exports and generation unstack.
+  # the optimizer updates one array per weight (per-layer rules, such as layer-wise lr decay and
+  # gradual unfreezing, act on its rows). Needs identical layers (LoRA on all or none); regexes
+  # naming one layer (`layers/3/`) match nothing. Exports and generation unstack.
   c.model.scan_layers = False
   # auto (cuDNN flash attention on GPU when it applies, else XLA) | xla | cudnn
   c.model.attention = "auto"
@@ -375,12 +376,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     presets.model_config(c.model.source.removeprefix("preset:"), task=head,
                          num_labels=c.model.num_labels or 2, pooling=c.model.pooling,
                          config_overrides=overrides)
-  if c.model.scan_layers:
-    # Stacked weights have no layer index in their paths, so per-layer optimizer rules cannot apply.
-    _check(c.optim.layerwise_lr_decay == 1.0, "optim.layerwise_lr_decay", c.optim.layerwise_lr_decay,
-           "per-layer learning rates need model.scan_layers=False")
-    _check(c.optim.unfreeze_every_steps == 0, "optim.unfreeze_every_steps",
-           c.optim.unfreeze_every_steps, "gradual unfreezing needs model.scan_layers=False")
   for k in ("param_dtype", "compute_dtype"):
     v = c.model[k]
     _check(v in ("float32", "bfloat16", "float16"), f"model.{k}", v, "float32|bfloat16|float16")

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from jaxtune.errors import ConfigError
@@ -45,6 +46,8 @@ DEFAULT_EXCLUDE = r"(^|/)bias$|norm|(^|/)scale$|embed"
 DEFAULT_EMBEDDINGS = r"embed|(^|/)(wte|wpe)(/|$)"
 
 _LAYER_RE = re.compile(r"(^|/)layers/(\d+)(/|$)")
+# A scanned stack (model.scan_layers) drops the index: `layers/mlp/...`, shape [num_layers, ...].
+_STACKED_RE = re.compile(r"(^|/)layers/(?!\d+(/|$))")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -172,9 +175,14 @@ class _Rules(NamedTuple):
     m = _LAYER_RE.search(path)
     return int(m.group(2)) if m else None
 
+  def stacked(self, path: str) -> bool:
+    """True for a scanned stack's weight: its leading axis is the layer index."""
+    return self.layer(path) is None and bool(_STACKED_RE.search(path))
+
   def is_embedding(self, path: str) -> bool:
     # Only embeddings outside the layers count: an in-layer match is still that layer's param.
-    return self.layer(path) is None and bool(self.embeddings and self.embeddings.search(path))
+    return (self.layer(path) is None and not self.stacked(path)
+            and bool(self.embeddings and self.embeddings.search(path)))
 
   def group_multiplier(self, path: str) -> float:
     for regex, mult in self.multipliers:
@@ -182,12 +190,20 @@ class _Rules(NamedTuple):
         return mult
     return 1.0
 
-  def depth(self, path: str) -> int:
-    """Exponent of the layer-wise lr decay: 0 for the top layer and the head, L for embeddings."""
+  def depth(self, path: str) -> int | np.ndarray:
+    """Exponent of the layer-wise lr decay: 0 for the top layer and the head, L for embeddings;
+    for a stacked weight, one exponent per layer (shape [L])."""
+    if self.stacked(path):
+      return self.num_layers - 1 - np.arange(self.num_layers)
     i = self.layer(path)
     if i is not None:
       return self.num_layers - 1 - i
     return self.num_layers if self.is_embedding(path) else 0
+
+
+def _per_layer(values: jax.Array, u: jax.Array) -> jax.Array:
+  """[L] values shaped to broadcast over a stacked weight's [L, ...] update."""
+  return values.reshape((-1,) + (1,) * (u.ndim - 1))
 
 
 def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules:
@@ -203,22 +219,29 @@ def _rules(c: ml_collections.ConfigDict, params: Any, num_layers: int) -> _Rules
   paths = _path_list(params)
   if not paths:
     raise ValueError("build_optimizer: the parameter tree has no arrays")
+  # With scanned layers, a regex naming one layer ('layers/3/') finds nothing: say why.
+  stacked = next((p for p in paths if rules.stacked(p)), None)
+  example = (f"e.g. {stacked!r}: model.scan_layers=True stacks the layers, whose paths have no "
+             "index" if stacked else f"e.g. {paths[0]!r}")
   if rules.freeze is not None:
     n = sum(rules.frozen(p) for p in paths)
     if n == 0:
-      raise ConfigError(f"optim.freeze={c.freeze!r} matches no parameter (e.g. {paths[0]!r})")
+      raise ConfigError(f"optim.freeze={c.freeze!r} matches no parameter ({example})")
     if n == len(paths):
       raise ConfigError(f"optim.freeze={c.freeze!r} matches every parameter: nothing to train")
   for regex, _ in rules.multipliers:
     if not any(regex.search(p) for p in paths):
       raise ConfigError(
         f"optim.lr_multipliers={c.lr_multipliers!r}: regex {regex.pattern!r} matches no "
-        f"parameter (e.g. {paths[0]!r})"
+        f"parameter ({example})"
       )
+  shapes = dict(zip(paths, (tuple(x.shape) for x in jax.tree.leaves(params)), strict=True))
   for p in paths:
     i = rules.layer(p)
     if i is not None and i >= num_layers:
       raise ValueError(f"parameter {p!r} is in layer {i} but num_layers={num_layers}")
+    if rules.stacked(p) and shapes[p][:1] != (num_layers,):
+      raise ValueError(f"stacked parameter {p!r} has shape {shapes[p]}, not [num_layers={num_layers}, ...]")
   return rules
 
 
@@ -313,7 +336,9 @@ def _unfreeze_gate(rules: _Rules, start: int, every: int) -> optax.GradientTrans
 
     def gate(u, path):
       i = rules.layer(path)
-      if i is not None:
+      if rules.stacked(path):
+        open_ = _per_layer(jnp.arange(num_layers) >= num_layers - n_open, u)
+      elif i is not None:
         open_ = i >= num_layers - n_open
       elif rules.is_embedding(path):
         open_ = n_open > num_layers
@@ -337,9 +362,11 @@ def _scale_per_param(rules: _Rules, layerwise_lr_decay: jax.Array) -> optax.Grad
     def scale(u, path):
       mult = rules.group_multiplier(path)
       depth = rules.depth(path)
-      if depth:
+      if rules.stacked(path):
+        mult = _per_layer(mult * layerwise_lr_decay ** jnp.asarray(depth, jnp.float32), u)
+      elif depth:
         mult = mult * layerwise_lr_decay**depth
-      return u if (depth == 0 and mult == 1.0) else (u * mult).astype(u.dtype)
+      return u if (np.ndim(depth) == 0 and depth == 0 and mult == 1.0) else (u * mult).astype(u.dtype)
 
     return jax.tree.map(scale, updates, param_paths(updates)), state
 

@@ -193,6 +193,59 @@ def test_lr_multipliers_and_layerwise_decay_exact_ratios():
     np.testing.assert_allclose(got[path], -lr * mult, rtol=1e-6, err_msg=path)
 
 
+def stacked(tree):
+  """`tiny_params` as a scanned model holds it: the layers one stack with a leading [L] axis."""
+  return {**tree, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *tree["layers"])}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_stacked_layers_get_the_per_layer_rules_of_unrolled_ones(name):
+  # Layer-wise decay, gradual unfreezing, weight decay and group multipliers on a scanned stack:
+  # every update equals the unrolled tree's, layer by layer (row i of the stack is layer i).
+  params, grads = tiny_params(), tiny_params(seed=1)
+  c = cfg(name=name, weight_decay=0.1, layerwise_lr_decay=0.5, unfreeze_every_steps=2,
+          unfreeze_start_layers=1, lr_multipliers="q_proj=2.0, lm_head=3")
+  unrolled, _ = optim.build_optimizer(c, params, total_steps=20, num_layers=L)
+  scanned, _ = optim.build_optimizer(c, stacked(params), total_steps=20, num_layers=L)
+  _, _, want = run_steps(unrolled, params, grads, 7)
+  _, _, got = run_steps(scanned, stacked(params), stacked(grads), 7)
+  for step, (u, s) in enumerate(zip(want, got, strict=True)):
+    for path, a, b in zip(jax.tree.leaves(optim.param_paths(s)), jax.tree.leaves(stacked(u)),
+                          jax.tree.leaves(s), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-6, err_msg=f"{path} at step {step}")
+  # The rules did act: at step 2 (two layers open) layer 0 is still frozen, the top two move.
+  q = got[2]["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert not np.any(q[0]) and np.all(np.any(q[1:] != 0, axis=(1, 2)))
+
+
+def test_a_scanned_model_gets_one_learning_rate_per_layer():
+  # The real parameter paths of a stacked nnx model (`layers/self_attn/...`, no index).
+  from jaxtune.models import layers, presets
+
+  model = presets.init("tiny-llama")
+  layers.stack_layers(model)
+  params = nnx.state(model, nnx.Param)
+  n = layers.num_layers(model.layers)
+  tx, _ = optim.build_optimizer(cfg(name="sgd", layerwise_lr_decay=0.5), params, total_steps=4,
+                                num_layers=n)
+  _, _, (upd,) = run_steps(tx, params, jax.tree.map(jnp.ones_like, params), 1)
+  got = by_path(upd)
+  q = got["layers/self_attn/q_proj/kernel"]
+  np.testing.assert_allclose(q[:, 0, 0], -0.1 * 0.5 ** np.arange(n - 1, -1, -1), rtol=1e-6)
+  np.testing.assert_allclose(got["embed_tokens/embedding"], -0.1 * 0.5**n, rtol=1e-6)
+
+
+def test_a_regex_naming_one_layer_of_a_stack_says_the_layers_are_scanned():
+  with pytest.raises(optim.ConfigError, match=r"optim.freeze='layers/0/' matches no parameter "
+                     r"\(e.g. 'layers/.*': model.scan_layers=True stacks the layers"):
+    optim.build_optimizer(cfg(freeze="layers/0/"), stacked(tiny_params()), total_steps=10, num_layers=L)
+
+
+def test_stacked_layers_must_have_one_row_per_layer():
+  with pytest.raises(ValueError, match=r"stacked parameter 'layers/.*' has shape \(3, 4\), not \[num_layers=4"):
+    optim.build_optimizer(cfg(), stacked(tiny_params()), total_steps=10, num_layers=4)
+
+
 def test_hyperparams_live_in_state():
   params = tiny_params()
   ones = jax.tree.map(jnp.ones_like, params)
