@@ -13,8 +13,8 @@ code, so the rows are identical) and score the same validation and test rows.
            (sentiment_mpnet) gets the same head as jaxtune's: AutoModel, the masked mean of the
            last hidden states, dropout, one linear layer.
            `--match-recipe` takes the epochs, learning rate, warmup steps, batch size, max length,
-           weight decay and clip norm from the recipe instead (and, as jaxtune, decays no bias,
-           norm or embedding), so the two sides run the same hyperparameters; with the recipe's
+           weight decay, clip norm and layer-wise lr decay (one AdamW group per layer depth)
+           from the recipe instead (and, as jaxtune, decays no bias, norm or embedding), so the two sides run the same hyperparameters; with the recipe's
            `optim.swa_start`, torch tests the same average of its weights (torch's AveragedModel,
            sampled at the same steps) instead of its last weights.
   jaxtune  `jaxtune train --config=configs/sentiment_minilm.py` as a subprocess (load, compile,
@@ -98,11 +98,11 @@ def torch_settings(args, config) -> dict:
   if not args.match_recipe:
     return {"epochs": args.epochs, "lr": args.lr, "warmup_fraction": args.warmup,
             "batch": args.batch, "max_length": args.max_length, "weight_decay": 0.01,
-            "clip": 1.0, "no_decay": NO_DECAY, "swa_start": -1, "swa_every": 1}
+            "clip": 1.0, "no_decay": NO_DECAY, "swa_start": -1, "swa_every": 1,
+            "layerwise_lr_decay": 1.0}
   o, t = config.optim, config.train
   # What the torch loop cannot do the same way is refused rather than silently run otherwise.
   unlike = {"optim.name": (o.name, "adamw"), "optim.schedule": (o.schedule, "linear"),
-            "optim.layerwise_lr_decay": (o.layerwise_lr_decay, 1.0),
             "optim.min_lr_ratio": (o.min_lr_ratio, 0.0), "train.epochs": (t.epochs > 0, True),
             "optim.ema_decay": (o.ema_decay, 0.0),
             "train.micro_batches": (t.micro_batches, 1)}
@@ -114,7 +114,17 @@ def torch_settings(args, config) -> dict:
           "batch": int(t.batch_size), "max_length": int(config.data.seq_len),
           "weight_decay": float(o.weight_decay), "clip": float(o.grad_clip_norm),
           "no_decay": NO_DECAY_AS_JAXTUNE, "swa_start": int(o.swa_start),
-          "swa_every": int(o.swa_every)}
+          "swa_every": int(o.swa_every), "layerwise_lr_decay": float(o.layerwise_lr_decay)}
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+  """jaxtune's layer-wise decay exponent (optim._Rules.depth) of a torch parameter name: 0 for the
+  top layer and the head, L-1-i for layer i, L for the tables below the layers (embeddings and
+  MPNet's shared relative-position bias, which jaxtune's `embed` pattern also matches)."""
+  m = re.search(r"(^|\.)layer\.(\d+)\.", name)
+  if m:
+    return num_layers - 1 - int(m.group(2))
+  return num_layers if ("embeddings." in name or "relative_attention_bias" in name) else 0
 
 
 def swa_samples(step: int, hp: dict) -> bool:
@@ -209,13 +219,19 @@ def run_torch(args) -> dict:
     total = max(1, round(hp["epochs"] * steps_per_epoch))
     warmup = int(hp["warmup_fraction"] * total)
   no_decay = hp["no_decay"]
-  groups = [
-    {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-     "weight_decay": hp["weight_decay"]},
-    {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-     "weight_decay": 0.0},
-  ]
-  opt = torch.optim.AdamW(groups, lr=hp["lr"])
+  num_layers = 1 + max(int(m.group(2)) for n, _ in model.named_parameters()
+                       if (m := re.search(r"(^|\.)layer\.(\d+)\.", n)))
+  # One group per (decayed?, layer depth): the learning rate falls by layerwise_lr_decay per layer
+  # down from the top, as jaxtune's optim.layerwise_lr_decay (1.0: two groups, as usual).
+  groups = {}
+  for n, p in model.named_parameters():
+    decayed = not any(k in n for k in no_decay)
+    depth = layer_depth(n, num_layers)
+    group = groups.setdefault((decayed, depth), {
+      "params": [], "weight_decay": hp["weight_decay"] if decayed else 0.0,
+      "lr": hp["lr"] * hp["layerwise_lr_decay"] ** depth})
+    group["params"].append(p)
+  opt = torch.optim.AdamW(list(groups.values()), lr=hp["lr"])
   sched = transformers.get_linear_schedule_with_warmup(opt, warmup, total)
   rng = np.random.default_rng(args.seed)
   # A running mean of the sampled weights (the first sample copies them), as jaxtune's SWA.

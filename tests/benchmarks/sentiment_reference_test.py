@@ -4,6 +4,7 @@ mean-pooled head against jaxtune's, and the compile times read from JAX's log.""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
-from jaxtune import averaging, hf
+from jaxtune import averaging, hf, optim
 from tests.benchmarks.sentiment_disputed_test import _load
 
 script = _load("sentiment_reference")
@@ -34,10 +36,21 @@ def test_match_recipe_takes_the_recipes_hyperparameters():
   assert (plain["epochs"], plain["lr"], plain["warmup_fraction"]) == (1.0, 5e-5, 0.1)
 
 
-def test_match_recipe_refuses_what_the_torch_loop_cannot_run_alike():
+def test_match_recipe_takes_the_layerwise_decay(tmp_path):
   args = script.parse_args(["--recipe=configs/sentiment_minilm.py", "--match-recipe"])
-  with pytest.raises(SystemExit, match=r"optim\.layerwise_lr_decay=0\.8 \(the torch loop needs 1\.0\)"):
-    script.torch_settings(args, script.load_recipe(args.recipe))
+  assert script.torch_settings(args, script.load_recipe(args.recipe))["layerwise_lr_decay"] == 0.8
+  # The torch loop's layer depths are jaxtune's (optim's rules), parameter for parameter count.
+  cfg = transformers.MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3,
+                                 num_attention_heads=4, intermediate_size=64,
+                                 max_position_embeddings=40)
+  transformers.MPNetModel(cfg).save_pretrained(tmp_path)
+  ours = hf.load(tmp_path, task="seq_cls", num_labels=2, pooling="mean")
+  params = nnx.state(ours, nnx.Param)
+  rules = optim._rules(optim.default_config(), params, 3)
+  jax_depths = Counter(rules.depth(p) for p in jax.tree.leaves(optim.param_paths(params)))
+  ref = script.torch_classifier(str(tmp_path), 2, "mean")
+  torch_depths = Counter(script.layer_depth(n, 3) for n, _ in ref.named_parameters())
+  assert jax_depths == torch_depths and set(jax_depths) == {0, 1, 2, 3}
 
 
 def test_match_recipe_refuses_ema_the_torch_loop_does_not_keep():
