@@ -28,16 +28,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def load_recipe(spec: str):
-  import importlib.util
-
-  file, _, arg = spec.partition(":")
-  s = importlib.util.spec_from_file_location("_bench_recipe", file)
-  module = importlib.util.module_from_spec(s)
-  s.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 # mode -> (vmapped, mesh.population, mesh.data): sequential and vmapped on one device; sharded
 # with as many member groups as divide the members and the devices.
 MODES = {"sequential": (False, 1, 1), "vmapped": (True, 1, 1), "sharded": (True, -1, 1)}
@@ -90,7 +80,9 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
   import jax
 
-  config = load_recipe(a.config)
+  from jaxtune import recipes
+
+  config = recipes.load(a.config)
   config.train.steps, config.train.epochs, config.train.progress = a.steps, 0.0, False
   config.optim.warmup_steps = min(config.optim.warmup_steps, a.steps // 4)
   if a.batch_size:

@@ -36,7 +36,6 @@ The sides run one after the other, so neither competes with the other for the co
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -85,12 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_recipe(recipe: str = RECIPE):
   """The recipe's config (`configs/x.py` or `configs/x.py:variant`, relative to the repo root)."""
-  path, _, arg = recipe.partition(":")
-  path = ROOT / path
-  spec = importlib.util.spec_from_file_location(f"recipe_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  from jaxtune import recipes
+
+  return recipes.load(ROOT / recipe)
 
 
 def torch_settings(args, config) -> dict:

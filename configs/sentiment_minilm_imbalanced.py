@@ -9,23 +9,16 @@ with it. The subset is drawn once (seeded, from the quick variant's train split)
     [--config.data.balance=oversample|undersample|class_weights]
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
 from jaxtune import config as jt_config
+from jaxtune import recipes
 from jaxtune.data import assets
 
 POSITIVE, NEGATIVE = 450, 50
-
-
-def _recipe():
-  spec = importlib.util.spec_from_file_location("sentiment_minilm", Path(__file__).with_name("sentiment_minilm.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def write_subset(c) -> Path:
@@ -59,7 +52,7 @@ def write_subset(c) -> Path:
 
 def get_config(arg=None):
   jt_config.known_variants("configs/sentiment_minilm_imbalanced.py", arg)
-  c = _recipe().get_config("quick")
+  c = recipes.beside(__file__, "sentiment_minilm", "quick")
   out = write_subset(c)
   c.data.source = str(out / "train.jsonl")
   c.data.validation_source = str(out / "validation.jsonl")

@@ -32,24 +32,14 @@ Variants (`configs/sentiment_mpnet.py:<arg>`): 'quick' trains on a 500-example s
 tests. On a GPU/TPU add --config.model.compute_dtype=bfloat16.
 """
 
-import importlib.util
-from pathlib import Path
-
 from jaxtune import config as jt_config
+from jaxtune import recipes
 from jaxtune.data import assets
-
-
-def _minilm():
-  path = Path(__file__).with_name("sentiment_minilm.py")
-  spec = importlib.util.spec_from_file_location("sentiment_minilm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
   variants = jt_config.known_variants("configs/sentiment_mpnet.py", arg, ("quick",))
-  c = _minilm().get_config(arg)
+  c = recipes.beside(__file__, "sentiment_minilm", arg)
   c.model.source = str(assets.mpnet_dir())
   c.model.pooling = "mean"
   # One scanned layer stack: each length bucket's train step compiles in about 35 s instead of

@@ -14,7 +14,6 @@ import argparse
 import ast
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import io
 import sys
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
+
+from jaxtune import recipes
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "docs" / "config_reference.md"
@@ -187,13 +188,6 @@ def _placeholder_assets():
       setattr(assets, name, fn)
 
 
-def _load_recipe(path: Path):
-  spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def _diff(base: dict, new: dict) -> list[tuple[str, object]]:
   return [(k, v) for k, v in new.items() if k not in base or base[k] != v]
 
@@ -242,7 +236,7 @@ def render() -> str:
             "is the local path that `jaxtune.data.assets` fetched).", ""]
   with _placeholder_assets():
     for path in sorted((REPO / "configs").glob("*.py")):
-      recipe = _load_recipe(path)
+      recipe = recipes.module(path)
       doc = (recipe.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
       base = dict(_flatten(recipe.get_config(None)))
       lines += [f"### `configs/{path.name}`", "", doc, ""]

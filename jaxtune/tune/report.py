@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 
-from jaxtune import resume
+from jaxtune import recipes, resume
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def load_recipe(file: str, arg: str):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("_jaxtune_recipe", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return recipes.load(file, arg or "")
 
 
 def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config=None) -> Path:

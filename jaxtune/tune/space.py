@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optuna
 
+from jaxtune import recipes
 from jaxtune.errors import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -256,12 +257,7 @@ def perturb(search, values: dict, rng: np.random.Generator, factors, resample_pr
 
 def load(path: str) -> ml_collections.ConfigDict:
   """A search file (`configs/search/<space>.py[:arg]`) merged over the defaults."""
-  import importlib.util
-
   file, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("_jaxtune_search", file)
-  if spec is None or not Path(file).is_file():
+  if not Path(file).is_file():
     raise ConfigError(f"--search={path!r}: no such python file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return recipes.load(file, arg)
