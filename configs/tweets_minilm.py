@@ -27,11 +27,12 @@ from jaxtune import config as jt_config
 from jaxtune.data import assets
 
 STEPS = ("raw", "clean", "dedup", "confidence", "label_errors", "balance")
+ONE_OF = (*STEPS, "threshold")  # the data-quality step: one of these
+VARIANTS = (*ONE_OF, "quick", "table")
 
 
 def get_config(arg=None):
-  variants = jt_config.known_variants("configs/tweets_minilm.py", arg, (*STEPS, "threshold", "quick", "table"),
-                                      one_of=(*STEPS, "threshold"))
+  variants = jt_config.known_variants("configs/tweets_minilm.py", arg, VARIANTS, one_of=ONE_OF)
   c = jt_config.default()
   c.model.source = str(assets.minilm_dir())
   c.model.task = "seq_cls"
@@ -67,7 +68,7 @@ def get_config(arg=None):
   c.checkpoint.keep_best = 1
   c.checkpoint.keep_last = 1
 
-  step = next((v for v in (*STEPS, "threshold") if v in variants), "raw")
+  step = next((v for v in ONE_OF if v in variants), "raw")
   upto = STEPS.index("confidence") if step == "threshold" else STEPS.index(step)
   if upto >= STEPS.index("clean"):
     c.data.clean = True

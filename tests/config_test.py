@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jaxtune import config as jt_config
-from jaxtune import optim
+from jaxtune import optim, recipes
 from jaxtune.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,14 +17,9 @@ RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"
 VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
             "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3"),
             "dpo_smollm2.py": ("quick",), "grpo_smollm2.py": ("quick",),
-            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table")}
-
-
-def _recipe(path: Path):
-  spec = importlib.util.spec_from_file_location(f"recipe_{path.parent.name}_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table"),
+            "tweets_smollm2_cls.py": ("quick", "dedup,table", "balance,table")}
+_recipe = recipes.module
 
 
 def _config(**values):
