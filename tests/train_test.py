@@ -104,12 +104,6 @@ def test_stacked_layers_on_eight_devices_match_unrolled_run(one_device_run, tmp_
   assert tokens[0] == tokens[1]
 
 
-def test_stacked_layers_refuse_per_layer_optimizer_rules(tmp_path):
-  cfg = tiny_config(**{"model.scan_layers": True, "optim.layerwise_lr_decay": 0.8})
-  with pytest.raises(ValueError, match="optim.layerwise_lr_decay=0.8: per-layer"):
-    train.train_and_evaluate(cfg, tmp_path)
-
-
 def test_gradient_accumulation_matches_full_batch(one_device_run, tmp_path):
   cfg = tiny_config(**{"mesh.data": 1, "train.micro_batches": 4})
   train.train_and_evaluate(cfg, tmp_path)
