@@ -14,7 +14,8 @@ code, so the rows are identical) and score the same validation and test rows.
            last hidden states, dropout, one linear layer.
            `--match-recipe` takes the epochs, learning rate, warmup steps, batch size, max length,
            weight decay, clip norm and layer-wise lr decay (one AdamW group per layer depth)
-           from the recipe instead (and, as jaxtune, decays no bias, norm or embedding), so the two sides run the same hyperparameters; with the recipe's
+           from the recipe instead (and, as jaxtune, decays no bias, norm or embedding), so
+           the two sides run the same hyperparameters; with the recipe's
            `optim.swa_start`, torch tests the same average of its weights (torch's AveragedModel,
            sampled at the same steps) instead of its last weights.
   jaxtune  `jaxtune train --config=configs/sentiment_minilm.py` as a subprocess (load, compile,
@@ -58,6 +59,8 @@ STEP_FNS = ("counted_step", "eval_step")
 # jaxtune's optim.DEFAULT_EXCLUDE does (MPNet's relative_attention_bias is caught by "bias").
 NO_DECAY = ("bias", "LayerNorm.weight")
 NO_DECAY_AS_JAXTUNE = ("bias", "LayerNorm.weight", "embeddings.")
+# Layer i of a transformers encoder: `...encoder.layer.<i>.` (BERT, MPNet).
+TORCH_LAYER = re.compile(r"(^|\.)layer\.(\d+)\.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,7 +120,7 @@ def layer_depth(name: str, num_layers: int) -> int:
   """jaxtune's layer-wise decay exponent (optim._Rules.depth) of a torch parameter name: 0 for the
   top layer and the head, L-1-i for layer i, L for the tables below the layers (embeddings and
   MPNet's shared relative-position bias, which jaxtune's `embed` pattern also matches)."""
-  m = re.search(r"(^|\.)layer\.(\d+)\.", name)
+  m = TORCH_LAYER.search(name)
   if m:
     return num_layers - 1 - int(m.group(2))
   return num_layers if ("embeddings." in name or "relative_attention_bias" in name) else 0
@@ -216,7 +219,7 @@ def run_torch(args) -> dict:
     warmup = int(hp["warmup_fraction"] * total)
   no_decay = hp["no_decay"]
   num_layers = 1 + max(int(m.group(2)) for n, _ in model.named_parameters()
-                       if (m := re.search(r"(^|\.)layer\.(\d+)\.", n)))
+                       if (m := TORCH_LAYER.search(n)))
   # One group per (decayed?, layer depth): the learning rate falls by layerwise_lr_decay per layer
   # down from the top, as jaxtune's optim.layerwise_lr_decay (1.0: two groups, as usual).
   groups = {}

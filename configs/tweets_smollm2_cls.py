@@ -22,7 +22,7 @@ from jaxtune import recipes
 def get_config(arg=None):
   minilm = recipes.module(Path(__file__).with_name("tweets_minilm.py"))
   jt_config.known_variants("configs/tweets_smollm2_cls.py", arg, minilm.VARIANTS, one_of=minilm.ONE_OF)
-  c = recipes.beside(__file__, "tweets_minilm", arg)
+  c = minilm.get_config(arg)
   llm = recipes.beside(__file__, "sentiment_smollm2_cls")
   c.model = llm.model
   c.model.num_labels = 3

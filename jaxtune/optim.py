@@ -362,11 +362,12 @@ def _scale_per_param(rules: _Rules, layerwise_lr_decay: jax.Array) -> optax.Grad
     def scale(u, path):
       mult = rules.group_multiplier(path)
       depth = rules.depth(path)
-      if rules.stacked(path):
-        mult = _per_layer(mult * layerwise_lr_decay ** jnp.asarray(depth, jnp.float32), u)
-      elif depth:
+      if rules.stacked(path):  # one rate per row: depth is [L]
+        rates = mult * layerwise_lr_decay ** jnp.asarray(depth, jnp.float32)
+        return (u * _per_layer(rates, u)).astype(u.dtype)
+      if depth:
         mult = mult * layerwise_lr_decay**depth
-      return u if (np.ndim(depth) == 0 and depth == 0 and mult == 1.0) else (u * mult).astype(u.dtype)
+      return u if (depth == 0 and mult == 1.0) else (u * mult).astype(u.dtype)
 
     return jax.tree.map(scale, updates, param_paths(updates)), state
 

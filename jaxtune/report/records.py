@@ -217,9 +217,9 @@ def recipe_base(run: Run) -> tuple[str, dict | None, list[str]]:
     shown = rec.get("given") or rec["file"]
     if file.exists():
       try:
-        from jaxtune.tune.report import load_recipe
+        from jaxtune import recipes
 
-        base = load_recipe(str(file), rec.get("variant") or "")
+        base = recipes.load(str(file), rec.get("variant") or "")
         if rec.get("sha256") and hashlib.sha256(file.read_bytes()).hexdigest() != rec["sha256"]:
           notes.append(f"{file} has changed since the run started: the differences are from "
                        "its current text")

@@ -106,10 +106,6 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
   return study.best_trial
 
 
-def load_recipe(file: str, arg: str):
-  return recipes.load(file, arg or "")
-
-
 def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config=None) -> Path:
   """The best trial as a runnable recipe: it loads `recipe` and sets the winning values.
 
@@ -121,7 +117,7 @@ def write_best_config(study: optuna.Study, recipe: str, path: str | Path, config
   file = str(Path(file).resolve())
   overrides = {}
   if config is not None:
-    base, given = resume.flat(load_recipe(file, arg)), resume.flat(config)
+    base, given = resume.flat(recipes.load(file, arg or "")), resume.flat(config)
     overrides = {k: v for k, v in given.items() if k in base and base[k] != v}
   overrides.update(json.loads(t.user_attrs.get("overrides", "{}")) or dict(t.params))
   metric = metric_name(study)

@@ -2,18 +2,18 @@
 trials are recorded directly (no training)."""
 
 import csv
-import importlib.util
 import json
 import warnings
 
 import optuna
 
+from jaxtune import recipes
 from jaxtune.tune import report, space
 from tests.tune.conftest import REPO
 
 
 def _tiny():
-  return report.load_recipe(f"{REPO}/configs/tiny.py", "")
+  return recipes.load(f"{REPO}/configs/tiny.py", "")
 
 
 def _study(tmp_path):
@@ -66,10 +66,7 @@ def test_best_config_is_a_runnable_recipe(tmp_path):
   run_config = space.apply(_tiny(), {"data.seq_len": 32})  # as --config.data.seq_len=32
   path = report.write_best_config(s, f"{REPO}/configs/tiny.py", tmp_path / "best_config.py",
                                   run_config)
-  spec = importlib.util.spec_from_file_location("best", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = recipes.load(path)
   assert c.optim.learning_rate == 3e-4 and c.optim.weight_decay == 0.05
   assert c.train.steps == 40 and c.model.source == "preset:tiny-llama"
   assert c.data.seq_len == 32
