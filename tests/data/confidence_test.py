@@ -91,6 +91,17 @@ def test_min_confidence_drops_train_rows_under_it(tmp_path, make_cfg, pair_tok_d
     (4, "min_confidence", "confidence 0 < data.min_confidence=0.5")]
 
 
+def test_min_confidence_holds_with_every_later_step(tmp_path, make_cfg, pair_tok_dir):
+  # clean used to restart from the rows as read, bringing back what min_confidence dropped.
+  # (dedup is left out: validation holds copies of the kept rows, which it would drop as leaks)
+  splits = _build(tmp_path, make_cfg, pair_tok_dir, TRAIN, min_confidence=0.5, clean=True,
+                  balance="oversample")
+  assert sorted(e["text"] for e in splits.examples["train"]) == ["bad day", "good day"]
+  quality = splits.stats["quality"]
+  assert quality["dropped_by_step"] == {"min_confidence": 2}
+  assert quality["train_rows_after"] == len(splits["train"]) == 2
+
+
 @pytest.mark.parametrize("key, value, message", [
   ("min_confidence", -0.1, "data.min_confidence=-0.1: expected a threshold >= 0"),
   ("missing_confidence", "lots", "data.missing_confidence='lots': expected ''"),

@@ -59,7 +59,10 @@ def apply(rows: dict[str, list[Row]], d, seed: int, workdir=None
     train = [r for r, v in zip(train, values) if v >= d.min_confidence]
 
   if d.clean:
-    rows = {name: [_fix_label(r, d) for r in split] for name, split in rows.items()}
+    # Label spellings are fixed in every split; train continues from the rows kept so far (not
+    # from rows["train"], which would bring back what min_confidence dropped).
+    rows = {name: [_fix_label(r, d) for r in (train if name == "train" else split)]
+            for name, split in rows.items()}
     train = list(rows["train"])
     out = []
     for r in train:
