@@ -21,6 +21,9 @@ variant and seed, drawn before any quality step), no evaluation until the end (a
 validation pass costs ~50 training steps here), the last weights scored on the whole 2,500-row
 validation and test splits. Smaller than the default recipe, so its scores are lower; it
 compares the variants with each other, not with the full-size runs.
+'pool' (with 'table') keeps the budget of 3,000 train rows but draws them from what the quality
+steps kept of the whole train split (data.max_kept_train_rows): the quality steps choose which
+rows the budget is spent on instead of only dropping from a fixed draw (raw: the same rows).
 """
 
 from jaxtune import config as jt_config
@@ -28,7 +31,7 @@ from jaxtune.data import assets
 
 STEPS = ("raw", "clean", "dedup", "confidence", "label_errors", "balance")
 ONE_OF = (*STEPS, "threshold")  # the data-quality step: one of these
-VARIANTS = (*ONE_OF, "quick", "table")
+VARIANTS = (*ONE_OF, "quick", "table", "pool")
 
 
 def get_config(arg=None):
@@ -94,6 +97,11 @@ def get_config(arg=None):
     c.train.early_stopping_patience = 0
     c.optim.warmup_steps = 10
     c.checkpoint.every_steps = 0
+  if "pool" in variants:
+    # The same budget of 3,000 rows, drawn from what the quality steps kept of all 33,158 train
+    # rows (data.max_kept_train_rows) instead of before them: raw draws the very same rows.
+    c.data.max_train_rows = 0
+    c.data.max_kept_train_rows = 3000
   if "quick" in variants:
     c.data.max_rows = 1000
     c.train.eval_every = 20

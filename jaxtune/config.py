@@ -149,6 +149,7 @@ RANGES = {
   "data.split_seed": "[0, inf)",
   "data.max_rows": "[0, inf)",
   "data.max_train_rows": "[0, inf)",
+  "data.max_kept_train_rows": "[0, inf)",
   "data.dedup_threshold": "(0, 1)",
   "data.augment_rate": "(0, 1]",
   "data.augment_copies": "[1, inf)",
@@ -218,7 +219,7 @@ def _range_text(interval: str) -> str:
 # Keys read only in some settings: (key, whether it is read, the setting that reads it). A key
 # the user sets where nothing reads it is refused (`check_ignored`), not silently dropped.
 _FILE_DATA = ("source", "validation_source", "test_source", "split", "split_seed", "max_rows",
-              "max_train_rows", "on_bad_row", "tokenizer", "text_column")
+              "max_train_rows", "max_kept_train_rows", "on_bad_row", "tokenizer", "text_column")
 _CLASSIFICATION_DATA = ("text_pair_column", "label_column", "label_names", "class_weights")
 _SFT_DATA = ("completion_column", "messages_column", "completion_only", "pack")
 READ_WHEN = (

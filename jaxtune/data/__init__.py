@@ -50,11 +50,27 @@ def build(config, workdir: str | Path) -> Splits:
       if d.balance == "class_weights":
         d = ml_collections.ConfigDict(d.to_dict())
         d.class_weights = "balanced"
+  if d.max_kept_train_rows and len(rows["train"]) > d.max_kept_train_rows:
+    rows = {**rows, "train": _at_most(rows["train"], d.max_kept_train_rows, d.split_seed)}
+    if quality_stats is not None:
+      quality_stats["train_rows_drawn"] = d.max_kept_train_rows
   splits = _tokenize(config, d, rows, bad, workdir, "skipped_rows.jsonl")
   if quality_stats is not None:
     splits.stats["quality"] = quality_stats
     log.info("data quality on train: %s", quality_stats)
   return splits
+
+
+def _at_most(train: list, n: int, split_seed: int) -> list:
+  """A seeded subset of at most `n` train rows in file order (all when n is 0 or enough).
+
+  Seeded by split_seed only: the same rows for every run seed, and for every quality variant
+  that kept the same rows.
+  """
+  if not n or len(train) <= n:
+    return train
+  pick = np.random.default_rng([split_seed, 2]).choice(len(train), n, replace=False)
+  return [train[i] for i in sorted(pick)]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -151,10 +167,7 @@ def read_splits(d, bad: readers.BadRows) -> dict[str, list[readers.Row]]:
   for name in ("validation", "test"):
     if name in own or name in carved:
       rows[name] = own[name] if name in own else carved[name]
-  if d.max_train_rows and len(rows["train"]) > d.max_train_rows:
-    # Seeded by split_seed only: the same train rows for every run seed and quality variant.
-    pick = np.random.default_rng([d.split_seed, 2]).choice(len(rows["train"]), d.max_train_rows, replace=False)
-    rows["train"] = [rows["train"][i] for i in sorted(pick)]
+  rows["train"] = _at_most(rows["train"], d.max_train_rows, d.split_seed)
   if d.max_rows:
     rng = np.random.default_rng([d.split_seed, 1])
     rows = {k: v if len(v) <= d.max_rows else

@@ -46,6 +46,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # seeded by split_seed (not the run seed), so every variant and seed trains on the same rows;
   # validation and test stay whole (shorter runs that are still scored on the full splits).
   c.max_train_rows = 0
+  # > 0: a seeded subset of at most this many of the train rows the data-quality steps KEPT (the
+  # same draw as max_train_rows when nothing was dropped): a fixed training budget spent on the
+  # best rows of a large scraped pool instead of on a random draw of them.
+  c.max_kept_train_rows = 0
   c.on_bad_row = "error"  # error | skip (skipped rows go to workdir/skipped_rows.jsonl)
 
   # Column mapping.
@@ -128,8 +132,9 @@ def check(c: ml_collections.ConfigDict) -> None:
     if len(set(cols.values())) < 3:
       _fail("chosen_column", c.chosen_column,
             f"prompt, chosen and rejected columns must differ (have {cols})")
-  if c.max_train_rows < 0:
-    _fail("max_train_rows", c.max_train_rows, "must be >= 0 (0 = all train rows)")
+  for key in ("max_train_rows", "max_kept_train_rows"):
+    if c[key] < 0:
+      _fail(key, c[key], "must be >= 0 (0 = all train rows)")
   fr = split_fractions(c.split)
   if fr["validation"] == 0 and not c.validation_source:
     _fail("split", c.split, "no validation split: give it a fraction or set data.validation_source")

@@ -41,7 +41,7 @@ IMPLICIT = {
   "model.compute_dtype": "dtype of the matmuls: bfloat16 on GPU/TPU; float32 on CPU",
   "model.allow_pickle": "allow loading pickle (.bin/.pt) checkpoints; off: only safetensors / GGUF",
   "data.eval_rows": "kind='synthetic' only: generated rows per evaluation split",
-  "data.split_seed": "seed of the split (and of the max_rows / max_train_rows subsets)",
+  "data.split_seed": "seed of the split (and of the max_rows / max_train_rows / max_kept_train_rows subsets)",
   "data.text_column": "column with the text (classification; SFT with sft_format='text')",
   "data.label_column": "column with the label (classification)",
   "data.prompt_column": "column with the prompt (SFT, sft_format='prompt_completion')",

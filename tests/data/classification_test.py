@@ -161,6 +161,29 @@ def test_max_train_rows_subsets_train_only_the_same_rows_for_every_run_seed(tmp_
     build(max_train_rows=-1)
 
 
+def test_max_kept_train_rows_draws_after_the_quality_steps(tmp_path, make_cfg, pair_tok_dir):
+  # Rows 0-9 are copies of one text: dedup keeps one, and the 12 rows come from the rest.
+  rows = [{"text": "same" if i < 10 else f"t{i}", "label": "ab"[i % 2]} for i in range(60)]
+  src = _jsonl(tmp_path / "all.jsonl", rows)
+
+  def build(seed=0, **kw):
+    cfg = make_cfg(kind="classification", tokenizer=pair_tok_dir, source=src, **kw)
+    cfg.seed = seed
+    s = data.build(cfg, tmp_path / "w")
+    return {k: [e["row"] for e in v] for k, v in s.examples.items()}, s.stats
+
+  full, _ = build()
+  kept, stats = build(max_kept_train_rows=12, dedup="exact")
+  assert len(kept["train"]) == 12 and sum(r <= 10 for r in kept["train"]) <= 1  # copies: rows 1-10
+  assert kept["validation"] == full["validation"] and kept["test"] == full["test"]
+  assert stats["quality"]["train_rows_drawn"] == 12
+  assert build(seed=5, max_kept_train_rows=12, dedup="exact")[0] == kept  # run seed: same rows
+  # Nothing dropped: the very draw max_train_rows makes, so the two compare row for row.
+  assert build(max_kept_train_rows=12)[0] == build(max_train_rows=12)[0]
+  with pytest.raises(ConfigError, match=r"data\.max_kept_train_rows=-1"):
+    build(max_kept_train_rows=-1)
+
+
 def test_minilm_tokenizer_without_builtin_padding(tmp_path, make_cfg):
   from jaxtune.data import assets
 
