@@ -17,7 +17,7 @@ RECIPES = sorted(CONFIGS.glob("*.py")) + sorted((CONFIGS / "search").glob("*.py"
 VARIANTS = {"sentiment_minilm.py": ("quick",), "sentiment_mpnet.py": ("quick",),
             "sft_smollm2.py": ("quick",), "sentiment_smollm2_cls.py": ("quick", "gemma3"),
             "dpo_smollm2.py": ("quick",), "grpo_smollm2.py": ("quick",),
-            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table", "balance,table,pool"),
+            "tweets_minilm.py": ("quick", "table", "label_errors,table", "balance,table", "balance,table,pool", "balance,table,pool,agreed"),
             "tweets_smollm2_cls.py": ("quick", "dedup,table", "balance,table")}
 _recipe = recipes.module
 
