@@ -35,6 +35,7 @@ from jaxtune.errors import ConfigError
 STEPS = ("raw", "clean", "dedup", "confidence", "label_errors", "balance")
 ONE_OF = (*STEPS, "threshold")  # the data-quality step: one of these
 VARIANTS = (*ONE_OF, "quick", "table", "pool", "agreed")
+TABLE_ROWS = 3000  # the table's train budget, drawn before ('table') or after ('pool') the steps
 
 
 def get_config(arg=None):
@@ -98,7 +99,7 @@ def get_config(arg=None):
     c.data.balance = "class_weights"
 
   if "table" in variants:
-    c.data.max_train_rows = 3000
+    c.data.max_train_rows = TABLE_ROWS
     c.train.epochs = 1.0  # 94 steps
     c.train.eval_every = 0
     c.train.train_metric_rows = 0
@@ -106,10 +107,10 @@ def get_config(arg=None):
     c.optim.warmup_steps = 10
     c.checkpoint.every_steps = 0
   if "pool" in variants:
-    # The same budget of 3,000 rows, drawn from what the quality steps kept of all 33,158 train
-    # rows (data.max_kept_train_rows) instead of before them: raw draws the very same rows.
+    # The same budget, drawn from what the quality steps kept of all 33,158 train rows
+    # (data.max_kept_train_rows) instead of before them: raw draws the very same rows.
     c.data.max_train_rows = 0
-    c.data.max_kept_train_rows = 3000
+    c.data.max_kept_train_rows = TABLE_ROWS
   if "quick" in variants:
     c.data.max_rows = 1000
     c.train.eval_every = 20

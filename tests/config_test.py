@@ -54,6 +54,10 @@ def test_variant_error_lists_the_known_ones_and_the_closest():
   with pytest.raises(ConfigError, match="exclude each other"):
     _recipe(CONFIGS / "search" / "tiny.py").get_config("tpe,grid")
   assert _recipe(CONFIGS / "search" / "tiny.py").get_config("grid").algorithm == "grid"
+  # tweets_minilm's 'agreed' replaces the confidence step, so a step before it is refused.
+  with pytest.raises(ConfigError, match=r"tweets_minilm.py:dedup,agreed: 'agreed' changes the "
+                                        r"confidence step, which 'dedup' does not reach"):
+    _recipe(CONFIGS / "tweets_minilm.py").get_config("dedup,agreed")
 
 
 @pytest.mark.parametrize("key, value", [
