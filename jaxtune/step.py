@@ -97,11 +97,12 @@ def train_step(
   # Finite gradients can still overflow the update (a huge learning rate, a bf16 moment), so the
   # new state is checked too, after the cast to its stored dtype: one reduction per step.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((new_params, new_opt, new_avg))
-
-  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-  params = keep(new_params, state["params"])
-  opt_state = keep(new_opt, state["opt_state"])
-  avg = state["avg"] if new_avg is None else keep(new_avg, state["avg"])
+  # One branch keeps the whole new state or the old one. (A jnp.where per leaf let XLA copy the
+  # scalar chain that combines every leaf's check into each leaf's select: N^2 operations for N
+  # leaves, and an 8B LoRA step with some 1,300 state leaves compiled for over 15 minutes.)
+  params, opt_state, avg = jax.lax.cond(
+    finite, lambda: (new_params, new_opt, new_avg),
+    lambda: (state["params"], state["opt_state"], state["avg"]))
   new_state = {
     "step": step + 1,
     "params": params,
