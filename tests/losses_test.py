@@ -144,5 +144,12 @@ def test_eval_step_chunked_equals_plain():
 def test_auto_chunk_follows_the_backend():
   # Tests run on the CPU, where the loss chunk is sized for the last-level cache.
   assert jax.default_backend() == "cpu" and step.auto_lm_loss_chunk() == 128
+  assert step.auto_lm_loss_chunk(128256) == 128
+  # Accelerators: 1 GiB of float32 logits per chunk, a power of two, never under 256.
+  assert step.auto_lm_loss_chunk(128256, backend="gpu") == 2048
+  assert step.auto_lm_loss_chunk(32000, backend="tpu") == 8192
+  assert step.auto_lm_loss_chunk(262144, backend="gpu") == 1024
+  assert step.auto_lm_loss_chunk(4_000_000, backend="gpu") == 256
+  assert step.auto_lm_loss_chunk(None, backend="gpu") == 256
   assert step.StepConfig(task="causal_lm", micro_batches=1, skip_nonfinite=False,
                          optim_cfg=None).lm_loss_chunk == -1

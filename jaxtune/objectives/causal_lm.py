@@ -59,25 +59,44 @@ def lm_head(model: nnx.Module) -> tuple[losses.HeadFn, jax.Array] | None:
   return functools.partial(_tied_head, table.compute_dtype), layers.weight(table, "embedding")
 
 
-def auto_lm_loss_chunk() -> int:
-  """Loss chunk length for the default backend.
+# Float32 logits one loss chunk may hold on an accelerator (see `auto_lm_loss_chunk`).
+ACCELERATOR_CHUNK_LOGITS_BYTES = 1 << 30
 
-  On a CPU a chunk of 128 positions (16 MiB of float32 logits at a 32k vocabulary) stays in the
-  last-level cache: 4-5% faster steps than 256 in `benchmarks/cpu_throughput.py`, and 64 or less
-  is slower again (per-chunk overhead). Accelerators keep 256 until measured there.
+
+def auto_lm_loss_chunk(vocab: int | None = None, backend: str | None = None) -> int:
+  """Loss chunk length (positions) for `backend` (default: JAX's) and a head of `vocab` logits.
+
+  CPU: 128 positions (16 MiB of float32 logits at a 32k vocabulary) stay in the last-level
+  cache: 4-5% faster steps than 256 in `benchmarks/cpu_throughput.py`, and 64 or less is slower
+  again (per-chunk overhead).
+
+  Accelerators: as many positions as fit 1 GiB of float32 logits (a power of two, at least 256;
+  2048 at Llama 3's 128k vocabulary, 8192 at 32k). Every chunk adds its head gradient into a
+  float32 accumulator the size of the head (1 GiB for Llama 3.2 1B's tied table), so the chunk
+  count multiplies that read-modify-write: with 256-position chunks a 1B step at 8 x 2048 tokens
+  did 64 of them, some 190 GB of memory traffic (about 45 ms at an H200's 4.3 TB/s): the likely
+  cause of the 66 ms between its 330 ms step and the 264 ms that forward + backward (full
+  logits) + update took when timed alone (BENCHMARKS.md, 2026-11-30). 2048 makes that 8.
   """
-  return 128 if jax.default_backend() == "cpu" else 256
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return 128
+  if not vocab:
+    return 256
+  fit = ACCELERATOR_CHUNK_LOGITS_BYTES // (4 * vocab)
+  return max(256, 1 << max(fit, 1).bit_length() - 1)
 
 
 def causal_lm_terms(model: nnx.Module, batch: dict, dropout_rng, chunk: int):
   """Loss (sum, weight) of a causal LM on `batch`, chunked when the head allows it."""
-  if chunk < 0:
-    chunk = auto_lm_loss_chunk()
-  head = lm_head(model) if chunk > 0 else None
+  head = lm_head(model) if chunk != 0 else None
   if head is None:
     logits = model(batch["input_ids"], **model_kwargs(batch), dropout_rng=dropout_rng)
     return losses.causal_lm_loss(logits, batch)
   h = model.hidden_states(batch["input_ids"], **model_kwargs(batch), dropout_rng=dropout_rng)
+  if chunk < 0:
+    one = jax.ShapeDtypeStruct((1, h.shape[-1]), h.dtype)
+    chunk = auto_lm_loss_chunk(jax.eval_shape(head[0], head[1], one).shape[-1])
   return losses.chunked_causal_lm_loss(h, *head, batch, chunk=chunk)
 
 
