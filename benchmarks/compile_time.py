@@ -68,7 +68,7 @@ def compile_once(args) -> dict:
   state, frozen = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
                                (state, frozen))
   step_cfg = step.StepConfig(task="causal_lm", micro_batches=1, skip_nonfinite=False,
-                             optim_cfg=c.optim, class_weights=None)
+                             optim_cfg=c.optim, class_weights=None, lm_loss_chunk=args.lm_loss_chunk)
   fn = jax.jit(functools.partial(step.train_step, static["graphdef"], static["tx"], step_cfg),
                donate_argnums=(0,))
   build_s = time.perf_counter() - t0

@@ -4,10 +4,12 @@
 #   2. a small smoke run of both sides, so a broken setup costs seconds, not the whole lease;
 #      when it fails it is retried without jaxtune's XLA flags (a newer XLA may drop one), then
 #      with the flax wheel carried in .whl (a different flax may change an nnx API);
-#   3. Llama 3.2 1B full fine-tune, batch 8 x seq 2048, torch vs jax (+ the step's breakdown);
+#   3. Llama 3.2 1B full fine-tune, batch 8 x seq 2048, torch vs jax (+ the step's breakdown),
+#      then jax alone with the old loss chunk (256 positions) against the current choice;
 #   4. Llama 3 8B LoRA r16, batch 1 x seq 4096, remat full, torch (PEFT) vs jax.
 # Each part has a time cap inside one overall deadline (DEADLINE_S, default 560 s), so a hang in
-# one part leaves the others' figures. Everything goes to $OUT (log.txt and one JSON per run).
+# one part leaves the others' figures. Everything goes to $OUT: log.txt, one JSON per run, and
+# sides.log (every side's own output with its phase timings, kept even when a side is killed).
 #
 #   bash benchmarks/gpu_throughput.sh                 # on the GPU machine, from the repo root
 #   PARTS="smoke 1b" bash benchmarks/gpu_throughput.sh
@@ -55,7 +57,10 @@ import jax
 print("jax devices:", jax.devices())
 EOF
 
-bench() { capped "$1" $PY benchmarks/train_throughput.py --device "${DEVICE:-gpu}" "${@:2}"; }
+# Each side's own output, phase timings included, lands in sides.log as it runs.
+bench() {
+  capped "$1" $PY benchmarks/train_throughput.py --device "${DEVICE:-gpu}" --side-log "$OUT/sides.log" "${@:2}"
+}
 
 if [[ " $parts " == *" smoke "* ]]; then
   echo "== smoke: a 2-layer llama, both sides"
@@ -84,6 +89,9 @@ if [[ " $parts " == *" 1b "* ]]; then
   echo "== 1B full fine-tune, bf16 compute, f32 master weights"
   bench 260 --model 1b --seq 2048 --batch 8 --steps 10 --warmup 3 --sides torch,jax --breakdown \
     --json-out "$OUT/1b.json"
+  echo "== 1B again, jax with the loss chunk of 256 positions it had before 2026-11-30"
+  bench 120 --model 1b --seq 2048 --batch 8 --steps 10 --warmup 3 --sides jax --lm-loss-chunk 256 \
+    --json-out "$OUT/1b_chunk256.json"
 fi
 
 if [[ " $parts " == *" 8b "* ]]; then

@@ -109,6 +109,9 @@ def build_parser(description: str, default_device: str = "auto") -> argparse.Arg
   r.add_argument("--find-max", action="store_true",
                  help="GPU: grow the model (125m, 1b, 3b, 8b) then the batch until the jax side "
                       "runs out of memory; report the largest full fine-tune that fits")
+  r.add_argument("--lm-loss-chunk", type=int, default=-1,
+                 help="jax sides: positions per chunk of the causal-LM loss (0: full logits; "
+                      "-1: jaxtune's choice for the backend and vocabulary)")
   r.add_argument("--rounds", type=int, default=1,
                  help="run every side this many times, alternating order; keep each side's "
                       "fastest round (on a busy machine the fastest is the least disturbed)")
@@ -121,6 +124,9 @@ def build_parser(description: str, default_device: str = "auto") -> argparse.Arg
   r.add_argument("--jax-profile", default="",
                  help="directory for a jax.profiler trace of 3 steps of the jax sides")
   r.add_argument("--json-out", default="", help="also write the summary JSON to this file")
+  r.add_argument("--side-log", default="",
+                 help="append every side's own output (its phase timings included) to this file "
+                      "as it runs: what a side did survives even when the run is killed")
   o = p.add_argument_group("optimizer (identical on both sides)")
   o.add_argument("--lr", type=float, default=1e-4)
   o.add_argument("--b1", type=float, default=0.9)
@@ -268,6 +274,14 @@ def median_time(fn, reps: int) -> float:
   return statistics.median(ts)
 
 
+def phase(name: str, since: float) -> float:
+  """Print how long a side's phase took (to stderr, which --side-log keeps as it is written);
+  returns the time now, the start of the next phase."""
+  now = time.perf_counter()
+  print(f"phase {name}: {now - since:.1f} s", file=sys.stderr, flush=True)
+  return now
+
+
 # -------------------------------------------------------------------------------------- torch
 
 
@@ -304,7 +318,12 @@ def run_torch(args, compile_model: bool) -> dict:
 
   torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
+  t0 = time.perf_counter()
   model, dev = _torch_model(args, torch)
+  if dev == "cuda":
+    torch.cuda.synchronize()
+  setup_s = time.perf_counter() - t0
+  phase("model built", t0)
   gpu = dev == "cuda"
   model.train()
   decay, no_decay = [], []
@@ -337,6 +356,7 @@ def run_torch(args, compile_model: bool) -> dict:
   t = time.perf_counter()
   first_loss = train_step(0)
   first = time.perf_counter() - t
+  phase("first step", t)
   for i in range(1, args.warmup):
     train_step(i)
   times, cpu = [], []
@@ -345,7 +365,8 @@ def run_torch(args, compile_model: bool) -> dict:
     last_loss = train_step(i)  # torch on CPU is synchronous: the step is done when it returns
     times.append(time.perf_counter() - t)
     cpu.append(time.process_time() - c)
-  extra = {"first_loss": first_loss, "last_loss": last_loss, "threads": torch.get_num_threads(),
+  extra = {"setup_s": setup_s, "first_loss": first_loss, "last_loss": last_loss,
+           "threads": torch.get_num_threads(),
            "versions": f"torch {torch.__version__}", "adamw": adamw or "default"}
   if gpu:
     extra["device_kind"] = torch.cuda.get_device_name()
@@ -432,7 +453,11 @@ def run_jax(args, compute_dtype: str) -> dict:
   # shardings from build.build_state), so what is timed is the step the driver runs.
   mesh = sharding.make_mesh(**c.mesh)
   total = args.warmup + args.steps
+  t0 = time.perf_counter()
   built = build.build_state(c, mesh, None, total)
+  jax.block_until_ready((built.state, built.frozen))  # random init runs asynchronously
+  setup_s = time.perf_counter() - t0
+  phase("model and state built", t0)
   graphdef, tx, state, state_sh = built.train_graphdef, built.tx, built.state, built.state_sh
   frozen = built.frozen  # None unless LoRA
   ones = np.ones((args.batch, args.seq), np.int32)
@@ -443,7 +468,7 @@ def run_jax(args, compute_dtype: str) -> dict:
 
   batch_sh = pipeline.batch_shardings(mesh, batch_of(0))
   step_cfg = step.StepConfig(task="causal_lm", micro_batches=1, skip_nonfinite=False,
-                             optim_cfg=c.optim, class_weights=None)
+                             optim_cfg=c.optim, class_weights=None, lm_loss_chunk=args.lm_loss_chunk)
   train_fn = jax.jit(lambda s, b, f: step.train_step(graphdef, tx, step_cfg, s, b, f),
                      in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
                      donate_argnums=(0,))
@@ -452,13 +477,14 @@ def run_jax(args, compute_dtype: str) -> dict:
     state, m = train_fn(state, pipeline.to_device(batch_of(i), batch_sh), frozen)
     return jax.block_until_ready((state, m))
 
-  extra = {"threads": os.cpu_count(), "versions": f"jax {jax.__version__}",
+  extra = {"setup_s": setup_s, "threads": os.cpu_count(), "versions": f"jax {jax.__version__}",
            "devices": len(jax.devices()), "compute_dtype": compute_dtype,
            "device_kind": jax.devices()[0].device_kind}
   with sharding.use_mesh(mesh):
     t = time.perf_counter()
     state, m = train_step(state, 0)
     first = time.perf_counter() - t
+    phase("first step (compile included)", t)
     extra["first_loss"] = float(m["train/loss"])
     for i in range(1, args.warmup):
       state, m = train_step(state, i)
@@ -612,11 +638,24 @@ def run_side(args, side: str, ckpt: Path | None) -> dict:
   spec = {k: v for k, v in vars(args).items() if k not in ("worker", "spec")}
   spec["ckpt"] = str(ckpt) if ckpt else ""
   cmd = [sys.executable, __file__, "--worker", side, "--spec", json.dumps(spec)]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  if args.side_log:
+    # The side writes its stderr straight into the file, so its phases are there even if this
+    # process is killed mid-side (a lease's deadline); the error tail is read back from it.
+    with open(args.side_log, "a") as f:
+      f.write(f"\n=== {side}: {describe(args, param_counts(args.hf))}\n")
+      f.flush()
+      start = f.tell()
+      proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=f, text=True)
+    with open(args.side_log) as f:
+      f.seek(start)
+      err = f.read()
+  else:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    err = proc.stderr
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
       return json.loads(line[len("RESULT "):])
-  log = proc.stdout + proc.stderr
+  log = proc.stdout + err
   tail = "\n".join(log.splitlines()[-25:])
   return {"error": f"exit {proc.returncode}", "oom": any(m in log for m in OOM_MARKERS),
           "log_tail": tail}
