@@ -1,8 +1,11 @@
 """Search spaces: validation naming the key at fault, config overrides, grids, PBT's explore."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from jaxtune import recipes
 from jaxtune.tune import space
 
 
@@ -83,3 +86,19 @@ def test_baseline_outside_the_space_says_which_key_and_what_to_do(tiny_config, t
   assert "optim.learning_rate=0.003 is outside loguniform(0.01, 0.03)" in why
   assert "optim.warmup_steps=10 is outside intrange(0, 5)" in why
   assert "search.baseline=False" in why and "optim.weight_decay" not in why
+
+
+
+REPO = Path(__file__).resolve().parents[2]
+SEARCHES = sorted(p.stem for p in (REPO / "configs" / "search").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_shipped_searches_fit_their_recipes(name):
+  # Each configs/search/<name>.py searches configs/<name>.py: its keys exist there, and the
+  # recipe's own values lie inside the ranges, so trial 0 is the recipe (the baseline).
+  search = space.load(str(REPO / "configs" / "search" / f"{name}.py"))
+  config = recipes.load(REPO / "configs" / f"{name}.py")
+  space.check(search, config)
+  values, why = space.baseline(search, config)
+  assert values is not None, why
