@@ -275,11 +275,11 @@ def median_time(fn, reps: int) -> float:
 
 
 def phase(name: str, since: float) -> float:
-  """Print how long a side's phase took (to stderr, which --side-log keeps as it is written);
-  returns the time now, the start of the next phase."""
-  now = time.perf_counter()
-  print(f"phase {name}: {now - since:.1f} s", file=sys.stderr, flush=True)
-  return now
+  """Seconds since `since`, printed as a side's phase (to stderr, which --side-log keeps as it
+  is written)."""
+  seconds = time.perf_counter() - since
+  print(f"phase {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+  return seconds
 
 
 # -------------------------------------------------------------------------------------- torch
@@ -320,11 +320,10 @@ def run_torch(args, compile_model: bool) -> dict:
   torch.manual_seed(args.seed)
   t0 = time.perf_counter()
   model, dev = _torch_model(args, torch)
-  if dev == "cuda":
-    torch.cuda.synchronize()
-  setup_s = time.perf_counter() - t0
-  phase("model built", t0)
   gpu = dev == "cuda"
+  if gpu:
+    torch.cuda.synchronize()
+  setup_s = phase("model built", t0)
   model.train()
   decay, no_decay = [], []
   for name, p in model.named_parameters():
@@ -355,8 +354,7 @@ def run_torch(args, compile_model: bool) -> dict:
 
   t = time.perf_counter()
   first_loss = train_step(0)
-  first = time.perf_counter() - t
-  phase("first step", t)
+  first = phase("first step", t)
   for i in range(1, args.warmup):
     train_step(i)
   times, cpu = [], []
@@ -456,8 +454,7 @@ def run_jax(args, compute_dtype: str) -> dict:
   t0 = time.perf_counter()
   built = build.build_state(c, mesh, None, total)
   jax.block_until_ready((built.state, built.frozen))  # random init runs asynchronously
-  setup_s = time.perf_counter() - t0
-  phase("model and state built", t0)
+  setup_s = phase("model and state built", t0)
   graphdef, tx, state, state_sh = built.train_graphdef, built.tx, built.state, built.state_sh
   frozen = built.frozen  # None unless LoRA
   ones = np.ones((args.batch, args.seq), np.int32)
@@ -483,8 +480,7 @@ def run_jax(args, compute_dtype: str) -> dict:
   with sharding.use_mesh(mesh):
     t = time.perf_counter()
     state, m = train_step(state, 0)
-    first = time.perf_counter() - t
-    phase("first step (compile included)", t)
+    first = phase("first step (compile included)", t)
     extra["first_loss"] = float(m["train/loss"])
     for i in range(1, args.warmup):
       state, m = train_step(state, i)

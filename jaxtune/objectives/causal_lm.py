@@ -84,7 +84,7 @@ def auto_lm_loss_chunk(vocab: int | None = None, backend: str | None = None) -> 
   if not vocab:
     return 256
   fit = ACCELERATOR_CHUNK_LOGITS_BYTES // (4 * vocab)
-  return max(256, 1 << max(fit, 1).bit_length() - 1)
+  return max(256, 1 << (max(fit, 1).bit_length() - 1))  # the power of two at or below
 
 
 def causal_lm_terms(model: nnx.Module, batch: dict, dropout_rng, chunk: int):

@@ -88,7 +88,6 @@ def test_baseline_outside_the_space_says_which_key_and_what_to_do(tiny_config, t
   assert "search.baseline=False" in why and "optim.weight_decay" not in why
 
 
-
 REPO = Path(__file__).resolve().parents[2]
 SEARCHES = sorted(p.stem for p in (REPO / "configs" / "search").glob("*.py"))
 
